@@ -1,0 +1,3 @@
+//! Client-side photo preparation: orient, downscale, compress, strip metadata.
+//!
+//! Skeleton: the image issue fills this crate in.

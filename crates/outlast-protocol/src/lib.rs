@@ -1,0 +1,1 @@
+//! Outlast wire protocol.
