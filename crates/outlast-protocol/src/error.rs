@@ -1,0 +1,97 @@
+//! Error codes shared by every transport: WebSocket `error` messages and HTTP error bodies.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, machine-readable error code. HTTP answers use [`ErrorCode::http_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The bytes are not a valid message in the connection's codec.
+    MalformedMessage,
+    /// The message's `type` is not one this protocol version knows.
+    UnknownMessageType,
+    /// The message is well-formed but a field is missing or invalid.
+    InvalidMessage,
+    /// A message or body exceeds the configured limit.
+    MessageTooLarge,
+    /// No such job, upload or output for this owner (also for other owners' ids).
+    NotFound,
+    /// The request is understood but invalid (bad workflow, bad parameter).
+    InvalidRequest,
+    /// The named backend is not configured.
+    UnknownBackend,
+    /// A job input names an upload that is not complete.
+    InputNotReady,
+    /// The idempotency key was used before with a different job.
+    IdempotencyConflict,
+    /// Too many subscriptions on one connection, or similar per-client limits.
+    LimitExceeded,
+    /// Missing or wrong credentials.
+    Unauthorized,
+    /// No WebSocket subprotocol this server speaks was offered.
+    UnsupportedSubprotocol,
+    /// The gateway is shutting down; reconnect shortly.
+    ShuttingDown,
+    /// Something failed inside the gateway; details are in its log.
+    Internal,
+    /// A code this client version does not know yet.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The snake_case code string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedMessage => "malformed_message",
+            ErrorCode::UnknownMessageType => "unknown_message_type",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnknownBackend => "unknown_backend",
+            ErrorCode::InputNotReady => "input_not_ready",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UnsupportedSubprotocol => "unsupported_subprotocol",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// The HTTP status an HTTP endpoint answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::MalformedMessage
+            | ErrorCode::UnknownMessageType
+            | ErrorCode::InvalidMessage
+            | ErrorCode::InvalidRequest
+            | ErrorCode::UnsupportedSubprotocol => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::IdempotencyConflict | ErrorCode::InputNotReady => 409,
+            ErrorCode::MessageTooLarge => 413,
+            ErrorCode::UnknownBackend => 422,
+            ErrorCode::LimitExceeded => 429,
+            ErrorCode::ShuttingDown => 503,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error body of every HTTP endpoint and the payload of the WebSocket `error` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Message for people; never contains internals.
+    pub message: String,
+}

@@ -1,0 +1,197 @@
+//! Version 1 of the WebSocket protocol: every message a client or the server may send.
+//!
+//! Subprotocols `outlast.v1.msgpack` (binary frames) and `outlast.v1.json` (text frames)
+//! carry exactly these messages. A future `v2` module can live beside this one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCode;
+use crate::ids::{JobId, Seq};
+use crate::job::{JobEvent, JobSnapshot, JobSpec, JobState};
+
+/// The protocol name sent in `welcome`.
+pub const PROTOCOL: &str = "outlast.v1";
+
+/// Every `type` a client may send, for telling "unknown type" from "bad fields".
+pub const CLIENT_TYPES: &[&str] = &[
+    "submit",
+    "subscribe",
+    "unsubscribe",
+    "cancel",
+    "get",
+    "ping",
+];
+
+/// Messages from client to server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// Submit a job; answered by `submitted` (or `error` with the same `req`).
+    Submit {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The job.
+        job: JobSpec,
+    },
+    /// Stream a job's events after `after` (all events when absent); answered by `subscribed`.
+    Subscribe {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+        /// The last sequence number this client saw.
+        #[serde(default)]
+        after: Option<Seq>,
+    },
+    /// Stop streaming a job; answered by `unsubscribed`.
+    Unsubscribe {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+    },
+    /// Cancel a job; answered by `cancel_result`. Canceling a finished job is not an error.
+    Cancel {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+    },
+    /// Ask for a job's snapshot; answered by `snapshot`.
+    Get {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+    },
+    /// Application-level ping; answered by `pong` with the same nonce.
+    Ping {
+        /// Any number.
+        nonce: u64,
+    },
+}
+
+/// Server messages that are not job events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// First message on every connection.
+    Welcome {
+        /// Always [`PROTOCOL`].
+        protocol: String,
+        /// The authenticated owner.
+        owner: String,
+        /// WebSocket ping (and `heartbeat`) interval in milliseconds.
+        heartbeat_ms: u64,
+        /// Largest message the server accepts, in bytes.
+        max_message_bytes: u64,
+    },
+    /// Sent every `heartbeat_ms`: the newest sequence number of every subscribed job.
+    /// A client that has seen less should expect more events, or resubscribe.
+    Heartbeat {
+        /// Newest stored sequence number per subscribed job.
+        jobs: BTreeMap<JobId, Seq>,
+    },
+    /// Answer to `submit`.
+    Submitted {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The job (the existing one when the idempotency key was seen before).
+        job_id: JobId,
+        /// False when the idempotency key named an existing job.
+        created: bool,
+    },
+    /// Answer to `subscribe`; the replayed events follow it.
+    Subscribed {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+        /// True when every event after the client's `after` follows. False when that history
+        /// is gone: then `snapshot` is set and the events after `snapshot.seq` follow.
+        recovered: bool,
+        /// The job's state when history could not be replayed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<JobSnapshot>,
+    },
+    /// Answer to `unsubscribe`.
+    Unsubscribed {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+    },
+    /// Answer to `cancel`: the job's state after the request.
+    CancelResult {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The job.
+        job_id: JobId,
+        /// `canceled`, or the terminal state it already had.
+        state: JobState,
+    },
+    /// Answer to `get`.
+    Snapshot {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The job's state.
+        snapshot: JobSnapshot,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// From the request.
+        nonce: u64,
+    },
+    /// A request failed; the connection stays usable.
+    Error {
+        /// From the request when it could be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// Stable code.
+        code: ErrorCode,
+        /// Message for people.
+        message: String,
+    },
+    /// The server is about to close the connection (shutdown, slow consumer); reconnect and
+    /// resubscribe after `retry_ms`.
+    Goaway {
+        /// Why.
+        reason: String,
+        /// Suggested delay before reconnecting.
+        retry_ms: u64,
+    },
+}
+
+/// Messages from server to client: a job event (its `type` is the event type) or a control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerMsg {
+    /// `queued`, `started`, `progress`, `preview`, `output`, `completed`, `failed`, `canceled`.
+    Event(JobEvent),
+    /// Everything else.
+    Control(Control),
+}
+
+impl From<Control> for ServerMsg {
+    fn from(c: Control) -> Self {
+        ServerMsg::Control(c)
+    }
+}
+
+impl From<JobEvent> for ServerMsg {
+    fn from(e: JobEvent) -> Self {
+        ServerMsg::Event(e)
+    }
+}

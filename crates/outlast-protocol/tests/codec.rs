@@ -1,0 +1,242 @@
+//! Codec properties: both encodings carry identical messages, and no input bytes panic the decoder.
+
+use std::collections::BTreeMap;
+
+use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
+use outlast_protocol::*;
+use proptest::prelude::*;
+
+fn job_id() -> impl Strategy<Value = JobId> {
+    any::<[u8; 16]>().prop_map(JobId::from_bytes)
+}
+
+fn event_kind() -> impl Strategy<Value = EventKind> {
+    prop_oneof![
+        (any::<u32>(), proptest::option::of(".{0,20}"))
+            .prop_map(|(position, reason)| EventKind::Queued { position, reason }),
+        any::<u32>().prop_map(|attempt| EventKind::Started { attempt }),
+        (any::<u64>(), any::<u64>(), proptest::option::of(".{0,20}"))
+            .prop_map(|(value, max, label)| EventKind::Progress { value, max, label }),
+        (".{0,10}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(mime, data)| {
+            EventKind::Preview {
+                mime,
+                data: Blob(data),
+            }
+        }),
+        (".{1,10}", any::<u64>()).prop_map(|(name, size)| EventKind::Output(OutputInfo {
+            name,
+            mime: "image/png".into(),
+            size,
+            sha256: "ab".repeat(32),
+        })),
+        any::<bool>().prop_map(|cached| EventKind::Completed { cached }),
+        ".{0,30}".prop_map(|message| EventKind::Failed(Failure {
+            code: FailureCode::CommandFailed,
+            message,
+            detail: Some(serde_json::json!({"exit_status": 2})),
+        })),
+        ".{0,30}".prop_map(|reason| EventKind::Canceled { reason }),
+    ]
+}
+
+fn server_msg() -> impl Strategy<Value = ServerMsg> {
+    prop_oneof![
+        (job_id(), any::<u64>(), any::<u64>(), event_kind()).prop_map(
+            |(job_id, seq, at_ms, kind)| ServerMsg::Event(JobEvent {
+                job_id,
+                seq: Seq(seq),
+                at_ms,
+                kind
+            })
+        ),
+        (job_id(), any::<u64>()).prop_map(|(j, s)| Control::Heartbeat {
+            jobs: BTreeMap::from([(j, Seq(s))])
+        }
+        .into()),
+        (job_id(), any::<bool>()).prop_map(|(job_id, created)| Control::Submitted {
+            req: Some(7),
+            job_id,
+            created
+        }
+        .into()),
+        (job_id(), any::<u64>()).prop_map(|(job_id, seq)| {
+            let mut snapshot = JobSnapshot::new(job_id, "demo".into(), 1);
+            snapshot.seq = Seq(seq);
+            Control::Subscribed {
+                req: None,
+                job_id,
+                recovered: false,
+                snapshot: Some(snapshot),
+            }
+            .into()
+        }),
+        ".{0,30}".prop_map(|message| Control::Error {
+            req: None,
+            code: ErrorCode::NotFound,
+            message
+        }
+        .into()),
+    ]
+}
+
+fn client_msg() -> impl Strategy<Value = ClientMsg> {
+    prop_oneof![
+        (job_id(), proptest::option::of(any::<u64>())).prop_map(|(job_id, after)| {
+            ClientMsg::Subscribe {
+                req: Some(1),
+                job_id,
+                after: after.map(Seq),
+            }
+        }),
+        job_id().prop_map(|job_id| ClientMsg::Cancel { req: None, job_id }),
+        any::<u64>().prop_map(|nonce| ClientMsg::Ping { nonce }),
+        (1u32..100, 1u32..1000).prop_map(|(steps, step_ms)| ClientMsg::Submit {
+            req: Some(3),
+            job: JobSpec {
+                backend: "demo".into(),
+                workflow: serde_json::json!({"steps": steps, "step_ms": step_ms}),
+                inputs: BTreeMap::from([("image".to_owned(), UploadId::from_bytes([7; 16]))]),
+                idempotency_key: Some("k-1".parse().expect("valid key")),
+            },
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn server_messages_identical_in_both_codecs(msg in server_msg()) {
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let frame = codec.encode(&msg).expect("encodes");
+            let bytes = match &frame { Frame::Binary(b) => b.clone(), Frame::Text(t) => t.clone().into_bytes() };
+            let back: ServerMsg = codec.decode(&bytes).expect("decodes");
+            prop_assert_eq!(&back, &msg);
+        }
+    }
+
+    #[test]
+    fn client_messages_identical_in_both_codecs(msg in client_msg()) {
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let frame = codec.encode(&msg).expect("encodes");
+            let bytes = match &frame { Frame::Binary(b) => b.clone(), Frame::Text(t) => t.clone().into_bytes() };
+            let back = codec.decode_client(&bytes, 1 << 20).expect("decodes");
+            prop_assert_eq!(&back, &msg);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let _ = codec.decode_client(&bytes, 1 << 20);
+            let _ = codec.decode::<ServerMsg>(&bytes);
+        }
+    }
+
+    #[test]
+    fn mutated_valid_messages_never_panic(msg in client_msg(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+        for codec in [Codec::MsgPack, Codec::Json] {
+            let mut bytes = match codec.encode(&msg).expect("encodes") { Frame::Binary(b) => b, Frame::Text(t) => t.into_bytes() };
+            for (at, val) in &flips {
+                let n = bytes.len();
+                bytes[at % n] = *val;
+            }
+            let n = bytes.len();
+            let _ = codec.decode_client(&bytes[..cut % (n + 1)], 1 << 20);
+            let _ = codec.decode_client(&bytes, 1 << 20);
+        }
+    }
+}
+
+/// The bad-input table: each input and the error code it must produce.
+#[test]
+fn classification_table() {
+    let cases: &[(&str, Option<ErrorCode>)] = &[
+        (r#"{"type":"ping","nonce":1}"#, None),
+        (r#"not json"#, Some(ErrorCode::MalformedMessage)),
+        (r#"[1,2,3]"#, Some(ErrorCode::MalformedMessage)),
+        (r#"{"nonce":1}"#, Some(ErrorCode::MalformedMessage)),
+        (
+            r#"{"type":"launch_missiles","req":9}"#,
+            Some(ErrorCode::UnknownMessageType),
+        ),
+        (r#"{"type":"ping"}"#, Some(ErrorCode::InvalidMessage)),
+        (
+            r#"{"type":"subscribe","job_id":"job_nothex"}"#,
+            Some(ErrorCode::InvalidMessage),
+        ),
+        (
+            r#"{"type":"ping","nonce":1,"extra":true}"#,
+            Some(ErrorCode::InvalidMessage),
+        ),
+        (
+            r#"{"type":"submit","job":{"backend":"demo","bogus":1}}"#,
+            Some(ErrorCode::InvalidMessage),
+        ),
+    ];
+    for (input, want) in cases {
+        let got = Codec::Json.decode_client(input.as_bytes(), 1024);
+        assert_eq!(
+            got.as_ref().err().map(|(e, _)| e.code()),
+            *want,
+            "input {input}"
+        );
+        // The same message as MessagePack classifies the same way.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(input) {
+            let packed = rmp_serde::to_vec_named(&value).expect("packs");
+            let got = Codec::MsgPack.decode_client(&packed, 1024);
+            assert_eq!(
+                got.err().map(|(e, _)| e.code()),
+                *want,
+                "msgpack of {input}"
+            );
+        }
+    }
+    let (err, req) = Codec::Json
+        .decode_client(br#"{"type":"nope","req":42}"#, 1024)
+        .expect_err("unknown");
+    assert_eq!((err.code(), req), (ErrorCode::UnknownMessageType, Some(42)));
+    let (err, _) = Codec::Json
+        .decode_client(&[b' '; 2048], 1024)
+        .expect_err("too large");
+    assert_eq!(err.code(), ErrorCode::MessageTooLarge);
+}
+
+/// The JSON shapes documented in docs/protocol.md parse as documented.
+#[test]
+fn documented_examples_parse() {
+    let ev: ServerMsg = Codec::Json
+        .decode(br#"{"job_id":"job_0123456789abcdef0123456789abcdef","seq":5,"at_ms":1700000000000,"type":"progress","value":3,"max":10,"label":"KSampler"}"#)
+        .expect("progress event");
+    match ev {
+        ServerMsg::Event(e) => {
+            assert_eq!(e.seq, Seq(5));
+            assert_eq!(
+                e.kind,
+                EventKind::Progress {
+                    value: 3,
+                    max: 10,
+                    label: Some("KSampler".into())
+                }
+            );
+        }
+        other => panic!("expected event, got {other:?}"),
+    }
+    let hb: ServerMsg = Codec::Json
+        .decode(br#"{"type":"heartbeat","jobs":{"job_0123456789abcdef0123456789abcdef":7}}"#)
+        .expect("heartbeat");
+    assert!(matches!(hb, ServerMsg::Control(Control::Heartbeat { .. })));
+    let failed: ServerMsg = Codec::Json
+        .decode(br#"{"job_id":"job_0123456789abcdef0123456789abcdef","seq":9,"at_ms":1,"type":"failed","code":"command_failed","message":"exit status 2","detail":{"exit_status":2}}"#)
+        .expect("failed event");
+    assert!(matches!(
+        failed,
+        ServerMsg::Event(JobEvent {
+            kind: EventKind::Failed(Failure {
+                code: FailureCode::CommandFailed,
+                ..
+            }),
+            ..
+        })
+    ));
+}
