@@ -1,1 +1,153 @@
-//! Outlast gateway.
+//! Outlast's gateway: resumable uploads, a job queue in front of backends, and lossless job
+//! streams over one WebSocket (with SSE and long-poll fallbacks).
+//!
+//! [`app`] builds the router from an [`AppState`]; [`run`] wires the real components together,
+//! serves until the shutdown token fires, and drains within the grace period.
+
+pub mod api;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod jobs;
+pub mod outputs;
+pub mod queue;
+pub mod sse;
+pub mod state;
+pub mod store;
+pub mod ws;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::jobs::{Jobs, NoUploads};
+use crate::state::AppState;
+use crate::store::embedded::EmbeddedStore;
+
+/// The demo page, embedded in the binary.
+const DEMO_PAGE: &str = include_str!("../../../web/index.html");
+
+/// The router. Tests may call it directly with a state of their own.
+pub fn app(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([header::LOCATION, header::ETAG, header::CONTENT_RANGE]);
+    Router::new()
+        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ws", get(ws::handler))
+        .route("/v1/jobs", axum::routing::post(api::submit))
+        .route("/v1/jobs/{id}", get(api::get_job).delete(api::cancel))
+        .route("/v1/jobs/{id}/events", get(sse::events))
+        .route("/v1/jobs/{id}/poll", get(api::poll))
+        .route("/v1/jobs/{id}/outputs/{name}", get(api::output))
+        .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match state.jobs.store.get(outlast_protocol::JobId::random()).await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!("outlast_live_job_channels").set(state.hub.channel_count() as f64);
+    match &state.metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            let mut r = handle.render().into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed").into_response(),
+    }
+}
+
+/// Runs the gateway until `shutdown` fires, then drains within `config.shutdown_grace`.
+/// Calls `on_listening` with the bound address once the socket is listening.
+pub async fn run(config: Config, shutdown: CancellationToken, on_listening: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let data = &config.data_dir;
+    for dir in ["outputs", "work"] {
+        std::fs::create_dir_all(data.join(dir)).with_context(|| format!("cannot create {}", data.join(dir).display()))?;
+    }
+    let hub = Arc::new(Hub::new());
+    let store = EmbeddedStore::open(&data.join("outlast.redb"), Arc::clone(&hub), config.history_max_events)
+        .with_context(|| format!("cannot open the database in {}", data.display()))?;
+    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(backend::demo::Demo::new(config.demo_concurrency))];
+    if let Some(exec) = &config.exec {
+        backends.push(Arc::new(backend::exec::Exec::new(exec.clone())));
+    }
+    // Leftover scratch directories of runs interrupted by a crash.
+    let _ = std::fs::remove_dir_all(data.join("work"));
+    std::fs::create_dir_all(data.join("work"))?;
+    let tracker = TaskTracker::new();
+    let jobs = Arc::new(Jobs::new(
+        Arc::new(store),
+        outputs::OutputStore::new(data.join("outputs")),
+        backends,
+        Arc::new(NoUploads),
+        tracker.clone(),
+        data.join("work"),
+    ));
+    jobs.recover().await.map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;
+    tracker.spawn(Arc::clone(&jobs).dispatch_loop(shutdown.clone()));
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let metrics = metrics::set_global_recorder(recorder).is_ok().then_some(handle);
+
+    let state = AppState {
+        auth: Arc::new(auth::Auth::new(&config.tokens)),
+        config: Arc::clone(&config),
+        jobs: Arc::clone(&jobs),
+        hub,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    on_listening(addr);
+    tracing::info!(%addr, "listening");
+
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+
+    tracing::info!(grace = ?config.shutdown_grace, "draining");
+    jobs.stop_after(config.shutdown_grace);
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace + std::time::Duration::from_secs(1), tracker.wait()).await.is_err() {
+        tracing::warn!(remaining = tracker.len(), "tasks still running after the grace period");
+        jobs.stop_runners_now();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The HTTP job API: submit, snapshot, cancel, long-poll and outputs. Nothing here waits for a
+//! job to finish: submission answers 202 at once, and the long poll is bounded.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use outlast_protocol::{IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, Seq};
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::auth::Owner;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Parses a job id from a path; malformed ids are simply unknown.
+pub fn parse_job(id: &str) -> Result<JobId, AppError> {
+    id.parse().map_err(|_| AppError::not_found("job"))
+}
+
+#[derive(Serialize)]
+struct SubmitAnswer {
+    job_id: JobId,
+    created: bool,
+    state: JobState,
+    links: Links,
+}
+
+#[derive(Serialize)]
+struct Links {
+    #[serde(rename = "self")]
+    this: String,
+    events: String,
+    poll: String,
+}
+
+/// `POST /v1/jobs`: 202 with the job id at once. An `Idempotency-Key` header works like the
+/// body's `idempotency_key`.
+pub async fn submit(State(state): State<AppState>, Owner(owner): Owner, headers: HeaderMap, body: Bytes) -> Result<Response, AppError> {
+    let mut spec: JobSpec =
+        serde_json::from_slice(&body).map_err(|e| AppError::invalid(format!("invalid job JSON: {e}")))?;
+    if let Some(value) = headers.get("idempotency-key") {
+        let key: IdempotencyKey = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| AppError::invalid("Idempotency-Key must be 1-200 printable ASCII characters"))?;
+        if spec.idempotency_key.as_ref().is_some_and(|k| k != &key) {
+            return Err(AppError::invalid("the Idempotency-Key header and idempotency_key field differ"));
+        }
+        spec.idempotency_key = Some(key);
+    }
+    let submitted = state.jobs.submit(&owner, spec).await?;
+    let this = format!("/v1/jobs/{}", submitted.job_id);
+    let answer = SubmitAnswer {
+        job_id: submitted.job_id,
+        created: submitted.created,
+        state: submitted.snapshot.state,
+        links: Links { events: format!("{this}/events"), poll: format!("{this}/poll"), this: this.clone() },
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&this) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/jobs/{id}`: the job's snapshot.
+pub async fn get_job(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> Result<Json<JobSnapshot>, AppError> {
+    let record = state.jobs.owned(&owner, parse_job(&id)?).await?;
+    Ok(Json(record.snapshot))
+}
+
+#[derive(Serialize)]
+struct CancelAnswer {
+    job_id: JobId,
+    state: JobState,
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels; answers the state afterwards.
+pub async fn cancel(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> Result<Response, AppError> {
+    let job_id = parse_job(&id)?;
+    let job_state = state.jobs.cancel(&owner, job_id).await?;
+    Ok(Json(CancelAnswer { job_id, state: job_state }).into_response())
+}
+
+/// Query of the long-poll endpoint.
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    /// The last sequence number seen (0 or absent: from the beginning).
+    #[serde(default)]
+    after: Option<u64>,
+    /// How long to wait for news, at most the configured `long_poll_timeout`.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// Answer of the long-poll endpoint.
+#[derive(Debug, Serialize)]
+pub struct PollAnswer {
+    job_id: JobId,
+    /// False when history after `after` is gone; `snapshot` is then set.
+    recovered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<JobSnapshot>,
+    /// Events after `after`, in order.
+    events: Vec<JobEvent>,
+    /// Pass this as `after` next time.
+    next_after: Seq,
+    /// The job's state.
+    state: JobState,
+    /// True when nothing more will ever come.
+    done: bool,
+}
+
+/// `GET /v1/jobs/{id}/poll?after=N&timeout_ms=T`: events after N, waiting up to T for the
+/// first one (bounded well below proxies' 100 s limit).
+pub async fn poll(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    Query(q): Query<PollQuery>,
+) -> Result<Json<PollAnswer>, AppError> {
+    let job = parse_job(&id)?;
+    let after = q.after.map(Seq);
+    let wait = q.timeout_ms.map_or(state.config.long_poll_timeout, Duration::from_millis).min(state.config.long_poll_timeout);
+    let mut rx = state.hub.subscribe(job);
+    let result = async {
+        let mut open = state.jobs.open_stream(&owner, job, after).await?;
+        if open.events.is_empty() && open.snapshot.is_none() && !open.state.is_terminal() && !wait.is_zero() {
+            tokio::select! {
+                _ = rx.recv() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = state.shutdown.cancelled() => {}
+            }
+            open = state.jobs.open_stream(&owner, job, after).await?;
+        }
+        Ok::<_, AppError>(open)
+    }
+    .await;
+    drop(rx);
+    state.hub.release(job);
+    let open = result?;
+    let next_after = open
+        .events
+        .last()
+        .map(|e| e.seq)
+        .or(open.snapshot.as_ref().map(|s| s.seq))
+        .unwrap_or(after.unwrap_or(Seq::ZERO));
+    let done = open.state.is_terminal() && open.events.last().is_none_or(|e| e.kind.is_terminal());
+    Ok(Json(PollAnswer {
+        job_id: job,
+        recovered: open.recovered,
+        snapshot: open.snapshot,
+        events: open.events,
+        next_after,
+        state: open.state,
+        done,
+    }))
+}
+
+/// `GET /v1/jobs/{id}/outputs/{name}`: the stored file with `ETag`, `If-None-Match` and `Range`.
+pub async fn output(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path((id, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, AppError> {
+    let job = parse_job(&id)?;
+    let record = state.jobs.owned(&owner, job).await?;
+    let info = record.snapshot.outputs.iter().find(|o| o.name == name).ok_or_else(|| AppError::not_found("output"))?;
+    let path = state.jobs.outputs.path(job, &name).ok_or_else(|| AppError::not_found("output"))?;
+    let etag = format!("\"{}\"", info.sha256);
+    let etag_value = HeaderValue::from_str(&etag).map_err(AppError::internal)?;
+    let if_none_match = request.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, etag_value);
+        return Ok(r);
+    }
+    let mut response = ServeFile::new(&path).oneshot(request).await.map_err(AppError::internal)?.into_response();
+    if response.status() == StatusCode::NOT_FOUND {
+        return Err(AppError::internal(format!("output file {} is missing", path.display())));
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag_value);
+    if let Ok(mime) = HeaderValue::from_str(&info.mime) {
+        headers.insert(header::CONTENT_TYPE, mime);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    Ok(response)
+}

@@ -1,0 +1,106 @@
+//! Backends run jobs. One trait; `demo` is built in, `exec` runs a command, more (ComfyUI) plug in.
+
+pub mod demo;
+pub mod exec;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use outlast_protocol::{Blob, EventKind, Failure, FailureCode, JobId, JobSpec};
+
+use crate::error::AppError;
+use crate::jobs::Jobs;
+
+/// What happens to a job that was running when the gateway stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Queue it again and run it from the start (safe for side-effect-free work).
+    Rerun,
+    /// Fail it with `interrupted` (work with side effects must not run twice unasked).
+    Fail,
+}
+
+/// An input file of a job, resolved from a complete upload.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    /// Where the bytes are.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// The uploader's file name, when known.
+    pub filename: Option<String>,
+}
+
+/// A job backend.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The name jobs use in `"backend"`.
+    fn name(&self) -> &'static str;
+
+    /// How many jobs may run at once.
+    fn concurrency(&self) -> usize;
+
+    /// What to do with a job interrupted by a gateway restart.
+    fn restart_policy(&self) -> RestartPolicy;
+
+    /// Checks a submission cheaply before it is accepted.
+    fn validate(&self, spec: &JobSpec) -> Result<(), AppError>;
+
+    /// Runs the job to completion. Cancellation drops this future, so implementations must
+    /// release what they hold on drop (e.g. kill their child process).
+    async fn run(&self, ctx: &JobContext) -> Result<(), Failure>;
+}
+
+/// What a running job can see and do.
+#[derive(Debug)]
+pub struct JobContext {
+    /// The job.
+    pub job_id: JobId,
+    /// 1 on the first run, higher after restarts.
+    pub attempt: u32,
+    /// The submission.
+    pub spec: Arc<JobSpec>,
+    /// Named inputs.
+    pub inputs: BTreeMap<String, InputFile>,
+    /// A scratch directory for this run, removed afterwards.
+    pub work_dir: PathBuf,
+    pub(crate) jobs: Arc<Jobs>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure { code: FailureCode::Internal, message: format!("could not record job progress: {e}"), detail: None }
+}
+
+impl JobContext {
+    /// Stores an event; a job that already ended (canceled meanwhile) stops the backend.
+    async fn emit(&self, kind: EventKind) -> Result<(), Failure> {
+        match self.jobs.emit(self.job_id, kind).await.map_err(internal)? {
+            Some(_) => Ok(()),
+            None => Err(Failure { code: FailureCode::Internal, message: "the job already ended".into(), detail: None }),
+        }
+    }
+
+    /// Reports step progress.
+    pub async fn progress(&self, value: u64, max: u64, label: Option<String>) -> Result<(), Failure> {
+        self.emit(EventKind::Progress { value, max, label }).await
+    }
+
+    /// Sends a small preview image.
+    pub async fn preview(&self, mime: &str, data: Vec<u8>) -> Result<(), Failure> {
+        self.emit(EventKind::Preview { mime: mime.to_owned(), data: Blob(data) }).await
+    }
+
+    /// Stores an output from memory and announces it.
+    pub async fn output_bytes(&self, name: &str, mime: &str, bytes: &[u8]) -> Result<(), Failure> {
+        let info = self.jobs.outputs.put_bytes(self.job_id, name, mime, bytes).await.map_err(internal)?;
+        self.emit(EventKind::Output(info)).await
+    }
+
+    /// Stores an output from a file (moved into storage) and announces it.
+    pub async fn output_file(&self, name: &str, mime: &str, path: &std::path::Path) -> Result<(), Failure> {
+        let info = self.jobs.outputs.put_file(self.job_id, name, mime, path).await.map_err(internal)?;
+        self.emit(EventKind::Output(info)).await
+    }
+}

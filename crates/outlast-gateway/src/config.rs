@@ -1,0 +1,375 @@
+//! The gateway's typed configuration: defaults, then `outlast.toml`, then `OUTLAST_*`
+//! environment variables, then flags. Validated once at start-up; errors name the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use outlast_protocol::OwnerId;
+use serde::Deserialize;
+
+/// Command line and environment. Every option is optional here so that the file can supply it.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "outlast",
+    version,
+    about = "A job gateway for long-running work behind Cloudflare and slow uplinks",
+    long_about = "Outlast accepts resumable uploads, queues jobs on a backend (demo, exec, ...) and \
+streams their progress over one long-lived WebSocket kept alive with pings, with SSE and \
+long-polling fallbacks.\n\nEvery option can also be set in outlast.toml (the key is shown in \
+brackets) or with the OUTLAST_* environment variable shown. Precedence: flag > environment > \
+file > default."
+)]
+pub struct Args {
+    /// Configuration file [default: ./outlast.toml when it exists]
+    #[arg(long, env = "OUTLAST_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [listen; default 127.0.0.1:8080]
+    #[arg(long, env = "OUTLAST_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Allow listening on a non-loopback address without configured auth [allow_public]
+    #[arg(long, env = "OUTLAST_ALLOW_PUBLIC")]
+    pub allow_public: bool,
+    /// Directory for the database, uploads and outputs [data_dir; default ./outlast-data]
+    #[arg(long, env = "OUTLAST_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// WebSocket ping and heartbeat interval, e.g. 25s or 500ms [ping_interval; default 25s]
+    #[arg(long, env = "OUTLAST_PING_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Close a peer that answers no ping within this time [pong_timeout; default 20s]
+    #[arg(long, env = "OUTLAST_PONG_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Option<Duration>,
+    /// Largest WebSocket message accepted, in bytes [max_message_bytes; default 1048576]
+    #[arg(long, env = "OUTLAST_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Messages buffered per connection before it counts as slow [outbound_queue; default 256]
+    #[arg(long, env = "OUTLAST_OUTBOUND_QUEUE", value_name = "N")]
+    pub outbound_queue: Option<usize>,
+    /// A connection whose buffer stays full this long is closed [slow_consumer_timeout; default 10s]
+    #[arg(long, env = "OUTLAST_SLOW_CONSUMER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub slow_consumer_timeout: Option<Duration>,
+    /// Longest wait of the long-poll endpoint [long_poll_timeout; default 25s]
+    #[arg(long, env = "OUTLAST_LONG_POLL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub long_poll_timeout: Option<Duration>,
+    /// Grace period for draining on SIGTERM/SIGINT [shutdown_grace; default 10s]
+    #[arg(long, env = "OUTLAST_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Events kept per job before progress/preview/queued events are coalesced [history_max_events; default 10000]
+    #[arg(long, env = "OUTLAST_HISTORY_MAX_EVENTS", value_name = "N")]
+    pub history_max_events: Option<u64>,
+    /// Concurrent jobs of the demo backend [demo.concurrency; default 2]
+    #[arg(long, env = "OUTLAST_DEMO_CONCURRENCY", value_name = "N")]
+    pub demo_concurrency: Option<usize>,
+    /// Enable the exec backend: a shell command run once per job [exec.command]
+    #[arg(long, env = "OUTLAST_EXEC_COMMAND", value_name = "COMMAND")]
+    pub exec_command: Option<String>,
+    /// Time limit of one exec job [exec.timeout; default 15m]
+    #[arg(long, env = "OUTLAST_EXEC_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub exec_timeout: Option<Duration>,
+    /// Concurrent jobs of the exec backend [exec.concurrency; default 1]
+    #[arg(long, env = "OUTLAST_EXEC_CONCURRENCY", value_name = "N")]
+    pub exec_concurrency: Option<usize>,
+    /// An API token as OWNER=SECRET; repeat for several owners. Enables auth [auth.tokens]
+    #[arg(long = "token", env = "OUTLAST_TOKENS", value_name = "OWNER=SECRET", value_delimiter = ',')]
+    pub tokens: Vec<String>,
+    /// Log format: pretty or json [log_format; default pretty]
+    #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `outlast.toml` file. Unknown keys are errors, so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    allow_public: Option<bool>,
+    data_dir: Option<PathBuf>,
+    #[serde(default, with = "opt_duration")]
+    ping_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pong_timeout: Option<Duration>,
+    max_message_bytes: Option<usize>,
+    outbound_queue: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    slow_consumer_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    long_poll_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    shutdown_grace: Option<Duration>,
+    history_max_events: Option<u64>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    demo: DemoFile,
+    exec: Option<ExecFile>,
+    #[serde(default)]
+    auth: AuthFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoFile {
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecFile {
+    command: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    timeout: Option<Duration>,
+    concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    #[serde(default)]
+    tokens: BTreeMap<String, String>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// The exec backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Run with `sh -c` once per job.
+    pub command: String,
+    /// Time limit per job.
+    pub timeout: Duration,
+    /// Concurrent jobs.
+    pub concurrency: usize,
+}
+
+/// The validated configuration every component reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory (database, uploads, outputs).
+    pub data_dir: PathBuf,
+    /// WebSocket ping and heartbeat interval.
+    pub ping_interval: Duration,
+    /// Close peers that answer no ping within this.
+    pub pong_timeout: Duration,
+    /// Largest inbound WebSocket message.
+    pub max_message_bytes: usize,
+    /// Outbound messages buffered per connection.
+    pub outbound_queue: usize,
+    /// How long a full outbound buffer is tolerated.
+    pub slow_consumer_timeout: Duration,
+    /// Longest long-poll wait.
+    pub long_poll_timeout: Duration,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+    /// Events per job before coalescing.
+    pub history_max_events: u64,
+    /// Demo backend concurrency.
+    pub demo_concurrency: usize,
+    /// Exec backend, when configured.
+    pub exec: Option<ExecConfig>,
+    /// Token -> owner; empty means no auth (single local owner).
+    pub tokens: BTreeMap<String, OwnerId>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in `{key}`: {message}")]
+pub struct ConfigError {
+    /// The offending key, as in outlast.toml.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), message: message.into() }
+}
+
+impl Config {
+    /// Loads the file named by `args.config` (or `./outlast.toml` if present) and merges.
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let (path, required) = match &args.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from("outlast.toml"), false),
+        };
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|e| {
+                let key = e.span().map(|s| text.get(s).unwrap_or("?").to_owned()).unwrap_or_else(|| "file".into());
+                err(&key, format!("{} ({})", e.message(), path.display()))
+            })?,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+            Err(e) => return Err(err("config", format!("cannot read {}: {e}", path.display()))),
+        };
+        Self::merge(args, file)
+    }
+
+    /// Merges flags/environment over a parsed file and validates. Tests call this directly.
+    pub fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let allow_public = args.allow_public || file.allow_public.unwrap_or(false);
+        let mut tokens = BTreeMap::new();
+        let pairs: Vec<(String, String)> = if args.tokens.is_empty() {
+            file.auth.tokens.into_iter().collect()
+        } else {
+            args.tokens
+                .iter()
+                .map(|t| {
+                    t.split_once('=')
+                        .map(|(o, s)| (o.to_owned(), s.to_owned()))
+                        .ok_or_else(|| err("auth.tokens", "expected OWNER=SECRET"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for (owner, secret) in pairs {
+            let owner: OwnerId = owner.parse().map_err(|e| err("auth.tokens", format!("{e}")))?;
+            if secret.len() < 16 {
+                return Err(err("auth.tokens", format!("the secret of {owner} must have at least 16 characters")));
+            }
+            if tokens.insert(secret, owner.clone()).is_some() {
+                return Err(err("auth.tokens", format!("the secret of {owner} is used twice")));
+            }
+        }
+        if tokens.is_empty() && !listen.ip().is_loopback() && !allow_public {
+            return Err(err(
+                "listen",
+                format!(
+                    "{listen} is not a loopback address and no auth tokens are configured; \
+                     configure auth.tokens or pass --allow-public to serve one shared owner publicly"
+                ),
+            ));
+        }
+        let positive = |key: &str, d: Duration| {
+            if d.is_zero() { Err(err(key, "must be greater than zero")) } else { Ok(d) }
+        };
+        let ping_interval = positive("ping_interval", args.ping_interval.or(file.ping_interval).unwrap_or(Duration::from_secs(25)))?;
+        let pong_timeout = positive("pong_timeout", args.pong_timeout.or(file.pong_timeout).unwrap_or(Duration::from_secs(20)))?;
+        let max_message_bytes = args.max_message_bytes.or(file.max_message_bytes).unwrap_or(1 << 20);
+        if !(1024..=256 << 20).contains(&max_message_bytes) {
+            return Err(err("max_message_bytes", "must be between 1024 and 268435456"));
+        }
+        let outbound_queue = args.outbound_queue.or(file.outbound_queue).unwrap_or(256);
+        if outbound_queue == 0 {
+            return Err(err("outbound_queue", "must be at least 1"));
+        }
+        let exec_file = file.exec.unwrap_or_default();
+        let exec = args.exec_command.or(exec_file.command).map(|command| ExecConfig {
+            command,
+            timeout: args.exec_timeout.or(exec_file.timeout).unwrap_or(Duration::from_secs(15 * 60)),
+            concurrency: args.exec_concurrency.or(exec_file.concurrency).unwrap_or(1),
+        });
+        if let Some(e) = &exec {
+            if e.command.trim().is_empty() {
+                return Err(err("exec.command", "must not be empty"));
+            }
+            if e.concurrency == 0 {
+                return Err(err("exec.concurrency", "must be at least 1"));
+            }
+        }
+        let demo_concurrency = args.demo_concurrency.or(file.demo.concurrency).unwrap_or(2);
+        if demo_concurrency == 0 {
+            return Err(err("demo.concurrency", "must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("outlast-data")),
+            ping_interval,
+            pong_timeout,
+            max_message_bytes,
+            outbound_queue,
+            slow_consumer_timeout: positive(
+                "slow_consumer_timeout",
+                args.slow_consumer_timeout.or(file.slow_consumer_timeout).unwrap_or(Duration::from_secs(10)),
+            )?,
+            long_poll_timeout: positive(
+                "long_poll_timeout",
+                args.long_poll_timeout.or(file.long_poll_timeout).unwrap_or(Duration::from_secs(25)),
+            )?,
+            shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(10)),
+            history_max_events: args.history_max_events.or(file.history_max_events).unwrap_or(10_000).max(16),
+            demo_concurrency,
+            exec,
+            tokens,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).expect("valid toml")
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::merge(Args::default(), FileConfig::default()).expect("defaults are valid");
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.data_dir, PathBuf::from("outlast-data"));
+        assert!(c.tokens.is_empty());
+        assert!(c.exec.is_none());
+    }
+
+    #[test]
+    fn flags_beat_file() {
+        let args = Args { ping_interval: Some(Duration::from_secs(5)), ..Args::default() };
+        let c = Config::merge(args, file("ping_interval = \"9s\"\n[demo]\nconcurrency = 3")).expect("valid");
+        assert_eq!(c.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.demo_concurrency, 3);
+    }
+
+    #[test]
+    fn public_listen_without_auth_is_refused_naming_the_key() {
+        let args = Args { listen: Some("0.0.0.0:8080".parse().expect("addr")), ..Args::default() };
+        let e = Config::merge(args, FileConfig::default()).expect_err("refused");
+        assert_eq!(e.key, "listen");
+        let args = Args { listen: Some("0.0.0.0:8080".parse().expect("addr")), allow_public: true, ..Args::default() };
+        assert!(Config::merge(args, FileConfig::default()).is_ok());
+        let c = Config::merge(
+            Args { listen: Some("0.0.0.0:8080".parse().expect("addr")), ..Args::default() },
+            file("[auth.tokens]\nalice = \"0123456789abcdef\""),
+        )
+        .expect("auth makes public listening fine");
+        assert_eq!(c.tokens.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("ping_interval = \"0s\"", "ping_interval"),
+            ("[exec]\ncommand = \"\"", "exec.command"),
+            ("[auth.tokens]\nalice = \"short\"", "auth.tokens"),
+            ("[demo]\nconcurrency = 0", "demo.concurrency"),
+        ] {
+            let e = Config::merge(Args::default(), file(text)).expect_err(text);
+            assert_eq!(e.key, key, "{text}");
+        }
+        assert!(toml::from_str::<FileConfig>("pign_interval = \"1s\"").is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Job outputs as files under `<data>/outputs/<job>/<name>`, written durably and content-hashed.
+//!
+//! An S3-compatible implementation replaces this for several gateways; the interface is put
+//! (from a local file) and locate (for serving with Range/ETag).
+
+use std::path::{Path, PathBuf};
+
+use outlast_protocol::{JobId, OutputInfo};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::AppError;
+
+/// File-system output storage.
+#[derive(Debug, Clone)]
+pub struct OutputStore {
+    root: PathBuf,
+}
+
+/// True for names safe as a single path component and in URLs: `[A-Za-z0-9._-]`, 1-128 chars,
+/// not starting with a dot.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl OutputStore {
+    /// Outputs under `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn dir(&self, job: JobId) -> PathBuf {
+        self.root.join(job.to_string())
+    }
+
+    /// Where an output lives, if the name is valid.
+    pub fn path(&self, job: JobId, name: &str) -> Option<PathBuf> {
+        valid_name(name).then(|| self.dir(job).join(name))
+    }
+
+    /// Stores `bytes` as output `name` of `job`: written to a temporary file, fsynced, renamed.
+    pub async fn put_bytes(&self, job: JobId, name: &str, mime: &str, bytes: &[u8]) -> Result<OutputInfo, AppError> {
+        let path = self.path(job, name).ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
+        let dir = self.dir(job);
+        tokio::fs::create_dir_all(&dir).await.map_err(AppError::internal)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(AppError::internal)?;
+        file.write_all(bytes).await.map_err(AppError::internal)?;
+        file.sync_all().await.map_err(AppError::internal)?;
+        drop(file);
+        tokio::fs::rename(&tmp, &path).await.map_err(AppError::internal)?;
+        sync_dir(&dir).await;
+        Ok(OutputInfo {
+            name: name.to_owned(),
+            mime: mime.to_owned(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        })
+    }
+
+    /// Stores the file at `src` (moved when possible) as output `name` of `job`.
+    pub async fn put_file(&self, job: JobId, name: &str, mime: &str, src: &Path) -> Result<OutputInfo, AppError> {
+        let path = self.path(job, name).ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
+        let dir = self.dir(job);
+        tokio::fs::create_dir_all(&dir).await.map_err(AppError::internal)?;
+        let mut file = tokio::fs::File::open(src).await.map_err(AppError::internal)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).await.map_err(AppError::internal)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        file.sync_all().await.map_err(AppError::internal)?;
+        if tokio::fs::rename(src, &path).await.is_err() {
+            tokio::fs::copy(src, &path).await.map_err(AppError::internal)?;
+            tokio::fs::File::open(&path).await.map_err(AppError::internal)?.sync_all().await.map_err(AppError::internal)?;
+        }
+        sync_dir(&dir).await;
+        Ok(OutputInfo { name: name.to_owned(), mime: mime.to_owned(), size, sha256: hex::encode(hasher.finalize()) })
+    }
+}
+
+/// Makes a rename durable. Best effort: some file systems refuse to open directories.
+async fn sync_dir(dir: &Path) {
+    if let Ok(d) = tokio::fs::File::open(dir).await {
+        let _ = d.sync_all().await;
+    }
+}
+
+/// A media type from a file name's extension.
+pub fn mime_for(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "wav" => "audio/wav",
+        "mp3" => "audio/mpeg",
+        "flac" => "audio/flac",
+        "ogg" => "audio/ogg",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "json" => "application/json",
+        "txt" | "log" => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}

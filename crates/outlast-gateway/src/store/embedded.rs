@@ -1,0 +1,244 @@
+//! The default store: one redb database file, every commit fsynced before it is acknowledged.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use outlast_protocol::replay::coalesce;
+use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Created, JobRecord, JobStore, Rejected, StoreError, StreamStart, now_ms};
+use crate::hub::Hub;
+
+/// job id (16 bytes) -> JobRecord (MessagePack).
+const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
+/// job id (16 bytes) + seq (8 bytes, big-endian) -> JobEvent (MessagePack).
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// owner + 0x00 + idempotency key -> job id (16 bytes).
+const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+/// counters.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+fn event_key(job: JobId, seq: Seq) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(job.as_bytes());
+    key[16..].copy_from_slice(&seq.0.to_be_bytes());
+    key
+}
+
+fn idem_key(owner: &OwnerId, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(owner.as_str().len() + 1 + key.len());
+    k.extend_from_slice(owner.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn se(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(v).map_err(se)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(se)
+}
+
+/// redb-backed [`JobStore`].
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    hub: Arc<Hub>,
+    /// Held across commit + publish so subscribers see events in commit order. A std Mutex:
+    /// it is only taken inside `spawn_blocking`, never across an await.
+    write_order: Arc<Mutex<()>>,
+    history_max_events: u64,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path, hub: Arc<Hub>, history_max_events: u64) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(se)?;
+        let txn = db.begin_write().map_err(se)?;
+        {
+            txn.open_table(JOBS).map_err(se)?;
+            txn.open_table(EVENTS).map_err(se)?;
+            txn.open_table(IDEMPOTENCY).map_err(se)?;
+            txn.open_table(META).map_err(se)?;
+        }
+        txn.commit().map_err(se)?;
+        Ok(Self { db: Arc::new(db), hub, write_order: Arc::new(Mutex::new(())), history_max_events })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(se)?
+    }
+}
+
+fn load_record(table: &impl ReadableTable<&'static [u8], &'static [u8]>, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+    match table.get(job.as_bytes().as_slice()).map_err(se)? {
+        Some(v) => decode(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn events_after(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    job: JobId,
+    after: Seq,
+) -> Result<Vec<JobEvent>, StoreError> {
+    let from = event_key(job, after.next());
+    let to = event_key(job, Seq(u64::MAX));
+    let mut out = Vec::new();
+    for item in table.range(from.as_slice()..=to.as_slice()).map_err(se)? {
+        let (_, v) = item.map_err(se)?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl JobStore for EmbeddedStore {
+    async fn create(&self, owner: OwnerId, spec: JobSpec, spec_digest: [u8; 32], now: u64) -> Result<Created, StoreError> {
+        let lock = Arc::clone(&self.write_order);
+        self.blocking(move |db| {
+            let _order = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let txn = db.begin_write().map_err(se)?;
+            let created = {
+                let mut jobs = txn.open_table(JOBS).map_err(se)?;
+                let mut idem = txn.open_table(IDEMPOTENCY).map_err(se)?;
+                let mut meta = txn.open_table(META).map_err(se)?;
+                let ikey = spec.idempotency_key.as_ref().map(|k| idem_key(&owner, k.as_str()));
+                let existing = match &ikey {
+                    Some(k) => idem.get(k.as_slice()).map_err(se)?.map(|v| v.value().to_vec()),
+                    None => None,
+                };
+                if let Some(id) = existing {
+                    let id: [u8; 16] = id.as_slice().try_into().map_err(se)?;
+                    let record = load_record(&jobs, JobId::from_bytes(id))?
+                        .ok_or_else(|| StoreError("idempotency key names a missing job".into()))?;
+                    return Ok(if record.spec_digest == spec_digest {
+                        Created::Existing(record)
+                    } else {
+                        Created::Conflict
+                    });
+                }
+                let ticket = meta.get("next_ticket").map_err(se)?.map(|v| v.value()).unwrap_or(1);
+                meta.insert("next_ticket", ticket + 1).map_err(se)?;
+                let job_id = JobId::random();
+                let record = JobRecord {
+                    owner,
+                    snapshot: JobSnapshot::new(job_id, spec.backend.clone(), now),
+                    spec,
+                    spec_digest,
+                    ticket,
+                    complete_after: Seq::ZERO,
+                    stored_events: 0,
+                };
+                jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice()).map_err(se)?;
+                if let Some(k) = ikey {
+                    idem.insert(k.as_slice(), job_id.as_bytes().as_slice()).map_err(se)?;
+                }
+                Created::New(record)
+            };
+            txn.commit().map_err(se)?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn append(&self, batch: Vec<(JobId, EventKind)>) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError> {
+        let lock = Arc::clone(&self.write_order);
+        let hub = Arc::clone(&self.hub);
+        let max_events = self.history_max_events;
+        self.blocking(move |db| {
+            let _order = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let txn = db.begin_write().map_err(se)?;
+            let mut results = Vec::with_capacity(batch.len());
+            {
+                let mut jobs = txn.open_table(JOBS).map_err(se)?;
+                let mut events = txn.open_table(EVENTS).map_err(se)?;
+                let at_ms = now_ms();
+                for (job_id, kind) in batch {
+                    let Some(mut record) = load_record(&jobs, job_id)? else {
+                        results.push(Err(Rejected::UnknownJob));
+                        continue;
+                    };
+                    if record.snapshot.state.is_terminal() {
+                        results.push(Err(Rejected::AlreadyTerminal));
+                        continue;
+                    }
+                    let event = JobEvent { job_id, seq: record.snapshot.seq.next(), at_ms, kind };
+                    events.insert(event_key(job_id, event.seq).as_slice(), encode(&event)?.as_slice()).map_err(se)?;
+                    record.snapshot.apply(&event);
+                    record.stored_events += 1;
+                    if record.stored_events > max_events {
+                        let stored = events_after(&events, job_id, Seq::ZERO)?;
+                        let (drop, watermark) =
+                            coalesce(stored.iter().map(|e| (e.seq, &e.kind)), record.complete_after);
+                        for seq in &drop {
+                            events.remove(event_key(job_id, *seq).as_slice()).map_err(se)?;
+                        }
+                        record.stored_events -= drop.len() as u64;
+                        record.complete_after = watermark;
+                    }
+                    jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice()).map_err(se)?;
+                    results.push(Ok(event));
+                }
+            }
+            txn.commit().map_err(se)?;
+            // Durable now: publish in commit order while still holding the order lock.
+            for event in results.iter().flatten() {
+                hub.publish(event.clone());
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn get(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let jobs = txn.open_table(JOBS).map_err(se)?;
+            load_record(&jobs, job)
+        })
+        .await
+    }
+
+    async fn stream_start(&self, job: JobId, after: Seq) -> Result<Option<StreamStart>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let jobs = txn.open_table(JOBS).map_err(se)?;
+            let Some(record) = load_record(&jobs, job)? else { return Ok(None) };
+            let events = txn.open_table(EVENTS).map_err(se)?;
+            let events = events_after(&events, job, after)?;
+            Ok(Some(StreamStart { record, events }))
+        })
+        .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let jobs = txn.open_table(JOBS).map_err(se)?;
+            let mut out = Vec::new();
+            for item in jobs.iter().map_err(se)? {
+                let (_, v) = item.map_err(se)?;
+                let record: JobRecord = decode(v.value())?;
+                if !record.snapshot.state.is_terminal() {
+                    out.push(record);
+                }
+            }
+            out.sort_by_key(|r| r.ticket);
+            Ok(out)
+        })
+        .await
+    }
+}

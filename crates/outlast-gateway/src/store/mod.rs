@@ -1,0 +1,102 @@
+//! Durable job state and event logs, behind one interface.
+//!
+//! The embedded implementation ([`embedded::EmbeddedStore`], redb + files) is the default. The
+//! trait is shaped for a shared implementation on Redis later: `create` is one atomic
+//! check-and-insert (a Lua script / MULTI there), `append` assigns sequence numbers atomically
+//! per job and notifies subscribers after the write is durable (XADD + PUBLISH), and reads of
+//! a stream's start come from one consistent view.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use outlast_protocol::replay::HistoryBounds;
+use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
+use serde::{Deserialize, Serialize};
+
+/// Everything stored about a job besides its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Who submitted it; nobody else may see it.
+    pub owner: OwnerId,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// SHA-256 of the canonical spec, to tell an idempotent retry from a conflicting reuse of a key.
+    pub spec_digest: [u8; 32],
+    /// Order of submission, used to rebuild the queue after a restart.
+    pub ticket: u64,
+    /// The job's state folded from all its events.
+    pub snapshot: JobSnapshot,
+    /// Every event after this is stored; some coalescable ones at or below it were dropped.
+    pub complete_after: Seq,
+    /// Number of events currently stored.
+    pub stored_events: u64,
+}
+
+impl JobRecord {
+    /// What the stored history holds.
+    pub fn bounds(&self) -> HistoryBounds {
+        HistoryBounds { last: self.snapshot.seq, complete_after: self.complete_after, retained: true }
+    }
+}
+
+/// The answer to `create`.
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// A new job.
+    New(JobRecord),
+    /// The idempotency key named this existing job with the same spec.
+    Existing(JobRecord),
+    /// The idempotency key names a job with a different spec.
+    Conflict,
+}
+
+/// Why one event of an append batch was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// No such job.
+    UnknownJob,
+    /// The job already reached a terminal state; nothing may follow it.
+    AlreadyTerminal,
+}
+
+/// A stream's starting point, read from one consistent view.
+#[derive(Debug, Clone)]
+pub struct StreamStart {
+    /// The job.
+    pub record: JobRecord,
+    /// Stored events with `seq > after` (all of them when the plan is exact).
+    pub events: Vec<JobEvent>,
+}
+
+/// A storage failure (I/O, corruption). Never caused by client input.
+#[derive(Debug, thiserror::Error)]
+#[error("storage error: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable jobs and event logs.
+#[async_trait]
+pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates a job, or finds the one its idempotency key names. Atomic.
+    async fn create(&self, owner: OwnerId, spec: JobSpec, spec_digest: [u8; 32], now_ms: u64) -> Result<Created, StoreError>;
+
+    /// Appends events (possibly for several jobs) in one durable write, assigning each job's next
+    /// sequence numbers, then publishes the stored events to live subscribers in order.
+    async fn append(&self, batch: Vec<(JobId, EventKind)>) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError>;
+
+    /// The job's record.
+    async fn get(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    /// The record and the stored events after `after`, from one consistent view.
+    async fn stream_start(&self, job: JobId, after: Seq) -> Result<Option<StreamStart>, StoreError>;
+
+    /// Every job that is not terminal, in submission order (for recovery after a restart).
+    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

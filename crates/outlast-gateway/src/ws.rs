@@ -1,0 +1,378 @@
+//! `GET /v1/ws`: one long-lived WebSocket per client carrying every job stream.
+//!
+//! One task per connection runs the session (reads, subscriptions, keep-alive); a second,
+//! tracked task owns the socket's sink and writes from a bounded queue. A client that leaves
+//! the queue full for `slow_consumer_timeout` is disconnected; it loses nothing, because it
+//! resumes from its last sequence number.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use outlast_protocol::codec::{DecodeError, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use outlast_protocol::keepalive::{Keepalive, KeepaliveAction};
+use outlast_protocol::v1::{ClientMsg, Control, PROTOCOL, ServerMsg};
+use outlast_protocol::{Codec, ErrorCode, Frame, JobEvent, JobId, OwnerId, Seq};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Owner;
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: usize = 1024;
+/// Read buffer per connection: small, because most connections are idle (tungstenite's default
+/// is 128 KiB). Larger messages still arrive; they are read in more steps.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Close codes the server uses (RFC 6455 and the 4000-4999 private range).
+pub mod close {
+    /// The client closed, or the server ends a healthy session.
+    pub const NORMAL: u16 = 1000;
+    /// A frame-level protocol violation.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Text that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame or message over the size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The gateway is restarting or shutting down; reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The client could not keep up; reconnect and resume.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The client answered no ping in time.
+    pub const PING_TIMEOUT: u16 = 4000;
+}
+
+/// The upgrade handler.
+pub async fn handler(ws: WebSocketUpgrade, owner: Result<Owner, AppError>, State(state): State<AppState>) -> Response {
+    let owner = match owner {
+        Ok(Owner(owner)) => owner,
+        Err(e) => return e.into_response(),
+    };
+    let cfg = &state.config;
+    let ws = ws
+        .protocols([SUBPROTOCOL_MSGPACK, SUBPROTOCOL_JSON])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.max_message_bytes.saturating_mul(4).max(1 << 20))
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.max_message_bytes);
+    let Some(codec) = ws.selected_protocol().and_then(|p| p.to_str().ok()).and_then(Codec::from_subprotocol) else {
+        return AppError::new(
+            ErrorCode::UnsupportedSubprotocol,
+            format!("offer the WebSocket subprotocol {SUBPROTOCOL_MSGPACK} or {SUBPROTOCOL_JSON}"),
+        )
+        .into_response();
+    };
+    if state.shutdown.is_cancelled() {
+        return AppError::new(ErrorCode::ShuttingDown, "the gateway is shutting down").into_response();
+    }
+    ws.on_upgrade(move |socket| async move {
+        // The upgraded connection escapes axum's graceful shutdown; this token keeps the
+        // shutdown waiting for it.
+        let _alive = state.tracker.token();
+        metrics::gauge!("outlast_ws_connections").increment(1.0);
+        metrics::counter!("outlast_ws_connections_total").increment(1);
+        Session::run(state, owner, codec, socket).await;
+        metrics::gauge!("outlast_ws_connections").decrement(1.0);
+    })
+}
+
+/// Why a session ends.
+enum End {
+    /// Close with this code and reason (after anything queued).
+    Close(u16, &'static str),
+    /// The peer is gone or too slow; drop the socket without waiting.
+    Abort,
+}
+
+struct Session {
+    state: AppState,
+    owner: OwnerId,
+    codec: Codec,
+    out: mpsc::Sender<Message>,
+    /// Cancels the writer at once (slow consumer): queued messages are dropped.
+    kill_writer: CancellationToken,
+    subs: StreamMap<JobId, BroadcastStream<Arc<JobEvent>>>,
+    /// The newest sequence number sent per subscribed job.
+    last_sent: HashMap<JobId, Seq>,
+}
+
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>, kill: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = kill.cancelled() => break,
+            msg = rx.recv() => msg,
+        };
+        let Some(msg) = msg else { break };
+        let closing = matches!(msg, Message::Close(_));
+        tokio::select! {
+            biased;
+            () = kill.cancelled() => break,
+            r = sink.send(msg) => if r.is_err() { break },
+        }
+        if closing {
+            break;
+        }
+    }
+    // Dropping the sink (and with it the socket half) ends the connection.
+}
+
+impl Session {
+    async fn run(state: AppState, owner: OwnerId, codec: Codec, socket: WebSocket) {
+        let (sink, stream) = socket.split();
+        let (out, rx) = mpsc::channel(state.config.outbound_queue);
+        let kill_writer = CancellationToken::new();
+        let writer = state.tracker.spawn(write_loop(sink, rx, kill_writer.clone()));
+        let mut session =
+            Session { state, owner, codec, out, kill_writer, subs: StreamMap::new(), last_sent: HashMap::new() };
+        let end = session.drive(stream).await;
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+                let _ = session.out.try_send(Message::Close(Some(frame)));
+            }
+            End::Abort => session.kill_writer.cancel(),
+        }
+        for job in session.subs.keys().copied().collect::<Vec<_>>() {
+            session.unsubscribe(job);
+        }
+        let out = session.out;
+        drop(out);
+        // Give the writer a moment to flush the close frame, then stop it.
+        if tokio::time::timeout(session.state.config.slow_consumer_timeout, writer).await.is_err() {
+            session.kill_writer.cancel();
+        }
+    }
+
+    async fn drive(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+        let cfg = Arc::clone(&self.state.config);
+        let mut keepalive = Keepalive::new(Instant::now().into_std(), cfg.ping_interval, cfg.pong_timeout);
+        let welcome = Control::Welcome {
+            protocol: PROTOCOL.to_owned(),
+            owner: self.owner.to_string(),
+            heartbeat_ms: cfg.ping_interval.as_millis() as u64,
+            max_message_bytes: cfg.max_message_bytes as u64,
+        };
+        if self.send(welcome.into()).await.is_err() {
+            return End::Abort;
+        }
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let deadline = Instant::from_std(keepalive.poll_timeout());
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    let bye = Control::Goaway { reason: "the gateway is restarting".into(), retry_ms: 1000 };
+                    let _ = self.send(bye.into()).await;
+                    return End::Close(close::SERVICE_RESTART, "gateway restarting; reconnect and resume");
+                }
+                frame = stream.next() => {
+                    keepalive.handle_inbound(Instant::now().into_std());
+                    match frame {
+                        None => return End::Abort,
+                        Some(Err(e)) => return close_for(e),
+                        Some(Ok(Message::Close(_))) => return End::Close(close::NORMAL, ""),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Text(text))) => self.handle_frame(text.as_bytes(), true).await,
+                        Some(Ok(Message::Binary(bytes))) => self.handle_frame(&bytes, false).await,
+                    }
+                }
+                Some((job, item)) = self.subs.next(), if !self.subs.is_empty() => self.forward(job, item).await,
+                () = tokio::time::sleep_until(deadline) => {
+                    match keepalive.poll(Instant::now().into_std()) {
+                        Some(KeepaliveAction::Ping) => self.ping().await,
+                        Some(KeepaliveAction::TimedOut) => {
+                            metrics::counter!("outlast_ws_ping_timeouts_total").increment(1);
+                            return End::Close(close::PING_TIMEOUT, "no pong received in time");
+                        }
+                        None => Ok(()),
+                    }
+                }
+            };
+            if step.is_err() {
+                metrics::counter!("outlast_ws_slow_consumers_total").increment(1);
+                tracing::info!(owner = %self.owner, "closing a connection that does not keep up");
+                return End::Abort;
+            }
+        }
+    }
+
+    /// Queues a message for the writer. Err means the client did not keep up.
+    async fn send(&self, msg: ServerMsg) -> Result<(), ()> {
+        let frame = match self.codec.encode(&msg) {
+            Ok(Frame::Binary(b)) => Message::Binary(b.into()),
+            Ok(Frame::Text(t)) => Message::Text(t.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a server message");
+                return Ok(());
+            }
+        };
+        self.send_raw(frame).await
+    }
+
+    async fn send_raw(&self, frame: Message) -> Result<(), ()> {
+        match tokio::time::timeout(self.state.config.slow_consumer_timeout, self.out.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), ()> {
+        self.send_raw(Message::Ping(bytes::Bytes::new())).await?;
+        let jobs = self.last_sent.iter().map(|(j, s)| (*j, *s)).collect();
+        self.send(Control::Heartbeat { jobs }.into()).await
+    }
+
+    async fn error(&self, req: Option<u64>, code: ErrorCode, message: String) -> Result<(), ()> {
+        self.send(Control::Error { req, code, message }.into()).await
+    }
+
+    async fn handle_frame(&mut self, bytes: &[u8], text: bool) -> Result<(), ()> {
+        let expected_text = self.codec == Codec::Json;
+        if text != expected_text {
+            let e = DecodeError::WrongFrameType(if text { "text" } else { "binary" });
+            return self.error(None, e.code(), e.to_string()).await;
+        }
+        let msg = match self.codec.decode_client(bytes, self.state.config.max_message_bytes) {
+            Ok(msg) => msg,
+            Err((e, req)) => {
+                metrics::counter!("outlast_ws_bad_messages_total", "code" => e.code().as_str()).increment(1);
+                return self.error(req, e.code(), e.to_string()).await;
+            }
+        };
+        match msg {
+            ClientMsg::Ping { nonce } => self.send(Control::Pong { nonce }.into()).await,
+            ClientMsg::Submit { req, job } => match self.state.jobs.submit(&self.owner, job).await {
+                Ok(s) => self.send(Control::Submitted { req, job_id: s.job_id, created: s.created }.into()).await,
+                Err(e) => self.error(req, e.code, e.message).await,
+            },
+            ClientMsg::Subscribe { req, job_id, after } => self.subscribe(req, job_id, after).await,
+            ClientMsg::Unsubscribe { req, job_id } => {
+                self.unsubscribe(job_id);
+                self.send(Control::Unsubscribed { req, job_id }.into()).await
+            }
+            ClientMsg::Cancel { req, job_id } => match self.state.jobs.cancel(&self.owner, job_id).await {
+                Ok(state) => self.send(Control::CancelResult { req, job_id, state }.into()).await,
+                Err(e) => self.error(req, e.code, e.message).await,
+            },
+            ClientMsg::Get { req, job_id } => match self.state.jobs.owned(&self.owner, job_id).await {
+                Ok(record) => self.send(Control::Snapshot { req, snapshot: record.snapshot }.into()).await,
+                Err(e) => self.error(req, e.code, e.message).await,
+            },
+        }
+    }
+
+    async fn subscribe(&mut self, req: Option<u64>, job: JobId, after: Option<Seq>) -> Result<(), ()> {
+        if !self.subs.contains_key(&job) && self.subs.len() >= MAX_SUBSCRIPTIONS {
+            let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
+            return self.error(req, ErrorCode::LimitExceeded, msg).await;
+        }
+        self.unsubscribe(job);
+        // Subscribe to live events before reading history, so nothing falls in between;
+        // overlaps are dropped by sequence number.
+        let rx = self.state.hub.subscribe(job);
+        let open = match self.state.jobs.open_stream(&self.owner, job, after).await {
+            Ok(open) => open,
+            Err(e) => {
+                drop(rx);
+                self.state.hub.release(job);
+                return self.error(req, e.code, e.message).await;
+            }
+        };
+        if after.is_some() {
+            metrics::counter!("outlast_ws_resumes_total", "recovered" => if open.recovered { "true" } else { "false" })
+                .increment(1);
+        }
+        let mut last = open.snapshot.as_ref().map_or(after.unwrap_or(Seq::ZERO), |s| s.seq);
+        let terminal = open.state.is_terminal();
+        self.send(Control::Subscribed { req, job_id: job, recovered: open.recovered, snapshot: open.snapshot }.into())
+            .await?;
+        for event in open.events {
+            last = event.seq;
+            self.send(event.into()).await?;
+        }
+        if terminal {
+            // Nothing can follow a terminal event.
+            drop(rx);
+            self.state.hub.release(job);
+            return Ok(());
+        }
+        self.last_sent.insert(job, last);
+        self.subs.insert(job, BroadcastStream::new(rx));
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, job: JobId) {
+        if self.subs.remove(&job).is_some() {
+            self.state.hub.release(job);
+        }
+        self.last_sent.remove(&job);
+    }
+
+    async fn forward(&mut self, job: JobId, item: Result<Arc<JobEvent>, BroadcastStreamRecvError>) -> Result<(), ()> {
+        let last = self.last_sent.get(&job).copied().unwrap_or(Seq::ZERO);
+        match item {
+            Ok(event) if event.seq <= last => Ok(()),
+            Ok(event) if event.seq == last.next() => {
+                let terminal = event.kind.is_terminal();
+                self.last_sent.insert(job, event.seq);
+                self.send(ServerMsg::Event((*event).clone())).await?;
+                if terminal {
+                    self.unsubscribe(job);
+                }
+                Ok(())
+            }
+            // A gap (this receiver lagged, or history was coalesced meanwhile): re-read the store.
+            Ok(_) | Err(BroadcastStreamRecvError::Lagged(_)) => self.catch_up(job, last).await,
+        }
+    }
+
+    async fn catch_up(&mut self, job: JobId, last: Seq) -> Result<(), ()> {
+        let open = match self.state.jobs.open_stream(&self.owner, job, Some(last)).await {
+            Ok(open) => open,
+            Err(e) => return self.error(None, e.code, e.message).await,
+        };
+        let mut newest = last;
+        if let Some(snapshot) = open.snapshot {
+            newest = snapshot.seq;
+            let msg = Control::Subscribed { req: None, job_id: job, recovered: false, snapshot: Some(snapshot) };
+            self.send(msg.into()).await?;
+        }
+        for event in open.events {
+            newest = event.seq;
+            self.send(event.into()).await?;
+        }
+        if open.state.is_terminal() {
+            self.unsubscribe(job);
+        } else {
+            self.last_sent.insert(job, newest);
+        }
+        Ok(())
+    }
+}
+
+/// Maps a transport error to the close code the client should see.
+fn close_for(e: axum::Error) -> End {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+            End::Close(close::MESSAGE_TOO_BIG, "message exceeds max_message_bytes")
+        }
+        Some(WsError::Capacity(_)) => End::Close(close::MESSAGE_TOO_BIG, "frame too large"),
+        Some(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+        Some(WsError::Protocol(_)) => End::Close(close::PROTOCOL_ERROR, "WebSocket protocol violation"),
+        _ => End::Abort,
+    }
+}
