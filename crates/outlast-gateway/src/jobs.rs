@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use outlast_protocol::replay::{self, ReplayPlan};
@@ -243,16 +242,6 @@ impl Jobs {
             self.sched().queues.entry(backend.name()).or_default().push(record.owner.clone(), job);
         }
         Ok(())
-    }
-
-    /// Stops dispatching and, after `grace`, stops the runners (their jobs stay `running` in
-    /// the store and are recovered at the next start).
-    pub fn stop_after(self: &Arc<Self>, grace: Duration) {
-        let this = Arc::clone(self);
-        self.tracker.spawn(async move {
-            tokio::time::sleep(grace).await;
-            this.stop_runners.cancel();
-        });
     }
 
     /// Cancels runners at once (used after the grace period, and by tests).

@@ -142,11 +142,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_listening: impl
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
 
     tracing::info!(grace = ?config.shutdown_grace, "draining");
-    jobs.stop_after(config.shutdown_grace);
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace + std::time::Duration::from_secs(1), tracker.wait()).await.is_err() {
-        tracing::warn!(remaining = tracker.len(), "tasks still running after the grace period");
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+        // Jobs still running stay `running` in the store; recovery handles them at the next start.
+        tracing::warn!(remaining = tracker.len(), "grace period over; stopping job runners");
         jobs.stop_runners_now();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await.is_err() {
+            tracing::error!(remaining = tracker.len(), "tasks did not stop");
+        }
     }
     tracing::info!("stopped");
     Ok(())
