@@ -1,1 +1,180 @@
-//! Test harness for end-to-end suites.
+//! Test harness for the end-to-end suites: starts the real `outlast` binary on an ephemeral
+//! port, talks to it with real clients (tokio-tungstenite, reqwest), and puts a TCP proxy in
+//! between that can cut connections (idle timeouts like Cloudflare's, or on command).
+
+pub mod proxy;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `outlast` binary: `$OUTLAST_BIN`, or the workspace's debug build (built once if missing).
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("OUTLAST_BIN") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        let bin = target.join("debug").join("outlast");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "outlast-gateway",
+                "--bin",
+                "outlast",
+            ])
+            .current_dir(&root)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the outlast binary failed");
+        bin
+    })
+    .clone()
+}
+
+/// A running gateway process with its own data directory.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway with a fresh data directory and extra command-line flags.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Gateway> {
+        let tmp = tempfile::tempdir()?;
+        let data_dir = tmp.path().join("data");
+        let mut gw = Gateway {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            log: tmp.path().join("gateway.log"),
+            _tmp: Some(tmp),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        gw.spawn().await?;
+        Ok(gw)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut child = Command::new(binary())
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("OUTLAST_LOG", "info,outlast_gateway=debug")
+            .env_remove("OUTLAST_CONFIG")
+            .current_dir(self.data_dir.parent().unwrap_or(Path::new(".")))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning outlast")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("gateway did not start within 60 s")??;
+        let Some(line) = line else {
+            bail!("gateway exited at start; log:\n{}", self.log_text());
+        };
+        let url = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .with_context(|| format!("unexpected first line {line:?}"))?;
+        self.addr = url.parse()?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `http://addr`
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ws://addr/v1/ws`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// The gateway's log so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = child.id().context("no pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+    }
+
+    /// Starts the gateway again on the same address and data directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        self.spawn().await
+    }
+
+    /// Submits a job over HTTP and returns its id.
+    pub async fn submit(&self, body: serde_json::Value) -> anyhow::Result<String> {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", self.http()))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: serde_json::Value = r.json().await?;
+        anyhow::ensure!(status == 202, "submit answered {status}: {v}");
+        Ok(v["job_id"].as_str().context("job_id")?.to_owned())
+    }
+
+    /// Every stored event of a job from the long-poll endpoint (job must be finished).
+    pub async fn full_log(&self, job: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let url = format!("{}/v1/jobs/{job}/poll?after=0&timeout_ms=0", self.http());
+        let v: serde_json::Value = reqwest::get(url).await?.json().await?;
+        Ok(v["events"].as_array().context("events")?.clone())
+    }
+}

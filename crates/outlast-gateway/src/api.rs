@@ -40,17 +40,26 @@ struct Links {
 
 /// `POST /v1/jobs`: 202 with the job id at once. An `Idempotency-Key` header works like the
 /// body's `idempotency_key`.
-pub async fn submit(State(state): State<AppState>, Owner(owner): Owner, headers: HeaderMap, body: Bytes) -> Result<Response, AppError> {
-    let mut spec: JobSpec =
-        serde_json::from_slice(&body).map_err(|e| AppError::invalid(format!("invalid job JSON: {e}")))?;
+pub async fn submit(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let mut spec: JobSpec = serde_json::from_slice(&body)
+        .map_err(|e| AppError::invalid(format!("invalid job JSON: {e}")))?;
     if let Some(value) = headers.get("idempotency-key") {
         let key: IdempotencyKey = value
             .to_str()
             .ok()
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| AppError::invalid("Idempotency-Key must be 1-200 printable ASCII characters"))?;
+            .ok_or_else(|| {
+                AppError::invalid("Idempotency-Key must be 1-200 printable ASCII characters")
+            })?;
         if spec.idempotency_key.as_ref().is_some_and(|k| k != &key) {
-            return Err(AppError::invalid("the Idempotency-Key header and idempotency_key field differ"));
+            return Err(AppError::invalid(
+                "the Idempotency-Key header and idempotency_key field differ",
+            ));
         }
         spec.idempotency_key = Some(key);
     }
@@ -60,7 +69,11 @@ pub async fn submit(State(state): State<AppState>, Owner(owner): Owner, headers:
         job_id: submitted.job_id,
         created: submitted.created,
         state: submitted.snapshot.state,
-        links: Links { events: format!("{this}/events"), poll: format!("{this}/poll"), this: this.clone() },
+        links: Links {
+            events: format!("{this}/events"),
+            poll: format!("{this}/poll"),
+            this: this.clone(),
+        },
     };
     let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
     if let Ok(v) = HeaderValue::from_str(&this) {
@@ -70,7 +83,11 @@ pub async fn submit(State(state): State<AppState>, Owner(owner): Owner, headers:
 }
 
 /// `GET /v1/jobs/{id}`: the job's snapshot.
-pub async fn get_job(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> Result<Json<JobSnapshot>, AppError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<Json<JobSnapshot>, AppError> {
     let record = state.jobs.owned(&owner, parse_job(&id)?).await?;
     Ok(Json(record.snapshot))
 }
@@ -82,10 +99,18 @@ struct CancelAnswer {
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels; answers the state afterwards.
-pub async fn cancel(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> Result<Response, AppError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
     let job_id = parse_job(&id)?;
     let job_state = state.jobs.cancel(&owner, job_id).await?;
-    Ok(Json(CancelAnswer { job_id, state: job_state }).into_response())
+    Ok(Json(CancelAnswer {
+        job_id,
+        state: job_state,
+    })
+    .into_response())
 }
 
 /// Query of the long-poll endpoint.
@@ -127,11 +152,18 @@ pub async fn poll(
 ) -> Result<Json<PollAnswer>, AppError> {
     let job = parse_job(&id)?;
     let after = q.after.map(Seq);
-    let wait = q.timeout_ms.map_or(state.config.long_poll_timeout, Duration::from_millis).min(state.config.long_poll_timeout);
+    let wait = q
+        .timeout_ms
+        .map_or(state.config.long_poll_timeout, Duration::from_millis)
+        .min(state.config.long_poll_timeout);
     let mut rx = state.hub.subscribe(job);
     let result = async {
         let mut open = state.jobs.open_stream(&owner, job, after).await?;
-        if open.events.is_empty() && open.snapshot.is_none() && !open.state.is_terminal() && !wait.is_zero() {
+        if open.events.is_empty()
+            && open.snapshot.is_none()
+            && !open.state.is_terminal()
+            && !wait.is_zero()
+        {
             tokio::select! {
                 _ = rx.recv() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -172,25 +204,47 @@ pub async fn output(
 ) -> Result<Response, AppError> {
     let job = parse_job(&id)?;
     let record = state.jobs.owned(&owner, job).await?;
-    let info = record.snapshot.outputs.iter().find(|o| o.name == name).ok_or_else(|| AppError::not_found("output"))?;
-    let path = state.jobs.outputs.path(job, &name).ok_or_else(|| AppError::not_found("output"))?;
+    let info = record
+        .snapshot
+        .outputs
+        .iter()
+        .find(|o| o.name == name)
+        .ok_or_else(|| AppError::not_found("output"))?;
+    let path = state
+        .jobs
+        .outputs
+        .path(job, &name)
+        .ok_or_else(|| AppError::not_found("output"))?;
     let etag = format!("\"{}\"", info.sha256);
     let etag_value = HeaderValue::from_str(&etag).map_err(AppError::internal)?;
-    let if_none_match = request.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    let if_none_match = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
     if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, etag_value);
         return Ok(r);
     }
-    let mut response = ServeFile::new(&path).oneshot(request).await.map_err(AppError::internal)?.into_response();
+    let mut response = ServeFile::new(&path)
+        .oneshot(request)
+        .await
+        .map_err(AppError::internal)?
+        .into_response();
     if response.status() == StatusCode::NOT_FOUND {
-        return Err(AppError::internal(format!("output file {} is missing", path.display())));
+        return Err(AppError::internal(format!(
+            "output file {} is missing",
+            path.display()
+        )));
     }
     let headers = response.headers_mut();
     headers.insert(header::ETAG, etag_value);
     if let Ok(mime) = HeaderValue::from_str(&info.mime) {
         headers.insert(header::CONTENT_TYPE, mime);
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     Ok(response)
 }

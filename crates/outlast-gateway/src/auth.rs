@@ -21,7 +21,12 @@ pub struct Auth {
 impl Auth {
     /// From the configured `secret -> owner` map; empty means no auth.
     pub fn new(tokens: &BTreeMap<String, OwnerId>) -> Self {
-        Self { tokens: tokens.iter().map(|(s, o)| (Sha256::digest(s.as_bytes()).into(), o.clone())).collect() }
+        Self {
+            tokens: tokens
+                .iter()
+                .map(|(s, o)| (Sha256::digest(s.as_bytes()).into(), o.clone()))
+                .collect(),
+        }
     }
 
     /// True when tokens are configured.
@@ -34,7 +39,8 @@ impl Auth {
         if !self.enabled() {
             return Ok(OwnerId::local());
         }
-        let unauthorized = || AppError::new(ErrorCode::Unauthorized, "missing or invalid access token");
+        let unauthorized =
+            || AppError::new(ErrorCode::Unauthorized, "missing or invalid access token");
         let digest: [u8; 32] = Sha256::digest(token.ok_or_else(unauthorized)?.as_bytes()).into();
         let mut found = None;
         for (candidate, owner) in &self.tokens {
@@ -54,7 +60,10 @@ pub struct Owner(pub OwnerId);
 impl FromRequestParts<AppState> for Owner {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -62,7 +71,9 @@ impl FromRequestParts<AppState> for Owner {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let query = parts.uri.query().and_then(|q| {
-            q.split('&').find_map(|kv| kv.strip_prefix("access_token=")).filter(|t| !t.is_empty())
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("access_token="))
+                .filter(|t| !t.is_empty())
         });
         state.auth.owner_for(header.or(query)).map(Owner)
     }

@@ -72,7 +72,12 @@ pub struct Args {
     #[arg(long, env = "OUTLAST_EXEC_CONCURRENCY", value_name = "N")]
     pub exec_concurrency: Option<usize>,
     /// An API token as OWNER=SECRET; repeat for several owners. Enables auth [auth.tokens]
-    #[arg(long = "token", env = "OUTLAST_TOKENS", value_name = "OWNER=SECRET", value_delimiter = ',')]
+    #[arg(
+        long = "token",
+        env = "OUTLAST_TOKENS",
+        value_name = "OWNER=SECRET",
+        value_delimiter = ','
+    )]
     pub tokens: Vec<String>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
@@ -147,7 +152,8 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = Option::<String>::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -206,7 +212,10 @@ pub struct ConfigError {
 }
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_owned(), message: message.into() }
+    ConfigError {
+        key: key.to_owned(),
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -218,18 +227,31 @@ impl Config {
         };
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|e| {
-                let key = e.span().map(|s| text.get(s).unwrap_or("?").to_owned()).unwrap_or_else(|| "file".into());
+                let key = e
+                    .span()
+                    .map(|s| text.get(s).unwrap_or("?").to_owned())
+                    .unwrap_or_else(|| "file".into());
                 err(&key, format!("{} ({})", e.message(), path.display()))
             })?,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
-            Err(e) => return Err(err("config", format!("cannot read {}: {e}", path.display()))),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                FileConfig::default()
+            }
+            Err(e) => {
+                return Err(err(
+                    "config",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
         };
         Self::merge(args, file)
     }
 
     /// Merges flags/environment over a parsed file and validates. Tests call this directly.
     pub fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
-        let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let allow_public = args.allow_public || file.allow_public.unwrap_or(false);
         let mut tokens = BTreeMap::new();
         let pairs: Vec<(String, String)> = if args.tokens.is_empty() {
@@ -245,12 +267,20 @@ impl Config {
                 .collect::<Result<_, _>>()?
         };
         for (owner, secret) in pairs {
-            let owner: OwnerId = owner.parse().map_err(|e| err("auth.tokens", format!("{e}")))?;
+            let owner: OwnerId = owner
+                .parse()
+                .map_err(|e| err("auth.tokens", format!("{e}")))?;
             if secret.len() < 16 {
-                return Err(err("auth.tokens", format!("the secret of {owner} must have at least 16 characters")));
+                return Err(err(
+                    "auth.tokens",
+                    format!("the secret of {owner} must have at least 16 characters"),
+                ));
             }
             if tokens.insert(secret, owner.clone()).is_some() {
-                return Err(err("auth.tokens", format!("the secret of {owner} is used twice")));
+                return Err(err(
+                    "auth.tokens",
+                    format!("the secret of {owner} is used twice"),
+                ));
             }
         }
         if tokens.is_empty() && !listen.ip().is_loopback() && !allow_public {
@@ -263,24 +293,50 @@ impl Config {
             ));
         }
         let positive = |key: &str, d: Duration| {
-            if d.is_zero() { Err(err(key, "must be greater than zero")) } else { Ok(d) }
+            if d.is_zero() {
+                Err(err(key, "must be greater than zero"))
+            } else {
+                Ok(d)
+            }
         };
-        let ping_interval = positive("ping_interval", args.ping_interval.or(file.ping_interval).unwrap_or(Duration::from_secs(25)))?;
-        let pong_timeout = positive("pong_timeout", args.pong_timeout.or(file.pong_timeout).unwrap_or(Duration::from_secs(20)))?;
-        let max_message_bytes = args.max_message_bytes.or(file.max_message_bytes).unwrap_or(1 << 20);
+        let ping_interval = positive(
+            "ping_interval",
+            args.ping_interval
+                .or(file.ping_interval)
+                .unwrap_or(Duration::from_secs(25)),
+        )?;
+        let pong_timeout = positive(
+            "pong_timeout",
+            args.pong_timeout
+                .or(file.pong_timeout)
+                .unwrap_or(Duration::from_secs(20)),
+        )?;
+        let max_message_bytes = args
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(1 << 20);
         if !(1024..=256 << 20).contains(&max_message_bytes) {
-            return Err(err("max_message_bytes", "must be between 1024 and 268435456"));
+            return Err(err(
+                "max_message_bytes",
+                "must be between 1024 and 268435456",
+            ));
         }
         let outbound_queue = args.outbound_queue.or(file.outbound_queue).unwrap_or(256);
         if outbound_queue == 0 {
             return Err(err("outbound_queue", "must be at least 1"));
         }
         let exec_file = file.exec.unwrap_or_default();
-        let exec = args.exec_command.or(exec_file.command).map(|command| ExecConfig {
-            command,
-            timeout: args.exec_timeout.or(exec_file.timeout).unwrap_or(Duration::from_secs(15 * 60)),
-            concurrency: args.exec_concurrency.or(exec_file.concurrency).unwrap_or(1),
-        });
+        let exec = args
+            .exec_command
+            .or(exec_file.command)
+            .map(|command| ExecConfig {
+                command,
+                timeout: args
+                    .exec_timeout
+                    .or(exec_file.timeout)
+                    .unwrap_or(Duration::from_secs(15 * 60)),
+                concurrency: args.exec_concurrency.or(exec_file.concurrency).unwrap_or(1),
+            });
         if let Some(e) = &exec {
             if e.command.trim().is_empty() {
                 return Err(err("exec.command", "must not be empty"));
@@ -295,21 +351,35 @@ impl Config {
         }
         Ok(Config {
             listen,
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("outlast-data")),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("outlast-data")),
             ping_interval,
             pong_timeout,
             max_message_bytes,
             outbound_queue,
             slow_consumer_timeout: positive(
                 "slow_consumer_timeout",
-                args.slow_consumer_timeout.or(file.slow_consumer_timeout).unwrap_or(Duration::from_secs(10)),
+                args.slow_consumer_timeout
+                    .or(file.slow_consumer_timeout)
+                    .unwrap_or(Duration::from_secs(10)),
             )?,
             long_poll_timeout: positive(
                 "long_poll_timeout",
-                args.long_poll_timeout.or(file.long_poll_timeout).unwrap_or(Duration::from_secs(25)),
+                args.long_poll_timeout
+                    .or(file.long_poll_timeout)
+                    .unwrap_or(Duration::from_secs(25)),
             )?,
-            shutdown_grace: args.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(10)),
-            history_max_events: args.history_max_events.or(file.history_max_events).unwrap_or(10_000).max(16),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(10)),
+            history_max_events: args
+                .history_max_events
+                .or(file.history_max_events)
+                .unwrap_or(10_000)
+                .max(16),
             demo_concurrency,
             exec,
             tokens,
@@ -338,21 +408,38 @@ mod tests {
 
     #[test]
     fn flags_beat_file() {
-        let args = Args { ping_interval: Some(Duration::from_secs(5)), ..Args::default() };
-        let c = Config::merge(args, file("ping_interval = \"9s\"\n[demo]\nconcurrency = 3")).expect("valid");
+        let args = Args {
+            ping_interval: Some(Duration::from_secs(5)),
+            ..Args::default()
+        };
+        let c = Config::merge(
+            args,
+            file("ping_interval = \"9s\"\n[demo]\nconcurrency = 3"),
+        )
+        .expect("valid");
         assert_eq!(c.ping_interval, Duration::from_secs(5));
         assert_eq!(c.demo_concurrency, 3);
     }
 
     #[test]
     fn public_listen_without_auth_is_refused_naming_the_key() {
-        let args = Args { listen: Some("0.0.0.0:8080".parse().expect("addr")), ..Args::default() };
+        let args = Args {
+            listen: Some("0.0.0.0:8080".parse().expect("addr")),
+            ..Args::default()
+        };
         let e = Config::merge(args, FileConfig::default()).expect_err("refused");
         assert_eq!(e.key, "listen");
-        let args = Args { listen: Some("0.0.0.0:8080".parse().expect("addr")), allow_public: true, ..Args::default() };
+        let args = Args {
+            listen: Some("0.0.0.0:8080".parse().expect("addr")),
+            allow_public: true,
+            ..Args::default()
+        };
         assert!(Config::merge(args, FileConfig::default()).is_ok());
         let c = Config::merge(
-            Args { listen: Some("0.0.0.0:8080".parse().expect("addr")), ..Args::default() },
+            Args {
+                listen: Some("0.0.0.0:8080".parse().expect("addr")),
+                ..Args::default()
+            },
             file("[auth.tokens]\nalice = \"0123456789abcdef\""),
         )
         .expect("auth makes public listening fine");

@@ -19,7 +19,10 @@ pub struct AppError {
 impl AppError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The answer for ids that do not exist *or belong to someone else*: the two are
@@ -41,13 +44,17 @@ impl AppError {
 
     /// The wire body.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code, message: self.message.clone() }
+        ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+        }
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(self.body())).into_response()
     }
 }

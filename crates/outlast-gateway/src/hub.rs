@@ -26,7 +26,9 @@ impl Hub {
     /// A receiver of every event of `job` published from now on.
     pub fn subscribe(&self, job: JobId) -> broadcast::Receiver<Arc<JobEvent>> {
         let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(job).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe()
+        map.entry(job)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
     }
 
     /// Drops the channel of `job` when no receiver is left. Call after dropping a receiver.
@@ -48,6 +50,9 @@ impl Hub {
 
     /// Number of jobs with live subscribers (for metrics).
     pub fn channel_count(&self) -> usize {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }

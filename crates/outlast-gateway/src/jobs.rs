@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use outlast_protocol::replay::{self, ReplayPlan};
 use outlast_protocol::{
-    ErrorCode, EventKind, Failure, FailureCode, JobEvent, JobId, JobSnapshot, JobSpec, JobState, OwnerId, Seq, UploadId,
+    ErrorCode, EventKind, Failure, FailureCode, JobEvent, JobId, JobSnapshot, JobSpec, JobState,
+    OwnerId, Seq, UploadId,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -131,30 +132,53 @@ impl Jobs {
 
     /// Submits a job. Idempotent per (owner, idempotency key).
     pub async fn submit(&self, owner: &OwnerId, spec: JobSpec) -> Result<Submitted, AppError> {
-        let backend = self.backends.get(spec.backend.as_str()).cloned().ok_or_else(|| {
-            let mut names: Vec<&str> = self.backends.keys().copied().collect();
-            names.sort_unstable();
-            AppError::new(
-                ErrorCode::UnknownBackend,
-                format!("unknown backend {:?}; configured: {}", spec.backend, names.join(", ")),
-            )
-        })?;
+        let backend = self
+            .backends
+            .get(spec.backend.as_str())
+            .cloned()
+            .ok_or_else(|| {
+                let mut names: Vec<&str> = self.backends.keys().copied().collect();
+                names.sort_unstable();
+                AppError::new(
+                    ErrorCode::UnknownBackend,
+                    format!(
+                        "unknown backend {:?}; configured: {}",
+                        spec.backend,
+                        names.join(", ")
+                    ),
+                )
+            })?;
         backend.validate(&spec)?;
         for upload in spec.inputs.values() {
             self.inputs.resolve(owner, *upload).await?;
         }
         let digest = spec_digest(&spec);
-        match self.store.create(owner.clone(), spec, digest, now_ms()).await? {
+        match self
+            .store
+            .create(owner.clone(), spec, digest, now_ms())
+            .await?
+        {
             Created::New(record) => {
                 let job_id = record.snapshot.job_id;
-                self.sched().queues.entry(backend.name()).or_default().push(owner.clone(), job_id);
-                metrics::counter!("outlast_jobs_submitted_total", "backend" => backend.name()).increment(1);
+                self.sched()
+                    .queues
+                    .entry(backend.name())
+                    .or_default()
+                    .push(owner.clone(), job_id);
+                metrics::counter!("outlast_jobs_submitted_total", "backend" => backend.name())
+                    .increment(1);
                 self.wake.notify_one();
-                Ok(Submitted { job_id, created: true, snapshot: record.snapshot })
+                Ok(Submitted {
+                    job_id,
+                    created: true,
+                    snapshot: record.snapshot,
+                })
             }
-            Created::Existing(record) => {
-                Ok(Submitted { job_id: record.snapshot.job_id, created: false, snapshot: record.snapshot })
-            }
+            Created::Existing(record) => Ok(Submitted {
+                job_id: record.snapshot.job_id,
+                created: false,
+                snapshot: record.snapshot,
+            }),
             Created::Conflict => Err(AppError::new(
                 ErrorCode::IdempotencyConflict,
                 "this idempotency key was already used for a different job",
@@ -180,7 +204,15 @@ impl Jobs {
             }
         }
         self.wake.notify_one();
-        match self.emit(job, EventKind::Canceled { reason: "canceled by its owner".into() }).await? {
+        match self
+            .emit(
+                job,
+                EventKind::Canceled {
+                    reason: "canceled by its owner".into(),
+                },
+            )
+            .await?
+        {
             Some(_) => {
                 self.finished(&record, JobState::Canceled);
                 Ok(JobState::Canceled)
@@ -190,7 +222,12 @@ impl Jobs {
     }
 
     /// Opens a job's stream for `owner` after `after` (None: from the beginning).
-    pub async fn open_stream(&self, owner: &OwnerId, job: JobId, after: Option<Seq>) -> Result<StreamOpen, AppError> {
+    pub async fn open_stream(
+        &self,
+        owner: &OwnerId,
+        job: JobId,
+        after: Option<Seq>,
+    ) -> Result<StreamOpen, AppError> {
         let start = self
             .store
             .stream_start(job, after.unwrap_or(Seq::ZERO))
@@ -199,10 +236,18 @@ impl Jobs {
             .ok_or_else(|| AppError::not_found("job"))?;
         let state = start.record.snapshot.state;
         Ok(match replay::plan(after, start.record.bounds()) {
-            ReplayPlan::Exact { .. } => StreamOpen { recovered: true, snapshot: None, events: start.events, state },
-            ReplayPlan::Snapshot { .. } => {
-                StreamOpen { recovered: false, snapshot: Some(start.record.snapshot), events: Vec::new(), state }
-            }
+            ReplayPlan::Exact { .. } => StreamOpen {
+                recovered: true,
+                snapshot: None,
+                events: start.events,
+                state,
+            },
+            ReplayPlan::Snapshot { .. } => StreamOpen {
+                recovered: false,
+                snapshot: Some(start.record.snapshot),
+                events: Vec::new(),
+                state,
+            },
         })
     }
 
@@ -223,8 +268,17 @@ impl Jobs {
             if record.snapshot.state == JobState::Running {
                 match backend.restart_policy() {
                     RestartPolicy::Rerun => {
-                        let reason = Some("the gateway restarted while the job was running; it runs again".into());
-                        self.emit(job, EventKind::Queued { position: 0, reason }).await?;
+                        let reason = Some(
+                            "the gateway restarted while the job was running; it runs again".into(),
+                        );
+                        self.emit(
+                            job,
+                            EventKind::Queued {
+                                position: 0,
+                                reason,
+                            },
+                        )
+                        .await?;
                     }
                     RestartPolicy::Fail => {
                         let failure = Failure {
@@ -239,7 +293,11 @@ impl Jobs {
                     }
                 }
             }
-            self.sched().queues.entry(backend.name()).or_default().push(record.owner.clone(), job);
+            self.sched()
+                .queues
+                .entry(backend.name())
+                .or_default()
+                .push(record.owner.clone(), job);
         }
         Ok(())
     }
@@ -262,7 +320,8 @@ impl Jobs {
             let any = !started.is_empty();
             for (job, backend, token) in started {
                 let this = Arc::clone(&self);
-                self.tracker.spawn(async move { this.run_job(job, backend, token).await });
+                self.tracker
+                    .spawn(async move { this.run_job(job, backend, token).await });
             }
             if any {
                 continue;
@@ -278,13 +337,21 @@ impl Jobs {
         let changes: Vec<(JobId, EventKind)> = {
             let mut sched = self.sched();
             let mut changes = Vec::new();
-            let orders: Vec<(&'static str, Vec<JobId>)> = sched.queues.iter().map(|(b, q)| (*b, q.order())).collect();
+            let orders: Vec<(&'static str, Vec<JobId>)> =
+                sched.queues.iter().map(|(b, q)| (*b, q.order())).collect();
             for (backend, order) in orders {
-                metrics::gauge!("outlast_queue_depth", "backend" => backend).set(order.len() as f64);
+                metrics::gauge!("outlast_queue_depth", "backend" => backend)
+                    .set(order.len() as f64);
                 for (i, job) in order.into_iter().enumerate() {
                     let position = u32::try_from(i).unwrap_or(u32::MAX);
                     if sched.positions.insert(job, position) != Some(position) {
-                        changes.push((job, EventKind::Queued { position, reason: None }));
+                        changes.push((
+                            job,
+                            EventKind::Queued {
+                                position,
+                                reason: None,
+                            },
+                        ));
                     }
                 }
             }
@@ -301,11 +368,21 @@ impl Jobs {
         let mut started = Vec::new();
         for backend in self.backends.values() {
             loop {
-                let running = sched.running_per_backend.get(backend.name()).copied().unwrap_or(0);
+                let running = sched
+                    .running_per_backend
+                    .get(backend.name())
+                    .copied()
+                    .unwrap_or(0);
                 if running >= backend.concurrency() {
                     break;
                 }
-                let Some((_, job)) = sched.queues.get_mut(backend.name()).and_then(FairQueue::pop) else { break };
+                let Some((_, job)) = sched
+                    .queues
+                    .get_mut(backend.name())
+                    .and_then(FairQueue::pop)
+                else {
+                    break;
+                };
                 let token = self.stop_runners.child_token();
                 sched.running.insert(job, token.clone());
                 sched.positions.remove(&job);
@@ -316,7 +393,12 @@ impl Jobs {
         started
     }
 
-    async fn run_job(self: Arc<Self>, job: JobId, backend: Arc<dyn Backend>, cancel: CancellationToken) {
+    async fn run_job(
+        self: Arc<Self>,
+        job: JobId,
+        backend: Arc<dyn Backend>,
+        cancel: CancellationToken,
+    ) {
         let name = backend.name();
         metrics::gauge!("outlast_jobs_running", "backend" => name).increment(1.0);
         if let Err(e) = Arc::clone(&self).run_job_inner(job, backend, &cancel).await {
@@ -333,10 +415,23 @@ impl Jobs {
         self.wake.notify_one();
     }
 
-    async fn run_job_inner(self: Arc<Self>, job: JobId, backend: Arc<dyn Backend>, cancel: &CancellationToken) -> Result<(), AppError> {
-        let record = self.store.get(job).await?.ok_or_else(|| AppError::not_found("job"))?;
+    async fn run_job_inner(
+        self: Arc<Self>,
+        job: JobId,
+        backend: Arc<dyn Backend>,
+        cancel: &CancellationToken,
+    ) -> Result<(), AppError> {
+        let record = self
+            .store
+            .get(job)
+            .await?
+            .ok_or_else(|| AppError::not_found("job"))?;
         let attempt = record.snapshot.attempt + 1;
-        if self.emit(job, EventKind::Started { attempt }).await?.is_none() {
+        if self
+            .emit(job, EventKind::Started { attempt })
+            .await?
+            .is_none()
+        {
             return Ok(()); // canceled before it started
         }
         tracing::info!(%job, backend = backend.name(), attempt, "job started");
@@ -359,7 +454,9 @@ impl Jobs {
             }
         }
         let work_dir = self.work_root.join(format!("{job}-{attempt}"));
-        tokio::fs::create_dir_all(&work_dir).await.map_err(AppError::internal)?;
+        tokio::fs::create_dir_all(&work_dir)
+            .await
+            .map_err(AppError::internal)?;
         let ctx = JobContext {
             job_id: job,
             attempt,

@@ -67,7 +67,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    match state.jobs.store.get(outlast_protocol::JobId::random()).await {
+    match state
+        .jobs
+        .store
+        .get(outlast_protocol::JobId::random())
+        .await
+    {
         Ok(_) => "ready".into_response(),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");
@@ -82,25 +87,42 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Some(handle) => {
             handle.run_upkeep();
             let mut r = handle.render().into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+            .into_response(),
     }
 }
 
 /// Runs the gateway until `shutdown` fires, then drains within `config.shutdown_grace`.
 /// Calls `on_listening` with the bound address once the socket is listening.
-pub async fn run(config: Config, shutdown: CancellationToken, on_listening: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let data = &config.data_dir;
     for dir in ["outputs", "work"] {
-        std::fs::create_dir_all(data.join(dir)).with_context(|| format!("cannot create {}", data.join(dir).display()))?;
+        std::fs::create_dir_all(data.join(dir))
+            .with_context(|| format!("cannot create {}", data.join(dir).display()))?;
     }
     let hub = Arc::new(Hub::new());
-    let store = EmbeddedStore::open(&data.join("outlast.redb"), Arc::clone(&hub), config.history_max_events)
-        .with_context(|| format!("cannot open the database in {}", data.display()))?;
-    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(backend::demo::Demo::new(config.demo_concurrency))];
+    let store = EmbeddedStore::open(
+        &data.join("outlast.redb"),
+        Arc::clone(&hub),
+        config.history_max_events,
+    )
+    .with_context(|| format!("cannot open the database in {}", data.display()))?;
+    let mut backends: Vec<Arc<dyn Backend>> =
+        vec![Arc::new(backend::demo::Demo::new(config.demo_concurrency))];
     if let Some(exec) = &config.exec {
         backends.push(Arc::new(backend::exec::Exec::new(exec.clone())));
     }
@@ -116,12 +138,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_listening: impl
         tracker.clone(),
         data.join("work"),
     ));
-    jobs.recover().await.map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;
+    jobs.recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;
     tracker.spawn(Arc::clone(&jobs).dispatch_loop(shutdown.clone()));
 
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    let metrics = metrics::set_global_recorder(recorder).is_ok().then_some(handle);
+    let metrics = metrics::set_global_recorder(recorder)
+        .is_ok()
+        .then_some(handle);
 
     let state = AppState {
         auth: Arc::new(auth::Auth::new(&config.tokens)),
@@ -139,15 +165,26 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_listening: impl
     on_listening(addr);
     tracing::info!(%addr, "listening");
 
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await?;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
 
     tracing::info!(grace = ?config.shutdown_grace, "draining");
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         // Jobs still running stay `running` in the store; recovery handles them at the next start.
-        tracing::warn!(remaining = tracker.len(), "grace period over; stopping job runners");
+        tracing::warn!(
+            remaining = tracker.len(),
+            "grace period over; stopping job runners"
+        );
         jobs.stop_runners_now();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::error!(remaining = tracker.len(), "tasks did not stop");
         }
     }

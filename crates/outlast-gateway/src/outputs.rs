@@ -23,7 +23,9 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl OutputStore {
@@ -42,16 +44,30 @@ impl OutputStore {
     }
 
     /// Stores `bytes` as output `name` of `job`: written to a temporary file, fsynced, renamed.
-    pub async fn put_bytes(&self, job: JobId, name: &str, mime: &str, bytes: &[u8]) -> Result<OutputInfo, AppError> {
-        let path = self.path(job, name).ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
+    pub async fn put_bytes(
+        &self,
+        job: JobId,
+        name: &str,
+        mime: &str,
+        bytes: &[u8],
+    ) -> Result<OutputInfo, AppError> {
+        let path = self
+            .path(job, name)
+            .ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
         let dir = self.dir(job);
-        tokio::fs::create_dir_all(&dir).await.map_err(AppError::internal)?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(AppError::internal)?;
         let tmp = dir.join(format!(".{name}.tmp"));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(AppError::internal)?;
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(AppError::internal)?;
         file.write_all(bytes).await.map_err(AppError::internal)?;
         file.sync_all().await.map_err(AppError::internal)?;
         drop(file);
-        tokio::fs::rename(&tmp, &path).await.map_err(AppError::internal)?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(AppError::internal)?;
         sync_dir(&dir).await;
         Ok(OutputInfo {
             name: name.to_owned(),
@@ -62,11 +78,23 @@ impl OutputStore {
     }
 
     /// Stores the file at `src` (moved when possible) as output `name` of `job`.
-    pub async fn put_file(&self, job: JobId, name: &str, mime: &str, src: &Path) -> Result<OutputInfo, AppError> {
-        let path = self.path(job, name).ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
+    pub async fn put_file(
+        &self,
+        job: JobId,
+        name: &str,
+        mime: &str,
+        src: &Path,
+    ) -> Result<OutputInfo, AppError> {
+        let path = self
+            .path(job, name)
+            .ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
         let dir = self.dir(job);
-        tokio::fs::create_dir_all(&dir).await.map_err(AppError::internal)?;
-        let mut file = tokio::fs::File::open(src).await.map_err(AppError::internal)?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(AppError::internal)?;
+        let mut file = tokio::fs::File::open(src)
+            .await
+            .map_err(AppError::internal)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buf = vec![0u8; 64 * 1024];
@@ -80,11 +108,23 @@ impl OutputStore {
         }
         file.sync_all().await.map_err(AppError::internal)?;
         if tokio::fs::rename(src, &path).await.is_err() {
-            tokio::fs::copy(src, &path).await.map_err(AppError::internal)?;
-            tokio::fs::File::open(&path).await.map_err(AppError::internal)?.sync_all().await.map_err(AppError::internal)?;
+            tokio::fs::copy(src, &path)
+                .await
+                .map_err(AppError::internal)?;
+            tokio::fs::File::open(&path)
+                .await
+                .map_err(AppError::internal)?
+                .sync_all()
+                .await
+                .map_err(AppError::internal)?;
         }
         sync_dir(&dir).await;
-        Ok(OutputInfo { name: name.to_owned(), mime: mime.to_owned(), size, sha256: hex::encode(hasher.finalize()) })
+        Ok(OutputInfo {
+            name: name.to_owned(),
+            mime: mime.to_owned(),
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
     }
 }
 
@@ -97,7 +137,10 @@ async fn sync_dir(dir: &Path) {
 
 /// A media type from a file name's extension.
 pub fn mime_for(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",

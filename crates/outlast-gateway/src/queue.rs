@@ -39,8 +39,12 @@ impl FairQueue {
 
     /// Removes a waiting job; false if it is not waiting here.
     pub fn remove(&mut self, owner: &OwnerId, job: JobId) -> bool {
-        let Some(line) = self.per_owner.get_mut(owner) else { return false };
-        let Some(at) = line.iter().position(|j| *j == job) else { return false };
+        let Some(line) = self.per_owner.get_mut(owner) else {
+            return false;
+        };
+        let Some(at) = line.iter().position(|j| *j == job) else {
+            return false;
+        };
         line.remove(at);
         if line.is_empty() {
             self.per_owner.remove(owner);
@@ -61,8 +65,12 @@ impl FairQueue {
 
     /// Every waiting job in the order `pop` would return them; the index is the queue position.
     pub fn order(&self) -> Vec<JobId> {
-        let mut lines: Vec<std::collections::vec_deque::Iter<'_, JobId>> =
-            self.rotation.iter().filter_map(|o| self.per_owner.get(o)).map(|l| l.iter()).collect();
+        let mut lines: Vec<std::collections::vec_deque::Iter<'_, JobId>> = self
+            .rotation
+            .iter()
+            .filter_map(|o| self.per_owner.get(o))
+            .map(|l| l.iter())
+            .collect();
         let mut out = Vec::with_capacity(self.len());
         while !lines.is_empty() {
             lines.retain_mut(|line| match line.next() {
@@ -98,7 +106,12 @@ mod tests {
         q.push(b.clone(), jobs[5]);
         q.push(c.clone(), jobs[6]);
         let order = q.order();
-        assert_eq!(order, vec![jobs[0], jobs[4], jobs[6], jobs[1], jobs[5], jobs[2], jobs[3]]);
+        assert_eq!(
+            order,
+            vec![
+                jobs[0], jobs[4], jobs[6], jobs[1], jobs[5], jobs[2], jobs[3]
+            ]
+        );
         let mut popped = Vec::new();
         while let Some((_, j)) = q.pop() {
             popped.push(j);

@@ -102,10 +102,17 @@ impl Feed {
             match next {
                 None => return None,
                 Some(Ok(event)) if event.seq <= self.last => {}
-                Some(Ok(event)) if event.seq == self.last.next() => self.push(Item::Event((*event).clone())),
+                Some(Ok(event)) if event.seq == self.last.next() => {
+                    self.push(Item::Event((*event).clone()))
+                }
                 // Lagged or a gap: re-read from the store.
                 Some(_) => {
-                    let open = self.state.jobs.open_stream(&self.owner, self.job, Some(self.last)).await.ok()?;
+                    let open = self
+                        .state
+                        .jobs
+                        .open_stream(&self.owner, self.job, Some(self.last))
+                        .await
+                        .ok()?;
                     if let Some(s) = open.snapshot {
                         self.push(Item::Snapshot(s));
                     }
@@ -177,7 +184,11 @@ pub async fn events(
         }
         Ok::<_, Infallible>(event)
     });
-    let sse = Sse::new(stream_boxed(stream)).keep_alive(KeepAlive::new().interval(state.config.ping_interval).text("ping"));
+    let sse = Sse::new(stream_boxed(stream)).keep_alive(
+        KeepAlive::new()
+            .interval(state.config.ping_interval)
+            .text("ping"),
+    );
     let mut response = sse.into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

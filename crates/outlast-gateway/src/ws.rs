@@ -53,7 +53,11 @@ pub mod close {
 }
 
 /// The upgrade handler.
-pub async fn handler(ws: WebSocketUpgrade, owner: Result<Owner, AppError>, State(state): State<AppState>) -> Response {
+pub async fn handler(
+    ws: WebSocketUpgrade,
+    owner: Result<Owner, AppError>,
+    State(state): State<AppState>,
+) -> Response {
     let owner = match owner {
         Ok(Owner(owner)) => owner,
         Err(e) => return e.into_response(),
@@ -66,7 +70,11 @@ pub async fn handler(ws: WebSocketUpgrade, owner: Result<Owner, AppError>, State
         .max_write_buffer_size(cfg.max_message_bytes.saturating_mul(4).max(1 << 20))
         .max_message_size(cfg.max_message_bytes)
         .max_frame_size(cfg.max_message_bytes);
-    let Some(codec) = ws.selected_protocol().and_then(|p| p.to_str().ok()).and_then(Codec::from_subprotocol) else {
+    let Some(codec) = ws
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .and_then(Codec::from_subprotocol)
+    else {
         return AppError::new(
             ErrorCode::UnsupportedSubprotocol,
             format!("offer the WebSocket subprotocol {SUBPROTOCOL_MSGPACK} or {SUBPROTOCOL_JSON}"),
@@ -74,7 +82,8 @@ pub async fn handler(ws: WebSocketUpgrade, owner: Result<Owner, AppError>, State
         .into_response();
     };
     if state.shutdown.is_cancelled() {
-        return AppError::new(ErrorCode::ShuttingDown, "the gateway is shutting down").into_response();
+        return AppError::new(ErrorCode::ShuttingDown, "the gateway is shutting down")
+            .into_response();
     }
     ws.on_upgrade(move |socket| async move {
         // The upgraded connection escapes axum's graceful shutdown; this token keeps the
@@ -107,7 +116,11 @@ struct Session {
     last_sent: HashMap<JobId, Seq>,
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Message>, kill: CancellationToken) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    kill: CancellationToken,
+) {
     loop {
         let msg = tokio::select! {
             biased;
@@ -133,13 +146,25 @@ impl Session {
         let (sink, stream) = socket.split();
         let (out, rx) = mpsc::channel(state.config.outbound_queue);
         let kill_writer = CancellationToken::new();
-        let writer = state.tracker.spawn(write_loop(sink, rx, kill_writer.clone()));
-        let mut session =
-            Session { state, owner, codec, out, kill_writer, subs: StreamMap::new(), last_sent: HashMap::new() };
+        let writer = state
+            .tracker
+            .spawn(write_loop(sink, rx, kill_writer.clone()));
+        let mut session = Session {
+            state,
+            owner,
+            codec,
+            out,
+            kill_writer,
+            subs: StreamMap::new(),
+            last_sent: HashMap::new(),
+        };
         let end = session.drive(stream).await;
         match end {
             End::Close(code, reason) => {
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
                 let _ = session.out.try_send(Message::Close(Some(frame)));
             }
             End::Abort => session.kill_writer.cancel(),
@@ -150,14 +175,21 @@ impl Session {
         let out = session.out;
         drop(out);
         // Give the writer a moment to flush the close frame, then stop it.
-        if tokio::time::timeout(session.state.config.slow_consumer_timeout, writer).await.is_err() {
+        if tokio::time::timeout(session.state.config.slow_consumer_timeout, writer)
+            .await
+            .is_err()
+        {
             session.kill_writer.cancel();
         }
     }
 
     async fn drive(&mut self, mut stream: SplitStream<WebSocket>) -> End {
         let cfg = Arc::clone(&self.state.config);
-        let mut keepalive = Keepalive::new(Instant::now().into_std(), cfg.ping_interval, cfg.pong_timeout);
+        let mut keepalive = Keepalive::new(
+            Instant::now().into_std(),
+            cfg.ping_interval,
+            cfg.pong_timeout,
+        );
         let welcome = Control::Welcome {
             protocol: PROTOCOL.to_owned(),
             owner: self.owner.to_string(),
@@ -222,7 +254,12 @@ impl Session {
     }
 
     async fn send_raw(&self, frame: Message) -> Result<(), ()> {
-        match tokio::time::timeout(self.state.config.slow_consumer_timeout, self.out.send(frame)).await {
+        match tokio::time::timeout(
+            self.state.config.slow_consumer_timeout,
+            self.out.send(frame),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
         }
@@ -235,7 +272,8 @@ impl Session {
     }
 
     async fn error(&self, req: Option<u64>, code: ErrorCode, message: String) -> Result<(), ()> {
-        self.send(Control::Error { req, code, message }.into()).await
+        self.send(Control::Error { req, code, message }.into())
+            .await
     }
 
     async fn handle_frame(&mut self, bytes: &[u8], text: bool) -> Result<(), ()> {
@@ -244,36 +282,74 @@ impl Session {
             let e = DecodeError::WrongFrameType(if text { "text" } else { "binary" });
             return self.error(None, e.code(), e.to_string()).await;
         }
-        let msg = match self.codec.decode_client(bytes, self.state.config.max_message_bytes) {
+        let msg = match self
+            .codec
+            .decode_client(bytes, self.state.config.max_message_bytes)
+        {
             Ok(msg) => msg,
             Err((e, req)) => {
-                metrics::counter!("outlast_ws_bad_messages_total", "code" => e.code().as_str()).increment(1);
+                metrics::counter!("outlast_ws_bad_messages_total", "code" => e.code().as_str())
+                    .increment(1);
                 return self.error(req, e.code(), e.to_string()).await;
             }
         };
         match msg {
             ClientMsg::Ping { nonce } => self.send(Control::Pong { nonce }.into()).await,
-            ClientMsg::Submit { req, job } => match self.state.jobs.submit(&self.owner, job).await {
-                Ok(s) => self.send(Control::Submitted { req, job_id: s.job_id, created: s.created }.into()).await,
-                Err(e) => self.error(req, e.code, e.message).await,
-            },
+            ClientMsg::Submit { req, job } => {
+                match self.state.jobs.submit(&self.owner, job).await {
+                    Ok(s) => {
+                        self.send(
+                            Control::Submitted {
+                                req,
+                                job_id: s.job_id,
+                                created: s.created,
+                            }
+                            .into(),
+                        )
+                        .await
+                    }
+                    Err(e) => self.error(req, e.code, e.message).await,
+                }
+            }
             ClientMsg::Subscribe { req, job_id, after } => self.subscribe(req, job_id, after).await,
             ClientMsg::Unsubscribe { req, job_id } => {
                 self.unsubscribe(job_id);
-                self.send(Control::Unsubscribed { req, job_id }.into()).await
+                self.send(Control::Unsubscribed { req, job_id }.into())
+                    .await
             }
-            ClientMsg::Cancel { req, job_id } => match self.state.jobs.cancel(&self.owner, job_id).await {
-                Ok(state) => self.send(Control::CancelResult { req, job_id, state }.into()).await,
-                Err(e) => self.error(req, e.code, e.message).await,
-            },
-            ClientMsg::Get { req, job_id } => match self.state.jobs.owned(&self.owner, job_id).await {
-                Ok(record) => self.send(Control::Snapshot { req, snapshot: record.snapshot }.into()).await,
-                Err(e) => self.error(req, e.code, e.message).await,
-            },
+            ClientMsg::Cancel { req, job_id } => {
+                match self.state.jobs.cancel(&self.owner, job_id).await {
+                    Ok(state) => {
+                        self.send(Control::CancelResult { req, job_id, state }.into())
+                            .await
+                    }
+                    Err(e) => self.error(req, e.code, e.message).await,
+                }
+            }
+            ClientMsg::Get { req, job_id } => {
+                match self.state.jobs.owned(&self.owner, job_id).await {
+                    Ok(record) => {
+                        self.send(
+                            Control::Snapshot {
+                                req,
+                                snapshot: record.snapshot,
+                            }
+                            .into(),
+                        )
+                        .await
+                    }
+                    Err(e) => self.error(req, e.code, e.message).await,
+                }
+            }
         }
     }
 
-    async fn subscribe(&mut self, req: Option<u64>, job: JobId, after: Option<Seq>) -> Result<(), ()> {
+    async fn subscribe(
+        &mut self,
+        req: Option<u64>,
+        job: JobId,
+        after: Option<Seq>,
+    ) -> Result<(), ()> {
         if !self.subs.contains_key(&job) && self.subs.len() >= MAX_SUBSCRIPTIONS {
             let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
             return self.error(req, ErrorCode::LimitExceeded, msg).await;
@@ -294,10 +370,21 @@ impl Session {
             metrics::counter!("outlast_ws_resumes_total", "recovered" => if open.recovered { "true" } else { "false" })
                 .increment(1);
         }
-        let mut last = open.snapshot.as_ref().map_or(after.unwrap_or(Seq::ZERO), |s| s.seq);
+        let mut last = open
+            .snapshot
+            .as_ref()
+            .map_or(after.unwrap_or(Seq::ZERO), |s| s.seq);
         let terminal = open.state.is_terminal();
-        self.send(Control::Subscribed { req, job_id: job, recovered: open.recovered, snapshot: open.snapshot }.into())
-            .await?;
+        self.send(
+            Control::Subscribed {
+                req,
+                job_id: job,
+                recovered: open.recovered,
+                snapshot: open.snapshot,
+            }
+            .into(),
+        )
+        .await?;
         for event in open.events {
             last = event.seq;
             self.send(event.into()).await?;
@@ -320,7 +407,11 @@ impl Session {
         self.last_sent.remove(&job);
     }
 
-    async fn forward(&mut self, job: JobId, item: Result<Arc<JobEvent>, BroadcastStreamRecvError>) -> Result<(), ()> {
+    async fn forward(
+        &mut self,
+        job: JobId,
+        item: Result<Arc<JobEvent>, BroadcastStreamRecvError>,
+    ) -> Result<(), ()> {
         let last = self.last_sent.get(&job).copied().unwrap_or(Seq::ZERO);
         match item {
             Ok(event) if event.seq <= last => Ok(()),
@@ -339,14 +430,24 @@ impl Session {
     }
 
     async fn catch_up(&mut self, job: JobId, last: Seq) -> Result<(), ()> {
-        let open = match self.state.jobs.open_stream(&self.owner, job, Some(last)).await {
+        let open = match self
+            .state
+            .jobs
+            .open_stream(&self.owner, job, Some(last))
+            .await
+        {
             Ok(open) => open,
             Err(e) => return self.error(None, e.code, e.message).await,
         };
         let mut newest = last;
         if let Some(snapshot) = open.snapshot {
             newest = snapshot.seq;
-            let msg = Control::Subscribed { req: None, job_id: job, recovered: false, snapshot: Some(snapshot) };
+            let msg = Control::Subscribed {
+                req: None,
+                job_id: job,
+                recovered: false,
+                snapshot: Some(snapshot),
+            };
             self.send(msg.into()).await?;
         }
         for event in open.events {
@@ -371,8 +472,12 @@ fn close_for(e: axum::Error) -> End {
             End::Close(close::MESSAGE_TOO_BIG, "message exceeds max_message_bytes")
         }
         Some(WsError::Capacity(_)) => End::Close(close::MESSAGE_TOO_BIG, "frame too large"),
-        Some(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
-        Some(WsError::Protocol(_)) => End::Close(close::PROTOCOL_ERROR, "WebSocket protocol violation"),
+        Some(WsError::Utf8(_)) => {
+            End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8")
+        }
+        Some(WsError::Protocol(_)) => {
+            End::Close(close::PROTOCOL_ERROR, "WebSocket protocol violation")
+        }
         _ => End::Abort,
     }
 }

@@ -37,13 +37,22 @@ fn default_step_ms() -> u64 {
 }
 
 fn parse(spec: &JobSpec) -> Result<Workflow, AppError> {
-    let wf = if spec.workflow.is_null() { serde_json::json!({}) } else { spec.workflow.clone() };
-    let wf: Workflow = serde_json::from_value(wf).map_err(|e| AppError::invalid(format!("demo workflow: {e}")))?;
+    let wf = if spec.workflow.is_null() {
+        serde_json::json!({})
+    } else {
+        spec.workflow.clone()
+    };
+    let wf: Workflow =
+        serde_json::from_value(wf).map_err(|e| AppError::invalid(format!("demo workflow: {e}")))?;
     if !(1..=100_000).contains(&wf.steps) {
-        return Err(AppError::invalid("demo workflow: steps must be between 1 and 100000"));
+        return Err(AppError::invalid(
+            "demo workflow: steps must be between 1 and 100000",
+        ));
     }
     if wf.step_ms > 600_000 {
-        return Err(AppError::invalid("demo workflow: step_ms must be at most 600000"));
+        return Err(AppError::invalid(
+            "demo workflow: step_ms must be at most 600000",
+        ));
     }
     Ok(wf)
 }
@@ -79,7 +88,9 @@ impl Backend for Demo {
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
         parse(spec)?;
         if let Some(other) = spec.inputs.keys().find(|k| k.as_str() != "image") {
-            return Err(AppError::invalid(format!("demo workflow: unknown input {other:?}; only \"image\" is used")));
+            return Err(AppError::invalid(format!(
+                "demo workflow: unknown input {other:?}; only \"image\" is used"
+            )));
         }
         Ok(())
     }
@@ -100,36 +111,72 @@ impl Backend for Demo {
                     detail: Some(serde_json::json!({ "step": step })),
                 });
             }
-            ctx.progress(u64::from(step), u64::from(wf.steps), Some(format!("step {step}/{}", wf.steps))).await?;
+            ctx.progress(
+                u64::from(step),
+                u64::from(wf.steps),
+                Some(format!("step {step}/{}", wf.steps)),
+            )
+            .await?;
             if step == wf.steps.div_ceil(2) {
                 let preview = render(source.as_ref(), seed, 64, step as f32 / wf.steps as f32);
-                ctx.preview("image/jpeg", encode(preview, ImageFormat::Jpeg)?).await?;
+                ctx.preview("image/jpeg", encode(preview, ImageFormat::Jpeg)?)
+                    .await?;
             }
         }
         let result = render(source.as_ref(), seed, 256, 1.0);
-        ctx.output_bytes("result.png", "image/png", &encode(result, ImageFormat::Png)?).await
+        ctx.output_bytes(
+            "result.png",
+            "image/png",
+            &encode(result, ImageFormat::Png)?,
+        )
+        .await
     }
 }
 
 fn failure(code: FailureCode, message: impl Into<String>) -> Failure {
-    Failure { code, message: message.into(), detail: None }
+    Failure {
+        code,
+        message: message.into(),
+        detail: None,
+    }
 }
 
 async fn load_input(path: std::path::PathBuf) -> Result<DynamicImage, Failure> {
     tokio::task::spawn_blocking(move || {
         let reader = image::ImageReader::open(&path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|e| failure(FailureCode::BackendError, format!("cannot read input image: {e}")))?;
-        let (w, h) = reader
-            .into_dimensions()
-            .map_err(|e| failure(FailureCode::BackendError, format!("input is not a supported image: {e}")))?;
+            .map_err(|e| {
+                failure(
+                    FailureCode::BackendError,
+                    format!("cannot read input image: {e}"),
+                )
+            })?;
+        let (w, h) = reader.into_dimensions().map_err(|e| {
+            failure(
+                FailureCode::BackendError,
+                format!("input is not a supported image: {e}"),
+            )
+        })?;
         if u64::from(w) * u64::from(h) > MAX_INPUT_PIXELS {
-            return Err(failure(FailureCode::BackendError, format!("input image of {w}x{h} pixels is too large")));
+            return Err(failure(
+                FailureCode::BackendError,
+                format!("input image of {w}x{h} pixels is too large"),
+            ));
         }
         let reader = image::ImageReader::open(&path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|e| failure(FailureCode::BackendError, format!("cannot read input image: {e}")))?;
-        reader.decode().map_err(|e| failure(FailureCode::BackendError, format!("input is not a supported image: {e}")))
+            .map_err(|e| {
+                failure(
+                    FailureCode::BackendError,
+                    format!("cannot read input image: {e}"),
+                )
+            })?;
+        reader.decode().map_err(|e| {
+            failure(
+                FailureCode::BackendError,
+                format!("input is not a supported image: {e}"),
+            )
+        })
     })
     .await
     .map_err(|e| failure(FailureCode::Internal, e.to_string()))?
@@ -142,7 +189,9 @@ fn render(source: Option<&DynamicImage>, seed: u8, edge: u32, done: f32) -> Dyna
         Some(img) => {
             let mut small = img.resize(edge, edge, FilterType::Triangle).to_rgb8();
             for p in small.pixels_mut() {
-                let l = (0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])) as u8;
+                let l = (0.299 * f32::from(p[0])
+                    + 0.587 * f32::from(p[1])
+                    + 0.114 * f32::from(p[2])) as u8;
                 let v = ((255 - l) as f32 * done) as u8;
                 *p = Rgb([v, v / 2 + seed / 2, 255 - v]);
             }
@@ -151,14 +200,20 @@ fn render(source: Option<&DynamicImage>, seed: u8, edge: u32, done: f32) -> Dyna
         None => DynamicImage::ImageRgb8(RgbImage::from_fn(edge, edge, |x, y| {
             let fx = x as f32 / edge as f32;
             let fy = y as f32 / edge as f32;
-            let wave = ((fx * 12.0 + f32::from(seed) / 20.0).sin() * (fy * 9.0).cos() * 0.5 + 0.5) * done;
-            Rgb([(fx * 255.0 * done) as u8, (wave * 255.0) as u8, (fy * 255.0 * done) as u8 ^ seed])
+            let wave =
+                ((fx * 12.0 + f32::from(seed) / 20.0).sin() * (fy * 9.0).cos() * 0.5 + 0.5) * done;
+            Rgb([
+                (fx * 255.0 * done) as u8,
+                (wave * 255.0) as u8,
+                (fy * 255.0 * done) as u8 ^ seed,
+            ])
         })),
     }
 }
 
 fn encode(img: DynamicImage, format: ImageFormat) -> Result<Vec<u8>, Failure> {
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, format).map_err(|e| failure(FailureCode::Internal, format!("encoding failed: {e}")))?;
+    img.write_to(&mut out, format)
+        .map_err(|e| failure(FailureCode::Internal, format!("encoding failed: {e}")))?;
     Ok(out.into_inner())
 }

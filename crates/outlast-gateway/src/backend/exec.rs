@@ -52,13 +52,20 @@ struct GroupGuard(Option<i32>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pid) = self.0 {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
 
 fn fail(code: FailureCode, message: impl Into<String>) -> Failure {
-    Failure { code, message: message.into(), detail: None }
+    Failure {
+        code,
+        message: message.into(),
+        detail: None,
+    }
 }
 
 #[async_trait]
@@ -78,7 +85,9 @@ impl Backend for Exec {
 
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
         if let Some(bad) = spec.inputs.keys().find(|k| !valid_name(k)) {
-            return Err(AppError::invalid(format!("input name {bad:?} must match [A-Za-z0-9._-]{{1,128}}")));
+            return Err(AppError::invalid(format!(
+                "input name {bad:?} must match [A-Za-z0-9._-]{{1,128}}"
+            )));
         }
         Ok(())
     }
@@ -95,7 +104,10 @@ impl Backend for Exec {
             if tokio::fs::hard_link(&file.path, &dest).await.is_err() {
                 tokio::fs::copy(&file.path, &dest).await.map_err(io)?;
             }
-            inputs.insert(name.clone(), serde_json::Value::String(dest.display().to_string()));
+            inputs.insert(
+                name.clone(),
+                serde_json::Value::String(dest.display().to_string()),
+            );
         }
         let job_json = serde_json::json!({
             "job_id": ctx.job_id,
@@ -118,13 +130,28 @@ impl Backend for Exec {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| fail(FailureCode::BackendUnavailable, format!("cannot start the command: {e}")))?;
+            .map_err(|e| {
+                fail(
+                    FailureCode::BackendUnavailable,
+                    format!("cannot start the command: {e}"),
+                )
+            })?;
         let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
 
-        let mut stdin = child.stdin.take().ok_or_else(|| fail(FailureCode::Internal, "no stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| fail(FailureCode::Internal, "no stdout"))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| fail(FailureCode::Internal, "no stderr"))?;
-        let body = serde_json::to_vec(&job_json).map_err(|e| fail(FailureCode::Internal, e.to_string()))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| fail(FailureCode::Internal, "no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail(FailureCode::Internal, "no stdout"))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| fail(FailureCode::Internal, "no stderr"))?;
+        let body = serde_json::to_vec(&job_json)
+            .map_err(|e| fail(FailureCode::Internal, e.to_string()))?;
 
         let feed = async move {
             // A command that does not read stdin closes it early; that is not an error.
@@ -165,7 +192,10 @@ impl Backend for Exec {
             Err(_) => {
                 return Err(Failure {
                     code: FailureCode::Timeout,
-                    message: format!("the command ran longer than {}", humantime::format_duration(self.config.timeout)),
+                    message: format!(
+                        "the command ran longer than {}",
+                        humantime::format_duration(self.config.timeout)
+                    ),
                     detail: None,
                 });
             }
@@ -177,7 +207,9 @@ impl Backend for Exec {
                     Some(code) => format!("the command exited with status {code}"),
                     None => "the command was killed by a signal".to_owned(),
                 },
-                detail: Some(serde_json::json!({ "exit_status": status.code(), "stderr_tail": stderr_tail })),
+                detail: Some(
+                    serde_json::json!({ "exit_status": status.code(), "stderr_tail": stderr_tail }),
+                ),
             });
         }
         let mut entries = tokio::fs::read_dir(&output_dir).await.map_err(io)?;

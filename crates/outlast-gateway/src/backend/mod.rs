@@ -70,7 +70,11 @@ pub struct JobContext {
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure { code: FailureCode::Internal, message: format!("could not record job progress: {e}"), detail: None }
+    Failure {
+        code: FailureCode::Internal,
+        message: format!("could not record job progress: {e}"),
+        detail: None,
+    }
 }
 
 impl JobContext {
@@ -78,29 +82,57 @@ impl JobContext {
     async fn emit(&self, kind: EventKind) -> Result<(), Failure> {
         match self.jobs.emit(self.job_id, kind).await.map_err(internal)? {
             Some(_) => Ok(()),
-            None => Err(Failure { code: FailureCode::Internal, message: "the job already ended".into(), detail: None }),
+            None => Err(Failure {
+                code: FailureCode::Internal,
+                message: "the job already ended".into(),
+                detail: None,
+            }),
         }
     }
 
     /// Reports step progress.
-    pub async fn progress(&self, value: u64, max: u64, label: Option<String>) -> Result<(), Failure> {
+    pub async fn progress(
+        &self,
+        value: u64,
+        max: u64,
+        label: Option<String>,
+    ) -> Result<(), Failure> {
         self.emit(EventKind::Progress { value, max, label }).await
     }
 
     /// Sends a small preview image.
     pub async fn preview(&self, mime: &str, data: Vec<u8>) -> Result<(), Failure> {
-        self.emit(EventKind::Preview { mime: mime.to_owned(), data: Blob(data) }).await
+        self.emit(EventKind::Preview {
+            mime: mime.to_owned(),
+            data: Blob(data),
+        })
+        .await
     }
 
     /// Stores an output from memory and announces it.
     pub async fn output_bytes(&self, name: &str, mime: &str, bytes: &[u8]) -> Result<(), Failure> {
-        let info = self.jobs.outputs.put_bytes(self.job_id, name, mime, bytes).await.map_err(internal)?;
+        let info = self
+            .jobs
+            .outputs
+            .put_bytes(self.job_id, name, mime, bytes)
+            .await
+            .map_err(internal)?;
         self.emit(EventKind::Output(info)).await
     }
 
     /// Stores an output from a file (moved into storage) and announces it.
-    pub async fn output_file(&self, name: &str, mime: &str, path: &std::path::Path) -> Result<(), Failure> {
-        let info = self.jobs.outputs.put_file(self.job_id, name, mime, path).await.map_err(internal)?;
+    pub async fn output_file(
+        &self,
+        name: &str,
+        mime: &str,
+        path: &std::path::Path,
+    ) -> Result<(), Failure> {
+        let info = self
+            .jobs
+            .outputs
+            .put_file(self.job_id, name, mime, path)
+            .await
+            .map_err(internal)?;
         self.emit(EventKind::Output(info)).await
     }
 }

@@ -70,7 +70,12 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(se)?;
         }
         txn.commit().map_err(se)?;
-        Ok(Self { db: Arc::new(db), hub, write_order: Arc::new(Mutex::new(())), history_max_events })
+        Ok(Self {
+            db: Arc::new(db),
+            hub,
+            write_order: Arc::new(Mutex::new(())),
+            history_max_events,
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -78,11 +83,16 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(se)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(se)?
     }
 }
 
-fn load_record(table: &impl ReadableTable<&'static [u8], &'static [u8]>, job: JobId) -> Result<Option<JobRecord>, StoreError> {
+fn load_record(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    job: JobId,
+) -> Result<Option<JobRecord>, StoreError> {
     match table.get(job.as_bytes().as_slice()).map_err(se)? {
         Some(v) => decode(v.value()).map(Some),
         None => Ok(None),
@@ -106,7 +116,13 @@ fn events_after(
 
 #[async_trait]
 impl JobStore for EmbeddedStore {
-    async fn create(&self, owner: OwnerId, spec: JobSpec, spec_digest: [u8; 32], now: u64) -> Result<Created, StoreError> {
+    async fn create(
+        &self,
+        owner: OwnerId,
+        spec: JobSpec,
+        spec_digest: [u8; 32],
+        now: u64,
+    ) -> Result<Created, StoreError> {
         let lock = Arc::clone(&self.write_order);
         self.blocking(move |db| {
             let _order = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -115,9 +131,15 @@ impl JobStore for EmbeddedStore {
                 let mut jobs = txn.open_table(JOBS).map_err(se)?;
                 let mut idem = txn.open_table(IDEMPOTENCY).map_err(se)?;
                 let mut meta = txn.open_table(META).map_err(se)?;
-                let ikey = spec.idempotency_key.as_ref().map(|k| idem_key(&owner, k.as_str()));
+                let ikey = spec
+                    .idempotency_key
+                    .as_ref()
+                    .map(|k| idem_key(&owner, k.as_str()));
                 let existing = match &ikey {
-                    Some(k) => idem.get(k.as_slice()).map_err(se)?.map(|v| v.value().to_vec()),
+                    Some(k) => idem
+                        .get(k.as_slice())
+                        .map_err(se)?
+                        .map(|v| v.value().to_vec()),
                     None => None,
                 };
                 if let Some(id) = existing {
@@ -130,7 +152,11 @@ impl JobStore for EmbeddedStore {
                         Created::Conflict
                     });
                 }
-                let ticket = meta.get("next_ticket").map_err(se)?.map(|v| v.value()).unwrap_or(1);
+                let ticket = meta
+                    .get("next_ticket")
+                    .map_err(se)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
                 meta.insert("next_ticket", ticket + 1).map_err(se)?;
                 let job_id = JobId::random();
                 let record = JobRecord {
@@ -142,9 +168,11 @@ impl JobStore for EmbeddedStore {
                     complete_after: Seq::ZERO,
                     stored_events: 0,
                 };
-                jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice()).map_err(se)?;
+                jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice())
+                    .map_err(se)?;
                 if let Some(k) = ikey {
-                    idem.insert(k.as_slice(), job_id.as_bytes().as_slice()).map_err(se)?;
+                    idem.insert(k.as_slice(), job_id.as_bytes().as_slice())
+                        .map_err(se)?;
                 }
                 Created::New(record)
             };
@@ -154,7 +182,10 @@ impl JobStore for EmbeddedStore {
         .await
     }
 
-    async fn append(&self, batch: Vec<(JobId, EventKind)>) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError> {
+    async fn append(
+        &self,
+        batch: Vec<(JobId, EventKind)>,
+    ) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError> {
         let lock = Arc::clone(&self.write_order);
         let hub = Arc::clone(&self.hub);
         let max_events = self.history_max_events;
@@ -175,21 +206,36 @@ impl JobStore for EmbeddedStore {
                         results.push(Err(Rejected::AlreadyTerminal));
                         continue;
                     }
-                    let event = JobEvent { job_id, seq: record.snapshot.seq.next(), at_ms, kind };
-                    events.insert(event_key(job_id, event.seq).as_slice(), encode(&event)?.as_slice()).map_err(se)?;
+                    let event = JobEvent {
+                        job_id,
+                        seq: record.snapshot.seq.next(),
+                        at_ms,
+                        kind,
+                    };
+                    events
+                        .insert(
+                            event_key(job_id, event.seq).as_slice(),
+                            encode(&event)?.as_slice(),
+                        )
+                        .map_err(se)?;
                     record.snapshot.apply(&event);
                     record.stored_events += 1;
                     if record.stored_events > max_events {
                         let stored = events_after(&events, job_id, Seq::ZERO)?;
-                        let (drop, watermark) =
-                            coalesce(stored.iter().map(|e| (e.seq, &e.kind)), record.complete_after);
+                        let (drop, watermark) = coalesce(
+                            stored.iter().map(|e| (e.seq, &e.kind)),
+                            record.complete_after,
+                        );
                         for seq in &drop {
-                            events.remove(event_key(job_id, *seq).as_slice()).map_err(se)?;
+                            events
+                                .remove(event_key(job_id, *seq).as_slice())
+                                .map_err(se)?;
                         }
                         record.stored_events -= drop.len() as u64;
                         record.complete_after = watermark;
                     }
-                    jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice()).map_err(se)?;
+                    jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice())
+                        .map_err(se)?;
                     results.push(Ok(event));
                 }
             }
@@ -212,11 +258,17 @@ impl JobStore for EmbeddedStore {
         .await
     }
 
-    async fn stream_start(&self, job: JobId, after: Seq) -> Result<Option<StreamStart>, StoreError> {
+    async fn stream_start(
+        &self,
+        job: JobId,
+        after: Seq,
+    ) -> Result<Option<StreamStart>, StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(se)?;
             let jobs = txn.open_table(JOBS).map_err(se)?;
-            let Some(record) = load_record(&jobs, job)? else { return Ok(None) };
+            let Some(record) = load_record(&jobs, job)? else {
+                return Ok(None);
+            };
             let events = txn.open_table(EVENTS).map_err(se)?;
             let events = events_after(&events, job, after)?;
             Ok(Some(StreamStart { record, events }))

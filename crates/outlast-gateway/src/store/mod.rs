@@ -35,7 +35,11 @@ pub struct JobRecord {
 impl JobRecord {
     /// What the stored history holds.
     pub fn bounds(&self) -> HistoryBounds {
-        HistoryBounds { last: self.snapshot.seq, complete_after: self.complete_after, retained: true }
+        HistoryBounds {
+            last: self.snapshot.seq,
+            complete_after: self.complete_after,
+            retained: true,
+        }
     }
 }
 
@@ -77,17 +81,27 @@ pub struct StoreError(pub String);
 #[async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Creates a job, or finds the one its idempotency key names. Atomic.
-    async fn create(&self, owner: OwnerId, spec: JobSpec, spec_digest: [u8; 32], now_ms: u64) -> Result<Created, StoreError>;
+    async fn create(
+        &self,
+        owner: OwnerId,
+        spec: JobSpec,
+        spec_digest: [u8; 32],
+        now_ms: u64,
+    ) -> Result<Created, StoreError>;
 
     /// Appends events (possibly for several jobs) in one durable write, assigning each job's next
     /// sequence numbers, then publishes the stored events to live subscribers in order.
-    async fn append(&self, batch: Vec<(JobId, EventKind)>) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError>;
+    async fn append(
+        &self,
+        batch: Vec<(JobId, EventKind)>,
+    ) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError>;
 
     /// The job's record.
     async fn get(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
 
     /// The record and the stored events after `after`, from one consistent view.
-    async fn stream_start(&self, job: JobId, after: Seq) -> Result<Option<StreamStart>, StoreError>;
+    async fn stream_start(&self, job: JobId, after: Seq)
+    -> Result<Option<StreamStart>, StoreError>;
 
     /// Every job that is not terminal, in submission order (for recovery after a restart).
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
