@@ -83,7 +83,10 @@ impl Client {
                 .context("timed out waiting for a message")?;
             let msg = match next {
                 None => return Ok(Incoming::Closed(None)),
-                Some(Err(_)) => return Ok(Incoming::Closed(None)),
+                Some(Err(e)) => {
+                    eprintln!("websocket error: {e}");
+                    return Ok(Incoming::Closed(None));
+                }
                 Some(Ok(m)) => m,
             };
             let bytes: Vec<u8> = match msg {

@@ -33,6 +33,8 @@ const MAX_SUBSCRIPTIONS: usize = 1024;
 /// Read buffer per connection: small, because most connections are idle (tungstenite's default
 /// is 128 KiB). Larger messages still arrive; they are read in more steps.
 const READ_BUFFER: usize = 4 * 1024;
+/// How long the server waits for the peer's answer to its close frame.
+const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Close codes the server uses (RFC 6455 and the 4000-4999 private range).
 pub mod close {
@@ -143,7 +145,7 @@ async fn write_loop(
 
 impl Session {
     async fn run(state: AppState, owner: OwnerId, codec: Codec, socket: WebSocket) {
-        let (sink, stream) = socket.split();
+        let (sink, mut stream) = socket.split();
         let (out, rx) = mpsc::channel(state.config.outbound_queue);
         let kill_writer = CancellationToken::new();
         let writer = state
@@ -158,7 +160,8 @@ impl Session {
             subs: StreamMap::new(),
             last_sent: HashMap::new(),
         };
-        let end = session.drive(stream).await;
+        let end = session.drive(&mut stream).await;
+        let closing = matches!(end, End::Close(..));
         match end {
             End::Close(code, reason) => {
                 let frame = CloseFrame {
@@ -181,9 +184,22 @@ impl Session {
         {
             session.kill_writer.cancel();
         }
+        if closing {
+            // Finish the closing handshake: read until the peer's close frame (briefly). Closing
+            // the socket with unread input would send a TCP reset, which can destroy our close
+            // frame in the peer's receive buffer before it reads it.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                while let Some(Ok(msg)) = stream.next().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 
-    async fn drive(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+    async fn drive(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
         let cfg = Arc::clone(&self.state.config);
         let mut keepalive = Keepalive::new(
             Instant::now().into_std(),

@@ -1,0 +1,452 @@
+//! Job lifecycle through the real binary: cancel, the exec backend, fair queueing across
+//! owners, graceful shutdown, and a start with nothing but the embedded defaults.
+
+use std::time::Duration;
+
+use outlast_e2e::Gateway;
+use outlast_e2e::ws::{Client, Incoming};
+use outlast_protocol::v1::{ClientMsg, Control};
+use outlast_protocol::{Codec, EventKind, FailureCode, JobId, JobSnapshot, JobState};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn snapshot(gw: &Gateway, job: &str, token: Option<&str>) -> anyhow::Result<JobSnapshot> {
+    let mut req = reqwest::Client::new().get(format!("{}/v1/jobs/{job}", gw.http()));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    Ok(req.send().await?.json().await?)
+}
+
+/// Polls the snapshot until `done` holds (bounded).
+async fn wait_for(
+    gw: &Gateway,
+    job: &str,
+    token: Option<&str>,
+    done: impl Fn(&JobSnapshot) -> bool,
+) -> anyhow::Result<JobSnapshot> {
+    let http = reqwest::Client::new();
+    let mut after = 0u64;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let s = snapshot(gw, job, token).await?;
+        if done(&s) {
+            return Ok(s);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; last snapshot {s:?}"
+        );
+        // Long-poll for the next event instead of sleeping.
+        let mut req = http.get(format!(
+            "{}/v1/jobs/{job}/poll?after={after}&timeout_ms=1000",
+            gw.http()
+        ));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let v: serde_json::Value = req.send().await?.json().await?;
+        after = v["next_after"].as_u64().unwrap_or(after);
+    }
+}
+
+#[tokio::test]
+async fn cancel_queued_and_running_jobs() -> anyhow::Result<()> {
+    let gw = Gateway::start(&["--demo-concurrency", "1"]).await?;
+    let http = reqwest::Client::new();
+    let running = gw
+        .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 100, "step_ms": 100}}))
+        .await?;
+    let queued = gw
+        .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
+        .await?;
+    wait_for(&gw, &running, None, |s| s.state == JobState::Running).await?;
+    let s = wait_for(&gw, &queued, None, |s| s.position.is_some()).await?;
+    assert_eq!(s.position, Some(0));
+    for job in [&queued, &running] {
+        let r: serde_json::Value = http
+            .delete(format!("{}/v1/jobs/{job}", gw.http()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(r["state"], "canceled");
+    }
+    // Canceling again is not an error and changes nothing.
+    let r: serde_json::Value = http
+        .delete(format!("{}/v1/jobs/{running}", gw.http()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(r["state"], "canceled");
+    for job in [&queued, &running] {
+        let log = gw.full_log(job).await?;
+        let terminal: Vec<&str> = log
+            .iter()
+            .filter_map(|e| e["type"].as_str())
+            .filter(|t| matches!(*t, "completed" | "failed" | "canceled"))
+            .collect();
+        assert_eq!(terminal, ["canceled"], "{job}");
+    }
+    // The canceled running job frees its slot: a new job runs to completion.
+    let next = gw
+        .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
+        .await?;
+    wait_for(&gw, &next, None, |s| s.state == JobState::Completed).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exec_backend_runs_a_command_with_inputs_progress_outputs_and_failures()
+-> anyhow::Result<()> {
+    let script = r#"
+        read -r job
+        case "$job" in *'"mode":"fail"'*) echo "something broke" >&2; exit 3;; esac
+        case "$job" in *'"mode":"hang"'*) sleep 60;; esac
+        echo '{"progress":1,"max":2,"label":"half"}'
+        echo "not json, ignored"
+        echo '{"progress":2,"max":2}'
+        printf '%s' "$job" > "$OUTLAST_OUTPUT_DIR/job.json"
+        printf 'hello' > "$OUTLAST_OUTPUT_DIR/hello.txt"
+    "#;
+    let gw = Gateway::start(&[
+        "--exec-command",
+        script,
+        "--exec-timeout",
+        "2s",
+        "--exec-concurrency",
+        "2",
+    ])
+    .await?;
+    let ok = gw
+        .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "ok"}}))
+        .await?;
+    let s = wait_for(&gw, &ok, None, |s| s.state.is_terminal()).await?;
+    assert_eq!(s.state, JobState::Completed, "{s:?}");
+    let names: Vec<&str> = s.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["hello.txt", "job.json"]);
+    let log = gw.full_log(&ok).await?;
+    let progress: Vec<(u64, u64)> = log
+        .iter()
+        .filter(|e| e["type"] == "progress")
+        .map(|e| {
+            (
+                e["value"].as_u64().unwrap_or(0),
+                e["max"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(progress, [(1, 2), (2, 2)]);
+    let body: serde_json::Value =
+        reqwest::get(format!("{}/v1/jobs/{ok}/outputs/job.json", gw.http()))
+            .await?
+            .json()
+            .await?;
+    assert_eq!(body["job_id"], ok.as_str());
+    assert_eq!(body["workflow"]["mode"], "ok");
+    let hello = reqwest::get(format!("{}/v1/jobs/{ok}/outputs/hello.txt", gw.http())).await?;
+    assert_eq!(hello.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(hello.text().await?, "hello");
+
+    let fail = gw
+        .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "fail"}}))
+        .await?;
+    let s = wait_for(&gw, &fail, None, |s| s.state.is_terminal()).await?;
+    let err = s.error.expect("failure");
+    assert_eq!(err.code, FailureCode::CommandFailed);
+    assert_eq!(
+        err.detail.as_ref().map(|d| d["exit_status"].clone()),
+        Some(serde_json::json!(3))
+    );
+    assert!(err.detail.as_ref().is_some_and(|d| {
+        d["stderr_tail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("something broke")
+    }));
+
+    let hang = gw
+        .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "hang"}}))
+        .await?;
+    let s = wait_for(&gw, &hang, None, |s| s.state.is_terminal()).await?;
+    assert_eq!(s.error.map(|e| e.code), Some(FailureCode::Timeout));
+    Ok(())
+}
+
+#[tokio::test]
+async fn canceling_an_exec_job_kills_its_process_group() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let marker = tmp.path().join("still-alive");
+    // The job's command starts a grandchild that would touch the marker after 1 s; the probe
+    // job waits 1.5 s, so after it the marker exists only if the group survived the cancel.
+    let script = format!(
+        "read -r job; case \"$job\" in *probe*) sleep 1.5; exit 0;; esac; (sleep 1; touch {}) & wait",
+        marker.display()
+    );
+    let gw = Gateway::start(&["--exec-command", &script]).await?;
+    let job = gw
+        .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "victim"}}))
+        .await?;
+    wait_for(&gw, &job, None, |s| s.state == JobState::Running).await?;
+    let r: serde_json::Value = reqwest::Client::new()
+        .delete(format!("{}/v1/jobs/{job}", gw.http()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(r["state"], "canceled");
+    let probe = gw
+        .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "probe"}}))
+        .await?;
+    let s = wait_for(&gw, &probe, None, |s| s.state.is_terminal()).await?;
+    assert_eq!(s.state, JobState::Completed);
+    assert!(
+        !marker.exists(),
+        "the canceled command's process group was killed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_queue_is_fair_across_owners() -> anyhow::Result<()> {
+    const A: &str = "alice-secret-0123456789";
+    const B: &str = "bob-secret-0123456789";
+    let gw = Gateway::start(&[
+        "--demo-concurrency",
+        "1",
+        "--token",
+        &format!("alice={A}"),
+        "--token",
+        &format!("bob={B}"),
+    ])
+    .await?;
+    let http = reqwest::Client::new();
+    let submit = |token: &'static str, steps: u32| {
+        let http = http.clone();
+        let url = format!("{}/v1/jobs", gw.http());
+        async move {
+            let v: serde_json::Value = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": steps, "step_ms": 100}}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok::<String, anyhow::Error>(v["job_id"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let first = submit(A, 3).await?;
+    wait_for(&gw, &first, Some(A), |s| s.state == JobState::Running).await?;
+    let a2 = submit(A, 1).await?;
+    let a3 = submit(A, 1).await?;
+    let b1 = submit(B, 1).await?;
+    // Bob's single job waits behind one of Alice's, not behind all of them.
+    let s = wait_for(&gw, &b1, Some(B), |s| s.position == Some(1)).await?;
+    assert_eq!(s.position, Some(1));
+    assert_eq!(
+        wait_for(&gw, &a3, Some(A), |s| s.position == Some(2))
+            .await?
+            .position,
+        Some(2)
+    );
+    let mut finished = Vec::new();
+    for (job, token) in [(&a2, A), (&a3, A), (&b1, B)] {
+        let s = wait_for(&gw, job, Some(token), |s| s.state == JobState::Completed).await?;
+        finished.push((s.updated_at_ms, job.clone()));
+    }
+    finished.sort();
+    let order: Vec<&String> = finished.iter().map(|(_, j)| j).collect();
+    assert_eq!(order, [&a2, &b1, &a3]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_tells_clients_to_reconnect_and_a_running_demo_job_resumes_after_restart()
+-> anyhow::Result<()> {
+    let mut gw = Gateway::start(&["--shutdown-grace", "300ms"]).await?;
+    let mut client = Client::connect(&gw.ws_url(), Codec::MsgPack).await?;
+    let job = gw
+        .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 20, "step_ms": 100}}))
+        .await?;
+    let job_id: JobId = job.parse()?;
+    wait_for(&gw, &job, None, |s| s.state == JobState::Running).await?;
+    client
+        .send(&ClientMsg::Subscribe {
+            req: None,
+            job_id,
+            after: None,
+        })
+        .await?;
+    let started = std::time::Instant::now();
+    let status = {
+        let term = gw.terminate();
+        let mut goaway = false;
+        let mut close_code = None;
+        let read = async {
+            loop {
+                match client.recv(T).await {
+                    Ok(Incoming::Msg(outlast_protocol::v1::ServerMsg::Control(
+                        Control::Goaway { .. },
+                    ))) => goaway = true,
+                    Ok(Incoming::Closed(frame)) => {
+                        close_code = frame.map(|f| u16::from(f.code));
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        };
+        let (status, ()) = tokio::join!(term, read);
+        assert!(goaway, "a goaway message precedes the close");
+        assert_eq!(close_code, Some(1012), "close code 1012: service restart");
+        status?
+    };
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained within the grace period"
+    );
+    gw.restart().await?;
+    let s = wait_for(&gw, &job, None, |s| s.state.is_terminal()).await?;
+    assert_eq!(s.state, JobState::Completed);
+    assert_eq!(s.attempt, 2);
+    let log = gw.full_log(&job).await?;
+    assert_eq!(log.iter().filter(|e| e["type"] == "completed").count(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn starts_with_embedded_defaults_and_no_setup() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(outlast_e2e::binary())
+        .current_dir(dir.path())
+        .env_remove("OUTLAST_LISTEN")
+        .env_remove("OUTLAST_DATA_DIR")
+        .env_remove("OUTLAST_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(T, lines.next_line())
+        .await??
+        .unwrap_or_default();
+    assert_eq!(
+        line, "outlast: listening on http://127.0.0.1:8080/ (demo page)",
+        "port 8080 must be free for this test"
+    );
+    assert!(
+        dir.path()
+            .join("outlast-data")
+            .join("outlast.redb")
+            .exists()
+    );
+    let page = reqwest::get("http://127.0.0.1:8080/").await?.text().await?;
+    assert!(page.contains("Outlast"));
+    let v: serde_json::Value = reqwest::Client::new()
+        .post("http://127.0.0.1:8080/v1/jobs")
+        .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["state"], "queued");
+    let ready = reqwest::get("http://127.0.0.1:8080/readyz").await?;
+    assert_eq!(ready.status(), 200);
+    let metrics = reqwest::get("http://127.0.0.1:8080/metrics")
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("outlast_jobs_submitted_total"),
+        "{metrics}"
+    );
+    child.start_kill()?;
+    child.wait().await?;
+    // Refuses a public address without auth, naming the key.
+    let out = tokio::process::Command::new(outlast_e2e::binary())
+        .args(["--listen", "0.0.0.0:0"])
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`listen`"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_submission_cancel_and_snapshot() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let mut c = Client::connect(&gw.ws_url(), Codec::MsgPack).await?;
+    c.send(&ClientMsg::Submit {
+        req: Some(1),
+        job: serde_json::from_value(
+            serde_json::json!({"backend": "demo", "workflow": {"steps": 50, "step_ms": 100}}),
+        )?,
+    })
+    .await?;
+    let Some(Control::Submitted {
+        job_id,
+        created: true,
+        ..
+    }) = c.next_control(T).await?
+    else {
+        panic!("submitted")
+    };
+    c.send(&ClientMsg::Subscribe {
+        req: Some(2),
+        job_id,
+        after: None,
+    })
+    .await?;
+    loop {
+        if let Some(e) = c.next_event(T).await? {
+            if matches!(e.kind, EventKind::Progress { .. }) {
+                break;
+            }
+        }
+    }
+    c.send(&ClientMsg::Cancel {
+        req: Some(3),
+        job_id,
+    })
+    .await?;
+    let mut got_result = false;
+    let mut got_canceled = false;
+    while !(got_result && got_canceled) {
+        match c.recv(T).await? {
+            Incoming::Msg(outlast_protocol::v1::ServerMsg::Control(Control::CancelResult {
+                req: Some(3),
+                state,
+                ..
+            })) => {
+                assert_eq!(state, JobState::Canceled);
+                got_result = true;
+            }
+            Incoming::Msg(outlast_protocol::v1::ServerMsg::Event(e)) if e.kind.is_terminal() => {
+                assert!(matches!(e.kind, EventKind::Canceled { .. }));
+                got_canceled = true;
+            }
+            Incoming::Closed(_) => panic!("closed"),
+            _ => {}
+        }
+    }
+    c.send(&ClientMsg::Get {
+        req: Some(4),
+        job_id,
+    })
+    .await?;
+    let Some(Control::Snapshot { snapshot, .. }) = c.next_control(T).await? else {
+        panic!("snapshot")
+    };
+    assert_eq!(snapshot.state, JobState::Canceled);
+    assert_eq!(
+        snapshot.cancel_reason.as_deref(),
+        Some("canceled by its owner")
+    );
+    Ok(())
+}
