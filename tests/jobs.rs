@@ -404,10 +404,10 @@ async fn websocket_submission_cancel_and_snapshot() -> anyhow::Result<()> {
     })
     .await?;
     loop {
-        if let Some(e) = c.next_event(T).await? {
-            if matches!(e.kind, EventKind::Progress { .. }) {
-                break;
-            }
+        if let Some(e) = c.next_event(T).await?
+            && matches!(e.kind, EventKind::Progress { .. })
+        {
+            break;
         }
     }
     c.send(&ClientMsg::Cancel {
