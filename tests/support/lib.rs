@@ -15,9 +15,10 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
 /// The `outlast` binary: `$OUTLAST_BIN`, or the workspace's debug build (built once if missing).
 pub fn binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(p) = std::env::var("OUTLAST_BIN") {
             return PathBuf::from(p);
@@ -46,6 +47,11 @@ pub fn binary() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// Uses `path` as the binary for every gateway started afterwards (benchmarks use a release build).
+pub fn set_binary(path: PathBuf) {
+    let _ = BIN.set(path);
 }
 
 /// A running gateway process with its own data directory.
@@ -115,6 +121,11 @@ impl Gateway {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     /// `http://addr`

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine: installs what the tests need,
+# checks formatting and lints, then runs every unit, property and end-to-end test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=never
+# Raise the file-descriptor limit for the end-to-end suites (many sockets at once).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build (the end-to-end suites drive the real binary)"
+cargo build --workspace --locked --bins
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+# Doc tests (nextest does not run them).
+cargo test --workspace --locked --doc
+
+if [ -f crates/outlast-image/test.sh ]; then
+  echo "== outlast-image: WebAssembly build and Node test"
+  bash crates/outlast-image/test.sh
+fi
+echo "== all tests passed"
