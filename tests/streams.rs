@@ -495,3 +495,84 @@ async fn long_poll_returns_events_after_a_position_and_waits_boundedly() -> anyh
     assert_eq!(v["done"], false);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_whose_history_was_coalesced_gets_told_and_gets_a_snapshot() -> anyhow::Result<()>
+{
+    // With at most 16 stored events per job, a 40-step job's old progress events are coalesced.
+    let gw = Gateway::start(&["--history-max-events", "16"]).await?;
+    let mut client = Client::connect(&gw.ws_url(), Codec::Json).await?;
+    let job = submit_ws(&mut client, demo(40, 5)).await?;
+    // Follow it live from the start: a live subscriber still sees every event in order.
+    subscribe(&mut client, job, &[]).await?;
+    let mut live = Vec::new();
+    assert!(collect(&mut client, job, &mut live, None).await?);
+    assert_eq!(
+        live.len(),
+        40 + 5,
+        "queued, started, 40 progress, preview, output, completed"
+    );
+    // The long poll from the start cannot replay exactly either: it answers with a snapshot.
+    let v: serde_json::Value = reqwest::get(format!(
+        "{}/v1/jobs/{job}/poll?after=0&timeout_ms=0",
+        gw.http()
+    ))
+    .await?
+    .json()
+    .await?;
+    assert_eq!(v["recovered"], false);
+    assert_eq!(v["snapshot"]["state"], "completed");
+    assert_eq!(v["done"], true);
+    // Resuming from an early position cannot be exact: the server says so and sends a snapshot.
+    client
+        .send(&ClientMsg::Subscribe {
+            req: Some(5),
+            job_id: job,
+            after: Some(Seq(3)),
+        })
+        .await?;
+    match client.next_control(T).await? {
+        Some(Control::Subscribed {
+            req: Some(5),
+            recovered: false,
+            snapshot: Some(s),
+            ..
+        }) => {
+            assert_eq!(s.seq, live.last().map(|e| e.seq).unwrap_or_default());
+            assert_eq!(s.state, outlast_protocol::JobState::Completed);
+            assert_eq!(s.outputs.len(), 1);
+            assert_eq!(
+                s.progress.as_ref().map(|p| (p.value, p.max)),
+                Some((40, 40))
+            );
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    // Resuming from the newest position is exact (nothing to send).
+    let newest = live.last().map(|e| e.seq);
+    client
+        .send(&ClientMsg::Subscribe {
+            req: Some(6),
+            job_id: job,
+            after: newest,
+        })
+        .await?;
+    assert!(matches!(
+        client.next_control(T).await?,
+        Some(Control::Subscribed {
+            req: Some(6),
+            recovered: true,
+            snapshot: None,
+            ..
+        })
+    ));
+    // SSE clients get the snapshot as the first event.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/jobs/{job}/events", gw.http()))
+        .header("Last-Event-ID", "3")
+        .send()
+        .await?;
+    let events = read_sse(resp, 1).await?;
+    assert_eq!(events.first().map(|e| e.1.as_str()), Some("snapshot"));
+    Ok(())
+}
