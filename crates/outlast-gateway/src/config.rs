@@ -44,10 +44,7 @@ pub struct Args {
     /// Largest WebSocket message accepted, in bytes [max_message_bytes; default 1048576]
     #[arg(long, env = "OUTLAST_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// Messages buffered per connection before it counts as slow [outbound_queue; default 256]
-    #[arg(long, env = "OUTLAST_OUTBOUND_QUEUE", value_name = "N")]
-    pub outbound_queue: Option<usize>,
-    /// A connection whose buffer stays full this long is closed [slow_consumer_timeout; default 10s]
+    /// A WebSocket client that takes no frame for this long is disconnected [slow_consumer_timeout; default 10s]
     #[arg(long, env = "OUTLAST_SLOW_CONSUMER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub slow_consumer_timeout: Option<Duration>,
     /// Longest wait of the long-poll endpoint [long_poll_timeout; default 25s]
@@ -107,7 +104,6 @@ pub struct FileConfig {
     #[serde(default, with = "opt_duration")]
     pong_timeout: Option<Duration>,
     max_message_bytes: Option<usize>,
-    outbound_queue: Option<usize>,
     #[serde(default, with = "opt_duration")]
     slow_consumer_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -181,9 +177,7 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// Largest inbound WebSocket message.
     pub max_message_bytes: usize,
-    /// Outbound messages buffered per connection.
-    pub outbound_queue: usize,
-    /// How long a full outbound buffer is tolerated.
+    /// How long a WebSocket send may block before the client counts as too slow.
     pub slow_consumer_timeout: Duration,
     /// Longest long-poll wait.
     pub long_poll_timeout: Duration,
@@ -321,10 +315,6 @@ impl Config {
                 "must be between 1024 and 268435456",
             ));
         }
-        let outbound_queue = args.outbound_queue.or(file.outbound_queue).unwrap_or(256);
-        if outbound_queue == 0 {
-            return Err(err("outbound_queue", "must be at least 1"));
-        }
         let exec_file = file.exec.unwrap_or_default();
         let exec = args
             .exec_command
@@ -358,7 +348,6 @@ impl Config {
             ping_interval,
             pong_timeout,
             max_message_bytes,
-            outbound_queue,
             slow_consumer_timeout: positive(
                 "slow_consumer_timeout",
                 args.slow_consumer_timeout

@@ -1,9 +1,9 @@
 //! `GET /v1/ws`: one long-lived WebSocket per client carrying every job stream.
 //!
-//! One task per connection runs the session (reads, subscriptions, keep-alive); a second,
-//! tracked task owns the socket's sink and writes from a bounded queue. A client that leaves
-//! the queue full for `slow_consumer_timeout` is disconnected; it loses nothing, because it
-//! resumes from its last sequence number.
+//! One task per connection runs the session: reads, subscriptions, keep-alive and writes. Writes
+//! are bounded (one frame in tungstenite's buffer plus the kernel's socket buffer): a client that
+//! does not take a frame within `slow_consumer_timeout` is disconnected; it loses nothing,
+//! because it resumes from its last sequence number.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,18 +11,15 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use outlast_protocol::codec::{DecodeError, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use outlast_protocol::keepalive::{Keepalive, KeepaliveAction};
 use outlast_protocol::v1::{ClientMsg, Control, PROTOCOL, ServerMsg};
 use outlast_protocol::{Codec, ErrorCode, Frame, JobEvent, JobId, OwnerId, Seq};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Owner;
 use crate::error::AppError;
@@ -110,96 +107,51 @@ struct Session {
     state: AppState,
     owner: OwnerId,
     codec: Codec,
-    out: mpsc::Sender<Message>,
-    /// Cancels the writer at once (slow consumer): queued messages are dropped.
-    kill_writer: CancellationToken,
+    /// Written to directly: the outbound buffer is tungstenite's (bounded by
+    /// `max_write_buffer_size`) plus the kernel's, and a send that cannot complete within
+    /// `slow_consumer_timeout` ends the session. No writer task, no extra queue per connection.
+    socket: WebSocket,
     subs: StreamMap<JobId, BroadcastStream<Arc<JobEvent>>>,
     /// The newest sequence number sent per subscribed job.
     last_sent: HashMap<JobId, Seq>,
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    kill: CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            msg = rx.recv() => msg,
-        };
-        let Some(msg) = msg else { break };
-        let closing = matches!(msg, Message::Close(_));
-        tokio::select! {
-            biased;
-            () = kill.cancelled() => break,
-            r = sink.send(msg) => if r.is_err() { break },
-        }
-        if closing {
-            break;
-        }
-    }
-    // Dropping the sink (and with it the socket half) ends the connection.
-}
-
 impl Session {
     async fn run(state: AppState, owner: OwnerId, codec: Codec, socket: WebSocket) {
-        let (sink, mut stream) = socket.split();
-        let (out, rx) = mpsc::channel(state.config.outbound_queue);
-        let kill_writer = CancellationToken::new();
-        let writer = state
-            .tracker
-            .spawn(write_loop(sink, rx, kill_writer.clone()));
         let mut session = Session {
             state,
             owner,
             codec,
-            out,
-            kill_writer,
+            socket,
             subs: StreamMap::new(),
             last_sent: HashMap::new(),
         };
-        let end = session.drive(&mut stream).await;
-        let closing = matches!(end, End::Close(..));
-        match end {
-            End::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                let _ = session.out.try_send(Message::Close(Some(frame)));
-            }
-            End::Abort => session.kill_writer.cancel(),
-        }
+        let end = session.drive().await;
         for job in session.subs.keys().copied().collect::<Vec<_>>() {
             session.unsubscribe(job);
         }
-        let out = session.out;
-        drop(out);
-        // Give the writer a moment to flush the close frame, then stop it.
-        if tokio::time::timeout(session.state.config.slow_consumer_timeout, writer)
-            .await
-            .is_err()
-        {
-            session.kill_writer.cancel();
-        }
-        if closing {
-            // Finish the closing handshake: read until the peer's close frame (briefly). Closing
-            // the socket with unread input would send a TCP reset, which can destroy our close
-            // frame in the peer's receive buffer before it reads it.
-            let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-                while let Some(Ok(msg)) = stream.next().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            if session.send_raw(Message::Close(Some(frame))).await.is_ok() {
+                // Finish the closing handshake: read until the peer's close frame (briefly).
+                // Closing the socket with unread input would send a TCP reset, which can destroy
+                // our close frame in the peer's receive buffer before it reads it.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                    while let Some(Ok(msg)) = session.socket.recv().await {
+                        if matches!(msg, Message::Close(_)) {
+                            break;
+                        }
                     }
-                }
-            })
-            .await;
+                })
+                .await;
+            }
         }
     }
 
-    async fn drive(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
+    async fn drive(&mut self) -> End {
         let cfg = Arc::clone(&self.state.config);
         let mut keepalive = Keepalive::new(
             Instant::now().into_std(),
@@ -225,21 +177,21 @@ impl Session {
                     let _ = self.send(bye.into()).await;
                     return End::Close(close::SERVICE_RESTART, "gateway restarting; reconnect and resume");
                 }
-                frame = stream.next() => {
+                frame = self.socket.recv() => {
                     keepalive.handle_inbound(Instant::now().into_std());
                     match frame {
                         None => return End::Abort,
                         Some(Err(e)) => return close_for(e),
                         Some(Ok(Message::Close(_))) => return End::Close(close::NORMAL, ""),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                        Some(Ok(Message::Text(text))) => self.handle_frame(text.as_bytes(), true).await,
-                        Some(Ok(Message::Binary(bytes))) => self.handle_frame(&bytes, false).await,
+                        Some(Ok(Message::Text(text))) => Box::pin(self.handle_frame(text.as_bytes(), true)).await,
+                        Some(Ok(Message::Binary(bytes))) => Box::pin(self.handle_frame(&bytes, false)).await,
                     }
                 }
-                Some((job, item)) = self.subs.next(), if !self.subs.is_empty() => self.forward(job, item).await,
+                Some((job, item)) = self.subs.next(), if !self.subs.is_empty() => Box::pin(self.forward(job, item)).await,
                 () = tokio::time::sleep_until(deadline) => {
                     match keepalive.poll(Instant::now().into_std()) {
-                        Some(KeepaliveAction::Ping) => self.ping().await,
+                        Some(KeepaliveAction::Ping) => Box::pin(self.ping()).await,
                         Some(KeepaliveAction::TimedOut) => {
                             metrics::counter!("outlast_ws_ping_timeouts_total").increment(1);
                             return End::Close(close::PING_TIMEOUT, "no pong received in time");
@@ -256,8 +208,8 @@ impl Session {
         }
     }
 
-    /// Queues a message for the writer. Err means the client did not keep up.
-    async fn send(&self, msg: ServerMsg) -> Result<(), ()> {
+    /// Sends a message. Err means the client did not keep up (or is gone).
+    async fn send(&mut self, msg: ServerMsg) -> Result<(), ()> {
         let frame = match self.codec.encode(&msg) {
             Ok(Frame::Binary(b)) => Message::Binary(b.into()),
             Ok(Frame::Text(t)) => Message::Text(t.into()),
@@ -269,10 +221,10 @@ impl Session {
         self.send_raw(frame).await
     }
 
-    async fn send_raw(&self, frame: Message) -> Result<(), ()> {
+    async fn send_raw(&mut self, frame: Message) -> Result<(), ()> {
         match tokio::time::timeout(
             self.state.config.slow_consumer_timeout,
-            self.out.send(frame),
+            self.socket.send(frame),
         )
         .await
         {
@@ -281,13 +233,18 @@ impl Session {
         }
     }
 
-    async fn ping(&self) -> Result<(), ()> {
+    async fn ping(&mut self) -> Result<(), ()> {
         self.send_raw(Message::Ping(bytes::Bytes::new())).await?;
         let jobs = self.last_sent.iter().map(|(j, s)| (*j, *s)).collect();
         self.send(Control::Heartbeat { jobs }.into()).await
     }
 
-    async fn error(&self, req: Option<u64>, code: ErrorCode, message: String) -> Result<(), ()> {
+    async fn error(
+        &mut self,
+        req: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<(), ()> {
         self.send(Control::Error { req, code, message }.into())
             .await
     }
