@@ -23,6 +23,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use crate::api::parse_job;
 use crate::auth::Owner;
 use crate::error::AppError;
+use crate::hub::Published;
 use crate::state::AppState;
 
 /// Query of the SSE endpoint.
@@ -58,7 +59,7 @@ struct Feed {
     owner: OwnerId,
     job: JobId,
     pending: VecDeque<Item>,
-    live: Option<BroadcastStream<Arc<JobEvent>>>,
+    live: Option<BroadcastStream<Arc<Published>>>,
     last: Seq,
     done: bool,
 }
@@ -103,7 +104,7 @@ impl Feed {
                 None => return None,
                 Some(Ok(event)) if event.seq <= self.last => {}
                 Some(Ok(event)) if event.seq == self.last.next() => {
-                    self.push(Item::Event((*event).clone()))
+                    self.push(Item::Event(event.event.clone()))
                 }
                 // Lagged or a gap: re-read from the store.
                 Some(_) => {
