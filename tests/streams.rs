@@ -576,3 +576,99 @@ async fn a_client_whose_history_was_coalesced_gets_told_and_gets_a_snapshot() ->
     assert_eq!(events.first().map(|e| e.1.as_str()), Some("snapshot"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() -> anyhow::Result<()> {
+    use futures::SinkExt;
+    // 400 progress events with 16 KiB labels: 6.4 MB, far more than socket buffers hold.
+    let script = "pad=$(head -c 16384 /dev/zero | tr '\\0' x); i=0; while [ $i -lt 400 ]; do i=$((i+1)); \
+                  printf '{\"progress\":%d,\"max\":400,\"label\":\"%s\"}\\n' $i \"$pad\"; done";
+    let gw =
+        Gateway::start(&["--slow-consumer-timeout", "300ms", "--exec-command", script]).await?;
+    let job = gw.submit(serde_json::json!({"backend": "exec"})).await?;
+    let job: JobId = job.parse()?;
+    // Wait (long-poll) for the job to finish so its whole history is replayed at once.
+    let http = reqwest::Client::new();
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{}/v1/jobs/{job}", gw.http()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["state"] == "completed" {
+            break;
+        }
+        let seq = v["seq"].as_u64().unwrap_or(0);
+        http.get(format!(
+            "{}/v1/jobs/{job}/poll?after={seq}&timeout_ms=2000",
+            gw.http()
+        ))
+        .send()
+        .await?;
+    }
+    // A client with a tiny receive window that subscribes and then does not read.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    let stream = socket.connect(gw.addr).await?;
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            gw.ws_url(),
+        )?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "outlast.v1.json".parse()?);
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await?;
+    let mut slow = Client {
+        ws,
+        codec: Codec::Json,
+        pings: 0,
+    };
+    slow.ws
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            serde_json::to_string(&ClientMsg::Subscribe {
+                req: None,
+                job_id: job,
+                after: None,
+            })?
+            .into(),
+        ))
+        .await?;
+    // Wait until the gateway gave up on it (its metric says so), without reading.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", gw.http()))
+            .await?
+            .text()
+            .await?;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("outlast_ws_slow_consumers_total") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the slow client was never disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It now reads what had reached it, sees the connection end, and resumes: nothing is lost.
+    let mut log = Vec::new();
+    assert!(
+        !collect(&mut slow, job, &mut log, None).await?,
+        "the connection ended before the terminal event"
+    );
+    assert!(
+        !log.is_empty() && log.len() < 403,
+        "a prefix arrived ({} events)",
+        log.len()
+    );
+    let mut client = Client::connect(&gw.ws_url(), Codec::Json).await?;
+    subscribe(&mut client, job, &log).await?;
+    assert!(collect(&mut client, job, &mut log, None).await?);
+    assert_eq!(log, stored_log(&gw, job).await?);
+    Ok(())
+}
