@@ -450,3 +450,97 @@ async fn websocket_submission_cancel_and_snapshot() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn outputs_support_range_etag_and_content_type() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let job = gw
+        .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
+        .await?;
+    let s = wait_for(&gw, &job, None, |s| s.state == JobState::Completed).await?;
+    let info = s.outputs.first().expect("one output").clone();
+    let url = format!("{}/v1/jobs/{job}/outputs/{}", gw.http(), info.name);
+    let http = reqwest::Client::new();
+    let full = http.get(&url).send().await?;
+    assert_eq!(full.status(), 200);
+    assert_eq!(full.headers()["content-type"], "image/png");
+    let etag = full.headers()["etag"].to_str()?.to_owned();
+    assert_eq!(etag, format!("\"{}\"", info.sha256));
+    let body = full.bytes().await?;
+    assert_eq!(body.len() as u64, info.size);
+    assert!(body.starts_with(b"\x89PNG\r\n\x1a\n"), "a real PNG");
+    let part = http.get(&url).header("Range", "bytes=8-15").send().await?;
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 8-15/{}", info.size).as_str()
+    );
+    assert_eq!(part.bytes().await?.as_ref(), &body[8..16]);
+    let resumed = http
+        .get(&url)
+        .header("Range", format!("bytes={}-", info.size - 10))
+        .send()
+        .await?;
+    assert_eq!(resumed.bytes().await?.as_ref(), &body[body.len() - 10..]);
+    let cached = http.get(&url).header("If-None-Match", &etag).send().await?;
+    assert_eq!(cached.status(), 304);
+    let missing = http
+        .get(format!("{}/v1/jobs/{job}/outputs/nope.png", gw.http()))
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    let traversal = http
+        .get(format!(
+            "{}/v1/jobs/{job}/outputs/..%2Foutlast.redb",
+            gw.http()
+        ))
+        .send()
+        .await?;
+    assert_eq!(traversal.status(), 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_pings_is_closed_with_4000() -> anyhow::Result<()> {
+    let gw = Gateway::start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]).await?;
+    // This client reads nothing (so tungstenite never answers the pings) until the gateway has
+    // given up on it, which its metrics report.
+    let mut silent = Client::connect(&gw.ws_url(), Codec::Json).await?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", gw.http()))
+            .await?
+            .text()
+            .await?;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("outlast_ws_ping_timeouts_total") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the silent peer was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        match silent.recv(T).await? {
+            Incoming::Closed(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 4000);
+                break;
+            }
+            Incoming::Closed(None) => panic!("closed without a close frame"),
+            Incoming::Msg(_) => {}
+        }
+    }
+    // A peer that answers pings (by reading) stays connected across many intervals.
+    let mut lively = Client::connect(&gw.ws_url(), Codec::Json).await?;
+    while lively.pings < 5 {
+        match lively.recv(T).await? {
+            Incoming::Closed(frame) => panic!("an answering peer was closed: {frame:?}"),
+            Incoming::Msg(_) => {}
+        }
+    }
+    Ok(())
+}
