@@ -48,8 +48,6 @@ pub mod close {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The gateway is restarting or shutting down; reconnect.
     pub const SERVICE_RESTART: u16 = 1012;
-    /// The client could not keep up; reconnect and resume.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client answered no ping in time.
     pub const PING_TIMEOUT: u16 = 4000;
 }
