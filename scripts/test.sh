@@ -14,6 +14,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== build (the end-to-end suites drive the real binary)"
 cargo build --workspace --locked --bins
+# The suites start this binary; without the variable each test process would run cargo itself.
+export OUTLAST_BIN="$PWD/target/debug/outlast"
+[ -n "${CARGO_TARGET_DIR:-}" ] && export OUTLAST_BIN="$CARGO_TARGET_DIR/debug/outlast"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
