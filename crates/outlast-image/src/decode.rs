@@ -71,10 +71,12 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, Error> {
     let corrupt = |e: zune_jpeg::errors::DecodeErrors| Error::corrupt(Format::Jpeg, e);
     // The decoder's own size limits are opened to the JPEG maximum so that our
     // limits (checked right after the header) decide and give a typed error.
+    // Strict mode: a truncated or damaged file is an error, not an upload of
+    // a half-grey picture.
     let options = DecoderOptions::default()
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX))
-        .set_strict_mode(false)
+        .set_strict_mode(true)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(corrupt)?;

@@ -1,5 +1,5 @@
-//! Encoding RGB/RGBA pixels as JPEG (4:2:0 below quality 90, optimized
-//! Huffman tables), PNG or lossless WebP, with optional ICC and EXIF blocks.
+//! Encoding RGB/RGBA pixels as JPEG (4:2:0 below quality 90), PNG or
+//! lossless WebP, with optional ICC and EXIF blocks.
 
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
@@ -47,7 +47,11 @@ pub(crate) fn encode(
             } else {
                 SamplingFactor::F_1_1
             });
-            encoder.set_optimized_huffman_tables(true);
+            // jpeg-encoder writes one scan per component when it optimizes
+            // Huffman tables, and zune-jpeg 0.5 (so also the `image` crate)
+            // decodes such 4:2:0 files with wrong colours. Interleaved
+            // baseline with standard tables is readable everywhere; the
+            // tables are optimized afterwards by `huffman::optimize`.
             if let Some(icc) = &extras.icc {
                 encoder.add_icc_profile(icc).map_err(|e| fail(&e))?;
             }

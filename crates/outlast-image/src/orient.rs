@@ -33,37 +33,30 @@ const TILE: usize = 32;
 fn transform<const N: usize>(src: &[u8], w: usize, h: usize, o: u8) -> Vec<u8> {
     let mut out = vec![0u8; src.len()];
     let (ow, oh) = if swaps_axes(o) { (h, w) } else { (w, h) };
-    // Maps an output coordinate to the source coordinate it shows.
-    let source = |x: usize, y: usize| -> (usize, usize) {
-        match o {
-            2 => (w - 1 - x, y),
-            3 => (w - 1 - x, h - 1 - y),
-            4 => (x, h - 1 - y),
-            5 => (y, x),
-            6 => (y, h - 1 - x),
-            7 => (w - 1 - y, h - 1 - x),
-            _ => (w - 1 - y, x),
-        }
+    // The source pixel shown at output (x, y) is at index
+    // `origin + x * step_x + y * step_y` (in pixels): every orientation is affine.
+    let (wi, hi) = (w as isize, h as isize);
+    let (origin, step_x, step_y): (isize, isize, isize) = match o {
+        2 => (wi - 1, -1, wi),
+        3 => (wi * hi - 1, -1, -wi),
+        4 => ((hi - 1) * wi, 1, -wi),
+        5 => (0, wi, 1),
+        6 => ((hi - 1) * wi, -wi, 1),
+        7 => (wi * hi - 1, -wi, -1),
+        _ => (wi - 1, wi, -1),
     };
-    if !swaps_axes(o) {
-        for y in 0..oh {
-            let row = &mut out[y * ow * N..(y + 1) * ow * N];
-            for (x, px) in row.chunks_exact_mut(N).enumerate() {
-                let (sx, sy) = source(x, y);
-                let at = (sy * w + sx) * N;
-                px.copy_from_slice(&src[at..at + N]);
-            }
-        }
-        return out;
-    }
+    let src_px: &[[u8; N]] = src.as_chunks::<N>().0;
+    let out_px: &mut [[u8; N]] = out.as_chunks_mut::<N>().0;
+    // Square tiles keep both the reads and the writes within a few cache
+    // lines when the transform exchanges axes.
     for ty in (0..oh).step_by(TILE) {
         for tx in (0..ow).step_by(TILE) {
             for y in ty..(ty + TILE).min(oh) {
-                for x in tx..(tx + TILE).min(ow) {
-                    let (sx, sy) = source(x, y);
-                    let from = (sy * w + sx) * N;
-                    let to = (y * ow + x) * N;
-                    out[to..to + N].copy_from_slice(&src[from..from + N]);
+                let row = origin + y as isize * step_y;
+                let dst = &mut out_px[y * ow + tx..y * ow + (tx + TILE).min(ow)];
+                for (i, px) in dst.iter_mut().enumerate() {
+                    let at = row + (tx + i) as isize * step_x;
+                    *px = src_px[at as usize];
                 }
             }
         }
