@@ -2,6 +2,7 @@
 //! downscale, and compute SSIM between two images.
 //!
 //! `bench_tools photo OUT WIDTH HEIGHT ORIENTATION`
+//! `bench_tools quadrants OUT WIDTH HEIGHT ORIENTATION` (the Node test's fixture)
 //! `bench_tools ssim REFERENCE_SOURCE WIDTH HEIGHT CANDIDATE...`
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("photo") if args.len() == 5 => photo(&args[1..]),
+        Some("quadrants") if args.len() == 5 => quadrants(&args[1..]),
         Some("ssim") if args.len() >= 5 => ssim_cmd(&args[1..]),
         _ => Err("usage: bench_tools photo OUT W H ORIENTATION | ssim SOURCE W H CANDIDATE...".into()),
     };
@@ -116,21 +118,45 @@ fn photo(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    // Store the pixels so that the orientation tag brings them upright:
-    // for orientation 6 the stored image is the upright one turned 90 CCW.
+    write_oriented(&args[0], rgb, w, h, orientation, 92)
+}
+
+/// Four solid quadrants: red, green / blue, yellow (upright).
+fn quadrants(args: &[String]) -> Result<(), String> {
+    let (w, h): (usize, usize) = (num(&args[1])?, num(&args[2])?);
+    let colours = [[220u8, 20, 20], [20, 200, 20], [20, 20, 220], [230, 230, 30]];
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            rgb.extend_from_slice(&colours[usize::from(y >= h / 2) * 2 + usize::from(x >= w / 2)]);
+        }
+    }
+    write_oriented(&args[0], rgb, w, h, num(&args[3])?, 90)
+}
+
+/// Writes upright pixels as a JPEG stored so that the orientation tag brings
+/// them upright: for orientation 6 the stored image is turned 90 CCW.
+fn write_oriented(
+    path: &str,
+    rgb: Vec<u8>,
+    w: usize,
+    h: usize,
+    orientation: u16,
+    quality: u8,
+) -> Result<(), String> {
     let (stored, sw, sh) = match orientation {
         6 => (rotate_ccw(&rgb, w, h), h, w),
         1 => (rgb, w, h),
         _ => return Err("only orientations 1 and 6 are supported here".into()),
     };
     let mut jpeg = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, 92);
+    let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, quality);
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
     enc.add_exif_metadata(&orientation_tiff(orientation))
         .map_err(|e| e.to_string())?;
     enc.encode(&stored, sw as u16, sh as u16, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| e.to_string())?;
-    std::fs::write(&args[0], &jpeg).map_err(|e| e.to_string())
+    std::fs::write(path, &jpeg).map_err(|e| e.to_string())
 }
 
 fn rotate_ccw(src: &[u8], w: usize, h: usize) -> Vec<u8> {
