@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         Some("photo") if args.len() == 5 => photo(&args[1..]),
         Some("quadrants") if args.len() == 5 => quadrants(&args[1..]),
         Some("ssim") if args.len() >= 5 => ssim_cmd(&args[1..]),
-        _ => Err("usage: bench_tools photo OUT W H ORIENTATION | ssim SOURCE W H CANDIDATE...".into()),
+        _ => Err(
+            "usage: bench_tools photo OUT W H ORIENTATION | ssim SOURCE W H CANDIDATE...".into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,14 +71,25 @@ fn photo(args: &[String]) -> Result<(), String> {
     let discs: Vec<(f32, f32, f32, [f32; 3])> = (0..40)
         .map(|_| {
             let c = [rng.unit(), rng.unit(), rng.unit()];
-            (rng.unit() * w as f32, rng.unit() * h as f32, 20.0 + rng.unit() * 250.0, c)
+            (
+                rng.unit() * w as f32,
+                rng.unit() * h as f32,
+                20.0 + rng.unit() * 250.0,
+                c,
+            )
         })
         .collect();
     let boxes: Vec<(f32, f32, f32, f32, [f32; 3])> = (0..25)
         .map(|_| {
             let c = [rng.unit(), rng.unit(), rng.unit()];
             let (x, y) = (rng.unit() * w as f32, rng.unit() * h as f32);
-            (x, y, x + 30.0 + rng.unit() * 300.0, y + 30.0 + rng.unit() * 200.0, c)
+            (
+                x,
+                y,
+                x + 30.0 + rng.unit() * 300.0,
+                y + 30.0 + rng.unit() * 200.0,
+                c,
+            )
         })
         .collect();
     let mut rgb = vec![0u8; w * h * 3];
@@ -94,7 +107,11 @@ fn photo(args: &[String]) -> Result<(), String> {
             let horizon = h as f32 * (0.45 + 0.15 * value_noise(&lattice, lw, fx, 7.0, 600.0));
             let mut c = if fy < horizon {
                 let t = fy / horizon;
-                [0.35 + 0.3 * t + 0.1 * n, 0.55 + 0.25 * t + 0.1 * n, 0.9 - 0.1 * t]
+                [
+                    0.35 + 0.3 * t + 0.1 * n,
+                    0.55 + 0.25 * t + 0.1 * n,
+                    0.9 - 0.1 * t,
+                ]
             } else {
                 [0.25 + 0.5 * n, 0.35 + 0.45 * n, 0.12 + 0.3 * n]
             };
@@ -107,7 +124,11 @@ fn photo(args: &[String]) -> Result<(), String> {
             }
             for &(x0, y0, x1, y1, col) in &boxes {
                 if fx >= x0 && fx < x1 && fy >= y0 && fy < y1 {
-                    let stripe = if ((fx - x0) as usize / 6) % 2 == 0 { 1.0 } else { 0.8 };
+                    let stripe = if ((fx - x0) as usize / 6).is_multiple_of(2) {
+                        1.0
+                    } else {
+                        0.8
+                    };
                     c = [col[0] * stripe, col[1] * stripe, col[2] * stripe];
                 }
             }
@@ -124,7 +145,12 @@ fn photo(args: &[String]) -> Result<(), String> {
 /// Four solid quadrants: red, green / blue, yellow (upright).
 fn quadrants(args: &[String]) -> Result<(), String> {
     let (w, h): (usize, usize) = (num(&args[1])?, num(&args[2])?);
-    let colours = [[220u8, 20, 20], [20, 200, 20], [20, 20, 220], [230, 230, 30]];
+    let colours = [
+        [220u8, 20, 20],
+        [20, 200, 20],
+        [20, 20, 220],
+        [230, 230, 30],
+    ];
     let mut rgb = Vec::with_capacity(w * h * 3);
     for y in 0..h {
         for x in 0..w {
@@ -289,7 +315,10 @@ fn ssim_cmd(args: &[String]) -> Result<(), String> {
     for path in &args[3..] {
         let cand = load(path)?;
         if (cand.width as usize, cand.height as usize) != (tw, th) {
-            return Err(format!("{path} is {}x{}, not {tw}x{th}", cand.width, cand.height));
+            return Err(format!(
+                "{path} is {}x{}, not {tw}x{th}",
+                cand.width, cand.height
+            ));
         }
         println!("{path}\t{:.5}", ssim(&reference, &luma(&cand), tw, th));
     }

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use outlast_image::{Format, Options, Preset};
+use outlast_image::{ExifPolicy, Format, Options, Preset};
 
 const USAGE: &str = "usage: shrink IN OUT [--max-edge N] [--quality Q] [--format jpeg|png|webp] \
 [--target-bytes N] [--preset eco|standard|high] [--keep-exif] [--keep-gps]";
@@ -24,45 +24,37 @@ fn parse<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, Strin
     v.parse().map_err(|_| format!("bad value for {flag}: {v}"))
 }
 
+/// Flags as given; applied on top of the preset once all are read.
+#[derive(Debug, Default)]
+struct Flags {
+    max_edge: Option<u32>,
+    quality: Option<u8>,
+    target_bytes: Option<u64>,
+    format: Option<Format>,
+    exif: Option<ExifPolicy>,
+}
+
 fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let mut positional = Vec::new();
-    // The preset is applied first, then the individual flags override it.
     let mut preset = Preset::Standard;
-    let mut edits: Vec<Box<dyn Fn(&mut Options)>> = Vec::new();
+    let mut flags = Flags::default();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--max-edge" => {
-                let n: u32 = parse(&arg, args.next())?;
-                edits.push(Box::new(move |o| o.max_edge = Some(n)));
-            }
-            "--quality" => {
-                let q: u8 = parse(&arg, args.next())?;
-                edits.push(Box::new(move |o| o.quality = q));
-            }
-            "--target-bytes" => {
-                let n: u64 = parse(&arg, args.next())?;
-                edits.push(Box::new(move |o| o.target_bytes = Some(n)));
-            }
+            "--max-edge" => flags.max_edge = Some(parse(&arg, args.next())?),
+            "--quality" => flags.quality = Some(parse(&arg, args.next())?),
+            "--target-bytes" => flags.target_bytes = Some(parse(&arg, args.next())?),
             "--format" => {
                 let v: String = parse(&arg, args.next())?;
-                let f = Format::parse(&v).ok_or_else(|| format!("unknown format {v}"))?;
-                edits.push(Box::new(move |o| o.format = Some(f)));
+                flags.format =
+                    Some(Format::parse(&v).ok_or_else(|| format!("unknown format {v}"))?);
             }
             "--preset" => {
                 let v: String = parse(&arg, args.next())?;
                 preset = Preset::parse(&v).ok_or_else(|| format!("unknown preset {v}"))?;
             }
-            "--keep-exif" => {
-                edits.push(Box::new(|o| {
-                    o.metadata.exif = outlast_image::ExifPolicy::Safe;
-                }));
-            }
-            "--keep-gps" => {
-                edits.push(Box::new(|o| {
-                    o.metadata.exif = outlast_image::ExifPolicy::SafeWithGps;
-                }));
-            }
+            "--keep-exif" => flags.exif = Some(ExifPolicy::Safe),
+            "--keep-gps" => flags.exif = Some(ExifPolicy::SafeWithGps),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -75,8 +67,16 @@ fn run() -> Result<(), String> {
         return Err(USAGE.to_string());
     };
     let mut options = Options::preset(preset);
-    for edit in &edits {
-        edit(&mut options);
+    if let Some(e) = flags.max_edge {
+        options.max_edge = Some(e);
+    }
+    if let Some(q) = flags.quality {
+        options.quality = q;
+    }
+    options.target_bytes = flags.target_bytes;
+    options.format = flags.format;
+    if let Some(p) = flags.exif {
+        options.metadata.exif = p;
     }
     let bytes = std::fs::read(input).map_err(|e| format!("cannot read {input}: {e}"))?;
     let out = outlast_image::process(&bytes, &options)

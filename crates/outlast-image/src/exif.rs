@@ -7,9 +7,8 @@ const SAFE_IFD0: &[u16] = &[0x010F, 0x0110, 0x0132, 0x013B, 0x8298];
 /// focal length, white balance, colour space, lens make/model. No serial
 /// numbers, maker notes or user comments.
 const SAFE_EXIF: &[u16] = &[
-    0x829A, 0x829D, 0x8822, 0x8827, 0x9000, 0x9003, 0x9004, 0x9010, 0x9011, 0x9012, 0x9201,
-    0x9202, 0x9204, 0x9207, 0x9209, 0x920A, 0xA001, 0xA402, 0xA403, 0xA405, 0xA406, 0xA433,
-    0xA434,
+    0x829A, 0x829D, 0x8822, 0x8827, 0x9000, 0x9003, 0x9004, 0x9010, 0x9011, 0x9012, 0x9201, 0x9202,
+    0x9204, 0x9207, 0x9209, 0x920A, 0xA001, 0xA402, 0xA403, 0xA405, 0xA406, 0xA433, 0xA434,
 ];
 const TAG_ORIENTATION: u16 = 0x0112;
 const TAG_EXIF_IFD: u16 = 0x8769;
@@ -137,10 +136,17 @@ impl<'a> Exif<'a> {
     }
 
     fn sub_ifd(&self, ifd0: &[Entry<'a>], tag: u16, allow: Option<&[u16]>) -> Vec<Entry<'a>> {
-        let Some(ptr) = ifd0.iter().find(|e| e.tag == tag && e.count == 1 && e.kind == 4) else {
+        let Some(ptr) = ifd0
+            .iter()
+            .find(|e| e.tag == tag && e.count == 1 && e.kind == 4)
+        else {
             return Vec::new();
         };
-        let Some(b) = ptr.value.get(0..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+        let Some(b) = ptr
+            .value
+            .get(0..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        else {
             return Vec::new();
         };
         let off = if self.big_endian {
@@ -291,9 +297,15 @@ mod tests {
     #[test]
     fn reads_orientation_and_rejects_garbage() {
         for o in 1..=8 {
-            assert_eq!(Exif::parse(&le_tiff_with(o)).map(|e| e.orientation()), Some(o as u8));
+            assert_eq!(
+                Exif::parse(&le_tiff_with(o)).map(|e| e.orientation()),
+                Some(o as u8)
+            );
         }
-        assert_eq!(Exif::parse(&le_tiff_with(9)).map(|e| e.orientation()), Some(1));
+        assert_eq!(
+            Exif::parse(&le_tiff_with(9)).map(|e| e.orientation()),
+            Some(1)
+        );
         assert!(Exif::parse(b"garbage").is_none());
         let t = le_tiff_with(6);
         for cut in 0..t.len() {

@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::decode::{self, Decoded};
 use crate::encode::{self, Extras, Frame};
 use crate::exif::Exif;
-use crate::{orient, resize, Error, ExifPolicy, Format, Options};
+use crate::{Error, ExifPolicy, Format, Options, orient, resize};
 
 /// The prepared image and what was done to it.
 #[derive(Debug, Clone)]

@@ -97,7 +97,12 @@ impl ShrinkOptions {
             "strip" => ExifPolicy::Strip,
             "safe" => ExifPolicy::Safe,
             "safe-with-gps" => ExifPolicy::SafeWithGps,
-            _ => return Err(js_error("invalid_option", &format!("unknown exif policy {v}"))),
+            _ => {
+                return Err(js_error(
+                    "invalid_option",
+                    &format!("unknown exif policy {v}"),
+                ));
+            }
         };
         Ok(())
     }

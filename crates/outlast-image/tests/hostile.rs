@@ -97,7 +97,13 @@ fn limits_are_configurable_and_input_size_is_capped() {
 
 #[test]
 fn garbage_and_empty_input_are_typed_errors() {
-    for input in [&b""[..], b"hello", b"\xFF\xD8", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBP"] {
+    for input in [
+        &b""[..],
+        b"hello",
+        b"\xFF\xD8",
+        b"\x89PNG\r\n\x1a\n",
+        b"RIFF\0\0\0\0WEBP",
+    ] {
         let e = process(input, &Options::default()).expect_err("refused");
         assert!(
             ["unsupported_format", "corrupt_image"].contains(&e.code()),
@@ -123,7 +129,11 @@ fn mutants(seed: u64, file: &[u8], count: usize) -> impl Iterator<Item = Vec<u8>
         let mut m = file.to_vec();
         match i % 4 {
             // Truncation at every length first, then random ones.
-            0 => m.truncate(if i / 4 < file.len() { i / 4 } else { rng.below(file.len()) }),
+            0 => m.truncate(if i / 4 < file.len() {
+                i / 4
+            } else {
+                rng.below(file.len())
+            }),
             1 => {
                 let at = rng.below(m.len());
                 m[at] ^= 1 << rng.below(8);

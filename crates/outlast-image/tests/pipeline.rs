@@ -13,13 +13,18 @@ fn close(a: &[u8], b: [u8; 3]) -> bool {
 /// Colour at the centre of each quadrant of a decoded image.
 fn quadrant_colours(img: &outlast_image::Image) -> Vec<Vec<u8>> {
     let (w, h) = (img.width as usize, img.height as usize);
-    [(w / 4, h / 4), (3 * w / 4, h / 4), (w / 4, 3 * h / 4), (3 * w / 4, 3 * h / 4)]
-        .iter()
-        .map(|&(x, y)| {
-            let at = (y * w + x) * img.channels;
-            img.pixels[at..at + 3].to_vec()
-        })
-        .collect()
+    [
+        (w / 4, h / 4),
+        (3 * w / 4, h / 4),
+        (w / 4, 3 * h / 4),
+        (3 * w / 4, 3 * h / 4),
+    ]
+    .iter()
+    .map(|&(x, y)| {
+        let at = (y * w + x) * img.channels;
+        img.pixels[at..at + 3].to_vec()
+    })
+    .collect()
 }
 
 #[test]
@@ -36,7 +41,11 @@ fn all_eight_orientations_come_out_upright() {
             };
             let out = process(&file, &options).expect("processes");
             assert_eq!(out.report.orientation, o);
-            let expect = if max_edge.is_some() { (48, 32) } else { (96, 64) };
+            let expect = if max_edge.is_some() {
+                (48, 32)
+            } else {
+                (96, 64)
+            };
             assert_eq!(
                 (out.report.output_width, out.report.output_height),
                 expect,
@@ -63,7 +72,9 @@ fn metadata_is_stripped_unless_asked_to_keep() {
     let marker = GPS_MARKER.to_le_bytes();
     assert!(find(&file, &marker).is_some(), "fixture carries GPS");
 
-    let stripped = process(&file, &Options::default()).expect("processes").bytes;
+    let stripped = process(&file, &Options::default())
+        .expect("processes")
+        .bytes;
     assert!(find(&stripped, b"Exif\0\0").is_none(), "no EXIF by default");
     assert!(find(&stripped, &marker).is_none(), "no GPS by default");
     assert!(find(&stripped, MAKE).is_none());
@@ -71,8 +82,14 @@ fn metadata_is_stripped_unless_asked_to_keep() {
     let mut options = Options::default();
     options.metadata.exif = ExifPolicy::Safe;
     let safe = process(&file, &options).expect("processes");
-    assert!(find(&safe.bytes, MAKE).is_some(), "safe subset keeps the make");
-    assert!(find(&safe.bytes, &marker).is_none(), "safe subset drops GPS");
+    assert!(
+        find(&safe.bytes, MAKE).is_some(),
+        "safe subset keeps the make"
+    );
+    assert!(
+        find(&safe.bytes, &marker).is_none(),
+        "safe subset drops GPS"
+    );
     assert!(find(&safe.bytes, &[0x25, 0x88]).is_none(), "no GPS pointer");
     // The kept EXIF must not rotate the already upright pixels again.
     let img = decode(&safe.bytes, &Limits::default()).expect("decodes");
@@ -99,7 +116,15 @@ fn metadata_is_stripped_unless_asked_to_keep() {
 
 #[test]
 fn output_is_never_larger_in_pixels_than_input() {
-    let sizes = [(1, 1), (7, 3), (3, 7), (40, 40), (300, 20), (20, 300), (257, 129)];
+    let sizes = [
+        (1, 1),
+        (7, 3),
+        (3, 7),
+        (40, 40),
+        (300, 20),
+        (20, 300),
+        (257, 129),
+    ];
     let bounds = [None, Some(1), Some(5), Some(64), Some(10_000)];
     for (w, h) in sizes {
         let file = jpeg(&noisy(w, h, 7), w, h, 85);
@@ -115,7 +140,10 @@ fn output_is_never_larger_in_pixels_than_input() {
                     let r = process(&file, &options).expect("processes").report;
                     let (ow, oh) = (r.output_width, r.output_height);
                     assert!(ow >= 1 && oh >= 1);
-                    assert!(ow <= w as u32 && oh <= h as u32, "{w}x{h} grew to {ow}x{oh}");
+                    assert!(
+                        ow <= w as u32 && oh <= h as u32,
+                        "{w}x{h} grew to {ow}x{oh}"
+                    );
                     if let Some(e) = max_edge {
                         assert!(ow.max(oh) <= e.max(1));
                     }
@@ -139,7 +167,11 @@ fn target_bytes_is_met_or_the_error_says_why() {
             ..Options::default()
         };
         let out = process(&file, &options).expect("fits");
-        assert!(out.bytes.len() as u64 <= target, "{target}: {}", out.bytes.len());
+        assert!(
+            out.bytes.len() as u64 <= target,
+            "{target}: {}",
+            out.bytes.len()
+        );
         assert_eq!(out.report.output_bytes, out.bytes.len() as u64);
         assert!(out.report.attempts >= 1);
         if target < unbounded.bytes.len() as u64 {
