@@ -1,5 +1,5 @@
-//! Encoding RGB/RGBA pixels as JPEG (4:2:0 below quality 90), PNG or
-//! lossless WebP, with optional ICC and EXIF blocks.
+//! Encoding RGB/RGBA pixels as JPEG (4:2:0 below quality 90, optimized
+//! Huffman tables), PNG or lossless WebP, with optional ICC and EXIF blocks.
 
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
@@ -66,7 +66,7 @@ pub(crate) fn encode(
             encoder
                 .encode(frame.pixels, w, h, color)
                 .map_err(|e| fail(&e))?;
-            Ok(out)
+            Ok(crate::huffman::optimize(&out).unwrap_or(out))
         }
         Format::Png => {
             let mut out = Vec::new();

@@ -30,6 +30,7 @@ mod decode;
 mod encode;
 mod error;
 mod exif;
+mod huffman;
 mod options;
 mod orient;
 mod pipeline;
