@@ -244,8 +244,8 @@ fn optimal_table(freq: &[u32; 256]) -> Table {
         }
     }
     let mut table = Table::default();
-    for len in 1..=16 {
-        table.bits[len - 1] = bits[len] as u8;
+    for (slot, &n) in table.bits.iter_mut().zip(&bits[1..=16]) {
+        *slot = n as u8;
     }
     table.values = values;
     table
