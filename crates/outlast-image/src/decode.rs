@@ -1,5 +1,9 @@
-//! Decoding JPEG, PNG and WebP into 8-bit RGB or RGBA, with the header
-//! checked against the limits before any pixel buffer is allocated.
+//! Decoding JPEG, PNG and WebP into 8-bit RGBA, with the header checked
+//! against the limits before any pixel buffer is allocated.
+//!
+//! Everything downstream works on four channels: the resampler's fastest
+//! path is RGBA, the wasm build then needs only that one pixel type (which
+//! keeps the module small), and JPEG input is decoded straight to RGBA.
 
 use std::io::Cursor;
 
@@ -17,9 +21,10 @@ pub(crate) struct Decoded {
     pub format: Format,
     pub width: u32,
     pub height: u32,
-    /// 3 (RGB) or 4 (RGBA, straight alpha).
-    pub channels: usize,
+    /// RGBA, straight alpha.
     pub pixels: Vec<u8>,
+    /// Some pixel is not fully opaque.
+    pub transparent: bool,
     /// EXIF orientation 1..=8.
     pub orientation: u8,
     pub icc: Option<Vec<u8>>,
@@ -77,7 +82,7 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, Error> {
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX))
         .set_strict_mode(true)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
+        .jpeg_set_out_colorspace(ColorSpace::RGBA);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(corrupt)?;
     let (w, h) = decoder
@@ -88,15 +93,15 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, Error> {
     let icc = decoder.icc_profile();
     let exif = decoder.exif().cloned();
     let pixels = decoder.decode().map_err(corrupt)?;
-    if pixels.len() != width as usize * height as usize * 3 {
+    if pixels.len() != width as usize * height as usize * 4 {
         return Err(Error::corrupt(Format::Jpeg, "unexpected output size"));
     }
     Ok(Decoded {
         format: Format::Jpeg,
         width,
         height,
-        channels: 3,
         pixels,
+        transparent: false,
         orientation: 1,
         icc,
         exif,
@@ -126,28 +131,26 @@ fn decode_png(bytes: &[u8], limits: &Limits) -> Result<Decoded, Error> {
     let (fw, fh) = (frame.width, frame.height);
     buf.truncate(frame.buffer_size());
     let n = fw as usize * fh as usize;
-    let (channels, pixels) = match frame.color_type {
-        png::ColorType::Rgb => (3, buf),
-        png::ColorType::Rgba => (4, buf),
-        png::ColorType::Grayscale => (3, buf.iter().flat_map(|&g| [g, g, g]).collect()),
-        png::ColorType::GrayscaleAlpha => (
-            4,
-            buf.chunks_exact(2)
-                .flat_map(|p| [p[0], p[0], p[0], p[1]])
-                .collect(),
-        ),
+    let pixels: Vec<u8> = match frame.color_type {
+        png::ColorType::Rgb => rgb_to_rgba(&buf),
+        png::ColorType::Rgba => buf,
+        png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g, 255]).collect(),
+        png::ColorType::GrayscaleAlpha => buf
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0], p[1]])
+            .collect(),
         png::ColorType::Indexed => {
             return Err(Error::corrupt(Format::Png, "palette was not expanded"));
         }
     };
-    if pixels.len() != n * channels || (fw, fh) != (width, height) {
+    if pixels.len() != n * 4 || (fw, fh) != (width, height) {
         return Err(Error::corrupt(Format::Png, "unexpected output size"));
     }
     Ok(Decoded {
         format: Format::Png,
         width,
         height,
-        channels,
+        transparent: has_transparency(&pixels),
         pixels,
         orientation: 1,
         icc,
@@ -164,17 +167,20 @@ fn decode_webp(bytes: &[u8], limits: &Limits) -> Result<Decoded, Error> {
     decoder.set_memory_limit(usize::try_from(budget).unwrap_or(usize::MAX));
     let icc = decoder.icc_profile().ok().flatten();
     let exif = decoder.exif_metadata().ok().flatten();
-    let channels = if decoder.has_alpha() { 4 } else { 3 };
+    let alpha = decoder.has_alpha();
     let size = decoder
         .output_buffer_size()
         .ok_or_else(|| Error::corrupt(Format::WebP, "image too large for memory"))?;
     let mut pixels = vec![0u8; size];
     decoder.read_image(&mut pixels).map_err(corrupt)?;
+    if !alpha {
+        pixels = rgb_to_rgba(&pixels);
+    }
     Ok(Decoded {
         format: Format::WebP,
         width,
         height,
-        channels,
+        transparent: alpha && has_transparency(&pixels),
         pixels,
         orientation: 1,
         icc,
@@ -187,15 +193,28 @@ pub(crate) fn has_transparency(rgba: &[u8]) -> bool {
     rgba.chunks_exact(4).any(|p| p[3] != 255)
 }
 
-/// Composites straight-alpha RGBA onto a solid background, giving RGB.
-pub(crate) fn flatten(rgba: &[u8], background: [u8; 3]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
-    for p in rgba.chunks_exact(4) {
+fn rgb_to_rgba(rgb: &[u8]) -> Vec<u8> {
+    rgb.chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect()
+}
+
+/// Drops the alpha channel of an opaque RGBA buffer.
+pub(crate) fn rgba_to_rgb(rgba: &[u8]) -> Vec<u8> {
+    rgba.chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect()
+}
+
+/// Composites straight-alpha RGBA onto a solid background, in place; the
+/// result is opaque.
+pub(crate) fn flatten(rgba: &mut [u8], background: [u8; 3]) {
+    for p in rgba.chunks_exact_mut(4) {
         let a = u32::from(p[3]);
         for c in 0..3 {
             let v = u32::from(p[c]) * a + u32::from(background[c]) * (255 - a);
-            out.push(((v + 127) / 255) as u8);
+            p[c] = ((v + 127) / 255) as u8;
         }
+        p[3] = 255;
     }
-    out
 }

@@ -16,11 +16,12 @@ pub(crate) struct Extras {
 /// Pixels ready to encode.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Frame<'a> {
+    /// RGBA, straight alpha.
     pub pixels: &'a [u8],
     pub width: u32,
     pub height: u32,
-    /// 3 or 4.
-    pub channels: usize,
+    /// Keep the alpha channel (PNG/WebP); otherwise it is dropped.
+    pub alpha: bool,
 }
 
 pub(crate) fn encode(
@@ -58,20 +59,23 @@ pub(crate) fn encode(
             if let Some(exif) = &extras.exif {
                 encoder.add_exif_metadata(exif).map_err(|e| fail(&e))?;
             }
-            let color = if frame.channels == 4 {
-                ColorType::Rgba
-            } else {
-                ColorType::Rgb
-            };
+            // The encoder ignores the fourth channel.
             encoder
-                .encode(frame.pixels, w, h, color)
+                .encode(frame.pixels, w, h, ColorType::Rgba)
                 .map_err(|e| fail(&e))?;
             Ok(crate::huffman::optimize(&out).unwrap_or(out))
         }
         Format::Png => {
+            let rgb;
+            let pixels = if frame.alpha {
+                frame.pixels
+            } else {
+                rgb = crate::decode::rgba_to_rgb(frame.pixels);
+                &rgb
+            };
             let mut out = Vec::new();
             let mut info = png::Info::with_size(frame.width, frame.height);
-            info.color_type = if frame.channels == 4 {
+            info.color_type = if frame.alpha {
                 png::ColorType::Rgba
             } else {
                 png::ColorType::Rgb
@@ -82,9 +86,7 @@ pub(crate) fn encode(
             let mut encoder = png::Encoder::with_info(&mut out, info).map_err(|e| fail(&e))?;
             encoder.set_compression(png::Compression::Balanced);
             let mut writer = encoder.write_header().map_err(|e| fail(&e))?;
-            writer
-                .write_image_data(frame.pixels)
-                .map_err(|e| fail(&e))?;
+            writer.write_image_data(pixels).map_err(|e| fail(&e))?;
             writer.finish().map_err(|e| fail(&e))?;
             Ok(out)
         }
@@ -97,13 +99,15 @@ pub(crate) fn encode(
             if let Some(exif) = &extras.exif {
                 encoder.set_exif_metadata(exif.clone());
             }
-            let color = if frame.channels == 4 {
-                image_webp::ColorType::Rgba8
+            let rgb;
+            let (pixels, color) = if frame.alpha {
+                (frame.pixels, image_webp::ColorType::Rgba8)
             } else {
-                image_webp::ColorType::Rgb8
+                rgb = crate::decode::rgba_to_rgb(frame.pixels);
+                (&rgb[..], image_webp::ColorType::Rgb8)
             };
             encoder
-                .encode(frame.pixels, frame.width, frame.height, color)
+                .encode(pixels, frame.width, frame.height, color)
                 .map_err(|e| fail(&e))?;
             Ok(out)
         }

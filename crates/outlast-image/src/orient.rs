@@ -17,11 +17,10 @@ pub(crate) fn swaps_axes(orientation: u8) -> bool {
     (5..=8).contains(&orientation)
 }
 
-/// Returns the pixels as they should be displayed. `channels` is 3 or 4.
-pub(crate) fn apply(pixels: Vec<u8>, width: u32, height: u32, channels: usize, o: u8) -> Vec<u8> {
-    match (o, channels) {
-        (2..=8, 3) => transform::<3>(&pixels, width as usize, height as usize, o),
-        (2..=8, 4) => transform::<4>(&pixels, width as usize, height as usize, o),
+/// Returns RGBA pixels as they should be displayed.
+pub(crate) fn apply(pixels: Vec<u8>, width: u32, height: u32, o: u8) -> Vec<u8> {
+    match o {
+        2..=8 => transform::<4>(&pixels, width as usize, height as usize, o),
         _ => pixels,
     }
 }
@@ -68,13 +67,13 @@ fn transform<const N: usize>(src: &[u8], w: usize, h: usize, o: u8) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// A 3x2 single-channel-like image stored as RGB with distinct values.
+    /// A 3x2 image stored as RGBA with distinct values.
     fn img() -> Vec<u8> {
-        (0..6u8).flat_map(|v| [v, v, v]).collect()
+        (0..6u8).flat_map(|v| [v, v, v, 255]).collect()
     }
 
     fn values(p: &[u8]) -> Vec<u8> {
-        p.chunks_exact(3).map(|c| c[0]).collect()
+        p.chunks_exact(4).map(|c| c[0]).collect()
     }
 
     #[test]
@@ -92,7 +91,7 @@ mod tests {
             (8, &[2, 5, 1, 4, 0, 3]),
         ];
         for (o, want) in cases {
-            assert_eq!(values(&apply(img(), 3, 2, 3, o)), want, "orientation {o}");
+            assert_eq!(values(&apply(img(), 3, 2, o)), want, "orientation {o}");
         }
     }
 }

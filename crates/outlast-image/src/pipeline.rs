@@ -55,16 +55,15 @@ pub fn process(input: &[u8], options: &Options) -> Result<Output, Error> {
     let clock = Clock::start();
     options.validate()?;
     let mut decoded = decode::decode(input, &options.limits)?;
-    let transparent = decoded.channels == 4 && decode::has_transparency(&decoded.pixels);
-    let format = options.format.unwrap_or(if transparent {
+    let format = options.format.unwrap_or(if decoded.transparent {
         Format::Png
     } else {
         Format::Jpeg
     });
-    // JPEG has no alpha, and opaque alpha is dead weight for the resampler.
-    if decoded.channels == 4 && (format == Format::Jpeg || !transparent) {
-        decoded.pixels = decode::flatten(&decoded.pixels, options.background);
-        decoded.channels = 3;
+    // JPEG has no alpha: composite onto the background first.
+    if decoded.transparent && format == Format::Jpeg {
+        decode::flatten(&mut decoded.pixels, options.background);
+        decoded.transparent = false;
     }
     let extras = extras(&decoded, options);
     let o = decoded.orientation;
@@ -78,7 +77,7 @@ pub fn process(input: &[u8], options: &Options) -> Result<Output, Error> {
             pixels,
             width: size.0,
             height: size.1,
-            channels: decoded.channels,
+            alpha: decoded.transparent,
         };
         encode::encode(frame, format, quality, &extras)
     };
@@ -166,16 +165,10 @@ fn render(decoded: &Decoded, size: (u32, u32)) -> Result<Vec<u8>, Error> {
     let resized = resize::resize(
         &decoded.pixels,
         (decoded.width, decoded.height),
-        decoded.channels,
+        decoded.transparent,
         stored_target,
     )?;
-    Ok(orient::apply(
-        resized,
-        stored_target.0,
-        stored_target.1,
-        decoded.channels,
-        o,
-    ))
+    Ok(orient::apply(resized, stored_target.0, stored_target.1, o))
 }
 
 fn extras(decoded: &Decoded, options: &Options) -> Extras {
@@ -215,11 +208,16 @@ pub struct Image {
 pub fn decode(input: &[u8], limits: &crate::Limits) -> Result<Image, Error> {
     let d = decode::decode(input, limits)?;
     let (width, height) = orient::oriented_size(d.width, d.height, d.orientation);
-    let pixels = orient::apply(d.pixels, d.width, d.height, d.channels, d.orientation);
+    let rgba = orient::apply(d.pixels, d.width, d.height, d.orientation);
+    let (channels, pixels) = if d.transparent {
+        (4, rgba)
+    } else {
+        (3, decode::rgba_to_rgb(&rgba))
+    };
     Ok(Image {
         width,
         height,
-        channels: d.channels,
+        channels,
         pixels,
         orientation: d.orientation,
     })

@@ -31,26 +31,23 @@ pub(crate) fn scale_to(width: u32, height: u32, scale: f64) -> (u32, u32) {
     (side(width), side(height))
 }
 
-/// Resamples interleaved 8-bit pixels (`channels` 3 or 4, straight alpha)
-/// with a Lanczos3 convolution. Returns the input unchanged if sizes match.
+/// Resamples 8-bit RGBA with a Lanczos3 convolution; `alpha` false (opaque
+/// image) skips the premultiplication. Returns a copy if sizes match.
 pub(crate) fn resize(
     pixels: &[u8],
     (width, height): (u32, u32),
-    channels: usize,
+    alpha: bool,
     (to_w, to_h): (u32, u32),
 ) -> Result<Vec<u8>, Error> {
     if (width, height) == (to_w, to_h) {
         return Ok(pixels.to_vec());
     }
-    let pixel_type = if channels == 4 {
-        PixelType::U8x4
-    } else {
-        PixelType::U8x3
-    };
-    let src = ImageRef::new(width, height, pixels, pixel_type)
+    let src = ImageRef::new(width, height, pixels, PixelType::U8x4)
         .map_err(|e| Error::Resize(e.to_string()))?;
-    let mut dst = Image::new(to_w, to_h, pixel_type);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let mut dst = Image::new(to_w, to_h, PixelType::U8x4);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(alpha);
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|e| Error::Resize(e.to_string()))?;
