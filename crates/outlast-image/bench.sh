@@ -47,7 +47,7 @@ read -r ow oh < <(vipsheader -f width "$work/ours.jpg" | tr '\n' ' '; vipsheader
 ssim=$("$bin/bench_tools" ssim "$photo" "$ow" "$oh" "$work/ours.jpg" "$work/vips.jpg")
 ssim_ours=$(awk 'NR == 1 { print $2 }' <<<"$ssim"); ssim_vips=$(awk 'NR == 2 { print $2 }' <<<"$ssim")
 
-"$crate_dir/build-wasm.sh" >/dev/null
+WASM_OPT=1 "$crate_dir/build-wasm.sh" >/dev/null
 wasm_line=$(node "$crate_dir/js/bench.mjs" "$photo" 2048 80 "$runs" "$work/wasm.jpg")
 wasm_ms=$(sed -E 's/.*median_ms=([0-9.]+).*/\1/' <<<"$wasm_line")
 wasm_size=$(wc -c < "$crate_dir/pkg/outlast_image_bg.wasm")
