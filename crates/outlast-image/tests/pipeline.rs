@@ -292,3 +292,29 @@ fn bad_options_are_typed_errors() {
         assert_eq!(e.code(), "invalid_option");
     }
 }
+
+#[test]
+fn grayscale_and_cmyk_jpeg_inputs() {
+    let (w, h) = (40usize, 30usize);
+    let gray: Vec<u8> = (0..w * h).map(|i| (i % 256) as u8).collect();
+    let mut file = Vec::new();
+    jpeg_encoder::Encoder::new(&mut file, 90)
+        .encode(&gray, w as u16, h as u16, jpeg_encoder::ColorType::Luma)
+        .expect("encodes");
+    let out = process(&file, &Options::default()).expect("grayscale");
+    assert_eq!(
+        (out.report.output_width, out.report.output_height),
+        (40, 30)
+    );
+
+    let cmyk: Vec<u8> = (0..w * h * 4).map(|i| (i * 7 % 256) as u8).collect();
+    let mut file = Vec::new();
+    jpeg_encoder::Encoder::new(&mut file, 90)
+        .encode(&cmyk, w as u16, h as u16, jpeg_encoder::ColorType::Cmyk)
+        .expect("encodes");
+    let out = process(&file, &Options::default()).expect("cmyk");
+    assert_eq!(
+        (out.report.output_width, out.report.output_height),
+        (40, 30)
+    );
+}
