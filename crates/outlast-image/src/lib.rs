@@ -17,9 +17,12 @@
 //!    in a bounded search until the file fits.
 //!
 //! ```no_run
-//! let photo = std::fs::read("photo.jpg").unwrap();
-//! let out = outlast_image::process(&photo, &outlast_image::Options::default()).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let photo = std::fs::read("photo.jpg")?;
+//! let out = outlast_image::process(&photo, &outlast_image::Options::default())?;
 //! println!("{}x{} in {} bytes", out.report.output_width, out.report.output_height, out.bytes.len());
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! The crate has no async code and no I/O; it also builds for
