@@ -34,6 +34,16 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Something failed inside the gateway; details are in its log.
     Internal,
+    /// An upload chunk starts at another offset than the upload's durable offset.
+    OffsetMismatch,
+    /// Another request or connection is writing this upload right now; retry shortly.
+    UploadLocked,
+    /// A chunk checksum or the declared sha256 of the whole file does not match.
+    ChecksumMismatch,
+    /// The server's disk is too full to accept the upload.
+    InsufficientStorage,
+    /// The upload expired and is being removed.
+    UploadExpired,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,
@@ -57,6 +67,11 @@ impl ErrorCode {
             ErrorCode::UnsupportedSubprotocol => "unsupported_subprotocol",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::OffsetMismatch => "offset_mismatch",
+            ErrorCode::UploadLocked => "upload_locked",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::UploadExpired => "upload_expired",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -76,6 +91,11 @@ impl ErrorCode {
             ErrorCode::UnknownBackend => 422,
             ErrorCode::LimitExceeded => 429,
             ErrorCode::ShuttingDown => 503,
+            ErrorCode::OffsetMismatch => 409,
+            ErrorCode::UploadLocked => 423,
+            ErrorCode::ChecksumMismatch => 460,
+            ErrorCode::InsufficientStorage => 507,
+            ErrorCode::UploadExpired => 410,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }

@@ -13,6 +13,8 @@ pub mod ids;
 pub mod job;
 pub mod keepalive;
 pub mod replay;
+pub mod tus;
+pub mod upload;
 pub mod v1;
 
 pub use blob::Blob;

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
-use crate::ids::{JobId, Seq};
+use crate::ids::{JobId, Offset, Seq, UploadId};
 use crate::job::{JobEvent, JobSnapshot, JobSpec, JobState};
+use crate::upload::{UploadInfo, UploadLimits};
 
 /// The protocol name sent in `welcome`.
 pub const PROTOCOL: &str = "outlast.v1";
@@ -22,6 +23,8 @@ pub const CLIENT_TYPES: &[&str] = &[
     "cancel",
     "get",
     "ping",
+    "upload_create",
+    "upload_resume",
 ];
 
 /// Messages from client to server.
@@ -75,6 +78,32 @@ pub enum ClientMsg {
     Ping {
         /// Any number.
         nonce: u64,
+    },
+    /// Create an upload; answered by `upload_status`. Then send chunk frames (see
+    /// [`crate::upload`]). With `sha256` set and an identical complete upload of this owner
+    /// present, the answer is that upload, already complete: send nothing.
+    UploadCreate {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// Total size; absent when not known yet (then it must come before the last chunk).
+        #[serde(default)]
+        length: Option<u64>,
+        /// Free-form text metadata (e.g. `filename`).
+        #[serde(default)]
+        metadata: BTreeMap<String, String>,
+        /// sha256 (64 hex digits) of the whole file, for dedup and verification.
+        #[serde(default)]
+        sha256: Option<String>,
+    },
+    /// Continue an upload (after a reconnect, or one begun over tus); answered by
+    /// `upload_status` with the durable offset to send from.
+    UploadResume {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The upload.
+        upload_id: UploadId,
     },
 }
 
@@ -171,6 +200,40 @@ pub enum Control {
         reason: String,
         /// Suggested delay before reconnecting.
         retry_ms: u64,
+    },
+    /// Answer to `upload_create` and `upload_resume`: send chunks from `upload.offset`.
+    UploadStatus {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The upload.
+        upload: UploadInfo,
+        /// True when `upload_create` found an identical complete upload: nothing to send.
+        deduplicated: bool,
+        /// Chunk sizing and window.
+        limits: UploadLimits,
+    },
+    /// Every byte of `upload_id` before `offset` is durable (on disk, fsynced).
+    UploadAck {
+        /// The upload.
+        upload_id: UploadId,
+        /// Durable offset.
+        offset: Offset,
+        /// True once the last byte arrived and the digest was checked.
+        complete: bool,
+    },
+    /// Progress of one of this owner's uploads, whichever path (tus or WebSocket) the bytes
+    /// take; sent to every connection of the owner.
+    UploadProgress {
+        /// The upload.
+        upload_id: UploadId,
+        /// Bytes received so far (not necessarily durable yet; acks and HEAD are).
+        offset: Offset,
+        /// Total size, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        length: Option<u64>,
+        /// Receive rate of the current request or connection.
+        bytes_per_sec: u64,
     },
 }
 
