@@ -175,7 +175,7 @@ mod tests {
         }
         assert_eq!(s.next(), 64 << 20);
         // Slow again: shrinks at once.
-        s.record(64 << 20, Duration::from_secs(600));
+        s.record(64 << 20, Duration::from_secs(6000));
         assert_eq!(s.next(), 256 << 10);
     }
 }
