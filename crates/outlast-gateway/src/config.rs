@@ -76,6 +76,28 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub tokens: Vec<String>,
+    /// Largest upload in bytes [uploads.max_size; default 10737418240]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_SIZE", value_name = "BYTES")]
+    pub upload_max_size: Option<u64>,
+    /// Largest chunk (PATCH body or WebSocket chunk frame) in bytes; keep it below Cloudflare's
+    /// 100 MB [uploads.max_chunk_bytes; default 67108864]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_CHUNK_BYTES", value_name = "BYTES")]
+    pub upload_max_chunk_bytes: Option<u64>,
+    /// How long one chunk should take; clients size chunks to their rate [uploads.target_chunk; default 5s]
+    #[arg(long, env = "OUTLAST_UPLOAD_TARGET_CHUNK", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upload_target_chunk: Option<Duration>,
+    /// Incomplete uploads untouched this long are removed [uploads.expiry; default 24h]
+    #[arg(long, env = "OUTLAST_UPLOAD_EXPIRY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upload_expiry: Option<Duration>,
+    /// Complete uploads unused this long are removed [uploads.retention; default 7d]
+    #[arg(long, env = "OUTLAST_UPLOAD_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upload_retention: Option<Duration>,
+    /// Incomplete uploads one owner may have at once [uploads.max_open_per_owner; default 100]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_OPEN_PER_OWNER", value_name = "N")]
+    pub upload_max_open_per_owner: Option<usize>,
+    /// Refuse uploads (507) that would leave less free disk than this [uploads.min_free_bytes; default 1073741824]
+    #[arg(long, env = "OUTLAST_UPLOAD_MIN_FREE_BYTES", value_name = "BYTES")]
+    pub upload_min_free_bytes: Option<u64>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -117,6 +139,23 @@ pub struct FileConfig {
     exec: Option<ExecFile>,
     #[serde(default)]
     auth: AuthFile,
+    #[serde(default)]
+    uploads: UploadsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadsFile {
+    max_size: Option<u64>,
+    max_chunk_bytes: Option<u64>,
+    #[serde(default, with = "opt_duration")]
+    target_chunk: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    expiry: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    retention: Option<Duration>,
+    max_open_per_owner: Option<usize>,
+    min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +203,25 @@ pub struct ExecConfig {
     pub concurrency: usize,
 }
 
+/// Upload limits and clean-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// Largest upload (`Tus-Max-Size`).
+    pub max_size: u64,
+    /// Largest PATCH body or WebSocket chunk.
+    pub max_chunk_bytes: u64,
+    /// Advertised chunk duration.
+    pub target_chunk: Duration,
+    /// Incomplete uploads untouched this long are removed.
+    pub expiry: Duration,
+    /// Complete uploads unused this long are removed.
+    pub retention: Duration,
+    /// Incomplete uploads per owner.
+    pub max_open_per_owner: usize,
+    /// Free disk kept in reserve.
+    pub min_free_bytes: u64,
+}
+
 /// The validated configuration every component reads.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -193,6 +251,8 @@ pub struct Config {
     pub tokens: BTreeMap<String, OwnerId>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Uploads.
+    pub uploads: UploadConfig,
 }
 
 /// A configuration error, naming the key.
@@ -339,7 +399,56 @@ impl Config {
         if demo_concurrency == 0 {
             return Err(err("demo.concurrency", "must be at least 1"));
         }
+        let uploads = UploadConfig {
+            max_size: args
+                .upload_max_size
+                .or(file.uploads.max_size)
+                .unwrap_or(10 << 30),
+            max_chunk_bytes: args
+                .upload_max_chunk_bytes
+                .or(file.uploads.max_chunk_bytes)
+                .unwrap_or(64 << 20),
+            target_chunk: positive(
+                "uploads.target_chunk",
+                args.upload_target_chunk
+                    .or(file.uploads.target_chunk)
+                    .unwrap_or(Duration::from_secs(5)),
+            )?,
+            expiry: positive(
+                "uploads.expiry",
+                args.upload_expiry
+                    .or(file.uploads.expiry)
+                    .unwrap_or(Duration::from_secs(24 * 3600)),
+            )?,
+            retention: positive(
+                "uploads.retention",
+                args.upload_retention
+                    .or(file.uploads.retention)
+                    .unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+            )?,
+            max_open_per_owner: args
+                .upload_max_open_per_owner
+                .or(file.uploads.max_open_per_owner)
+                .unwrap_or(100),
+            min_free_bytes: args
+                .upload_min_free_bytes
+                .or(file.uploads.min_free_bytes)
+                .unwrap_or(1 << 30),
+        };
+        if uploads.max_size == 0 {
+            return Err(err("uploads.max_size", "must be greater than zero"));
+        }
+        if !(64 * 1024..=512 << 20).contains(&uploads.max_chunk_bytes) {
+            return Err(err(
+                "uploads.max_chunk_bytes",
+                "must be between 65536 and 536870912",
+            ));
+        }
+        if uploads.max_open_per_owner == 0 {
+            return Err(err("uploads.max_open_per_owner", "must be at least 1"));
+        }
         Ok(Config {
+            uploads,
             listen,
             data_dir: args
                 .data_dir
@@ -442,6 +551,8 @@ mod tests {
             ("[exec]\ncommand = \"\"", "exec.command"),
             ("[auth.tokens]\nalice = \"short\"", "auth.tokens"),
             ("[demo]\nconcurrency = 0", "demo.concurrency"),
+            ("[uploads]\nmax_chunk_bytes = 10", "uploads.max_chunk_bytes"),
+            ("[uploads]\nexpiry = \"0s\"", "uploads.expiry"),
         ] {
             let e = Config::merge(Args::default(), file(text)).expect_err(text);
             assert_eq!(e.key, key, "{text}");

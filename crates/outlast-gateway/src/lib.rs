@@ -16,6 +16,7 @@ pub mod queue;
 pub mod sse;
 pub mod state;
 pub mod store;
+pub mod upload;
 pub mod ws;
 
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::jobs::{Jobs, NoUploads};
+use crate::jobs::Jobs;
 use crate::state::AppState;
 use crate::store::embedded::EmbeddedStore;
 
@@ -46,7 +47,16 @@ pub fn app(state: AppState) -> Router {
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any)
-        .expose_headers([header::LOCATION, header::ETAG, header::CONTENT_RANGE]);
+        .expose_headers(
+            [header::LOCATION, header::ETAG, header::CONTENT_RANGE]
+                .into_iter()
+                .chain(
+                    upload::tus::EXPOSED_HEADERS
+                        .iter()
+                        .map(|h| header::HeaderName::from_static(h)),
+                )
+                .collect::<Vec<_>>(),
+        );
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -58,6 +68,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/jobs/{id}/poll", get(api::poll))
         .route("/v1/jobs/{id}/outputs/{name}", get(api::output))
+        .route("/v1/uploads", axum::routing::any(upload::tus::collection))
+        .route("/v1/uploads/{id}", axum::routing::any(upload::tus::item))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(cors)
         .with_state(state)
@@ -130,11 +142,14 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(data.join("work"));
     std::fs::create_dir_all(data.join("work"))?;
     let tracker = TaskTracker::new();
+    let uploads = upload::Uploads::open(config.uploads.clone(), data)
+        .with_context(|| format!("cannot open the upload store in {}", data.display()))?;
+    tracker.spawn(Arc::clone(&uploads).gc_loop(shutdown.clone()));
     let jobs = Arc::new(Jobs::new(
         Arc::new(store),
         outputs::OutputStore::new(data.join("outputs")),
         backends,
-        Arc::new(NoUploads),
+        Arc::clone(&uploads) as Arc<dyn jobs::InputResolver>,
         tracker.clone(),
         data.join("work"),
     ));
@@ -154,6 +169,7 @@ pub async fn run(
         config: Arc::clone(&config),
         jobs: Arc::clone(&jobs),
         hub,
+        uploads,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         metrics,

@@ -10,6 +10,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
+use crate::upload::Uploads;
 
 /// Shared state of the gateway; cheap to clone.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every task the gateway spawns, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The upload store (tus and WebSocket uploads).
+    pub uploads: Arc<Uploads>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
 }

@@ -68,8 +68,8 @@ pub async fn handler(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(cfg.max_message_bytes.saturating_mul(4).max(1 << 20))
-        .max_message_size(cfg.max_message_bytes)
-        .max_frame_size(cfg.max_message_bytes);
+        .max_message_size(cfg.max_message_bytes.max(upload_frame_max(&state)))
+        .max_frame_size(cfg.max_message_bytes.max(upload_frame_max(&state)));
     let Some(codec) = ws
         .selected_protocol()
         .and_then(|p| p.to_str().ok())
@@ -96,6 +96,11 @@ pub async fn handler(
     })
 }
 
+/// Largest upload chunk frame (control messages stay limited to `max_message_bytes`).
+fn upload_frame_max(state: &AppState) -> usize {
+    state.uploads.ws_limits().max_chunk_bytes as usize + outlast_protocol::upload::DATA_HEADER_LEN
+}
+
 /// Why a session ends.
 enum End {
     /// Close with this code and reason (after anything queued).
@@ -115,11 +120,15 @@ struct Session {
     subs: StreamMap<JobId, BroadcastStream<Arc<Published>>>,
     /// The newest sequence number sent per subscribed job.
     last_sent: HashMap<JobId, Seq>,
+    /// Uploads written over this connection, and the owner's upload progress.
+    uploads: crate::upload::ws::SessionUploads,
 }
 
 impl Session {
     async fn run(state: AppState, owner: OwnerId, codec: Codec, socket: WebSocket) {
+        let uploads = crate::upload::ws::SessionUploads::new(state.uploads.clone(), owner.clone());
         let mut session = Session {
+            uploads,
             state,
             owner,
             codec,
@@ -128,6 +137,8 @@ impl Session {
             last_sent: HashMap::new(),
         };
         let end = session.drive().await;
+        // Commit what arrived for uploads before anything else, so a resume sees it.
+        session.uploads.close().await;
         for job in session.subs.keys().copied().collect::<Vec<_>>() {
             session.unsubscribe(job);
         }
@@ -186,10 +197,18 @@ impl Session {
                         Some(Ok(Message::Close(_))) => return End::Close(close::NORMAL, ""),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(Message::Text(text))) => Box::pin(self.handle_frame(text.as_bytes(), true)).await,
+                        Some(Ok(Message::Binary(bytes))) if crate::upload::ws::is_data(&bytes) => {
+                            let out = self.uploads.data(bytes).await;
+                            self.send_all(out).await
+                        }
                         Some(Ok(Message::Binary(bytes))) => Box::pin(self.handle_frame(&bytes, false)).await,
                     }
                 }
                 Some((job, item)) = self.subs.next(), if !self.subs.is_empty() => Box::pin(self.forward(job, item)).await,
+                wake = self.uploads.next_wake() => {
+                    let out = self.uploads.on_wake(wake).await;
+                    self.send_all(out).await
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     match keepalive.poll(Instant::now().into_std()) {
                         Some(KeepaliveAction::Ping) => Box::pin(self.ping()).await,
@@ -220,6 +239,13 @@ impl Session {
             }
         };
         self.send_raw(frame).await
+    }
+
+    async fn send_all(&mut self, msgs: Vec<ServerMsg>) -> Result<(), ()> {
+        for msg in msgs {
+            self.send(msg).await?;
+        }
+        Ok(())
     }
 
     async fn send_raw(&mut self, frame: Message) -> Result<(), ()> {
@@ -284,6 +310,10 @@ impl Session {
                     }
                     Err(e) => self.error(req, e.code, e.message).await,
                 }
+            }
+            msg @ (ClientMsg::UploadCreate { .. } | ClientMsg::UploadResume { .. }) => {
+                let out = self.uploads.handle(msg).await;
+                self.send_all(out).await
             }
             ClientMsg::Subscribe { req, job_id, after } => self.subscribe(req, job_id, after).await,
             ClientMsg::Unsubscribe { req, job_id } => {

@@ -112,10 +112,7 @@ pub fn parse_creation_length(
         (Some(l), None) => parse_u64("Upload-Length", l).map(Length::Known),
         (None, Some(d)) if d.trim() == "1" => Ok(Length::Deferred),
         (None, Some(_)) => Err(bad("Upload-Defer-Length", "the only allowed value is 1")),
-        (None, None) => Err(bad(
-            "Upload-Length",
-            "required (or Upload-Defer-Length: 1)",
-        )),
+        (None, None) => Err(bad("Upload-Length", "required (or Upload-Defer-Length: 1)")),
     }
 }
 
@@ -188,14 +185,13 @@ pub fn parse_metadata(value: &str) -> Result<Metadata, TusError> {
         let mut parts = pair.split(' ').filter(|p| !p.is_empty());
         let key = parts.next().unwrap_or_default();
         check_metadata_key(key)?;
-        let decoded = match parts.next() {
-            Some(v) => Some(
-                STANDARD
-                    .decode(v)
-                    .map_err(|_| bad("Upload-Metadata", format!("value of {key:?} is not base64")))?,
-            ),
-            None => None,
-        };
+        let decoded =
+            match parts.next() {
+                Some(v) => Some(STANDARD.decode(v).map_err(|_| {
+                    bad("Upload-Metadata", format!("value of {key:?} is not base64"))
+                })?),
+                None => None,
+            };
         if parts.next().is_some() {
             return Err(bad(
                 "Upload-Metadata",
@@ -279,14 +275,21 @@ pub fn parse_concat(value: &str) -> Result<Concat, TusError> {
     let mut ids = Vec::new();
     for url in list.split(' ').filter(|u| !u.is_empty()) {
         let path = url.split(['?', '#']).next().unwrap_or_default();
-        let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        let last = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
         let id = last
             .parse::<UploadId>()
             .map_err(|_| bad("Upload-Concat", format!("{url:?} is not an upload URL")))?;
         ids.push(id);
     }
     if ids.is_empty() {
-        return Err(bad("Upload-Concat", "a final upload needs at least one part"));
+        return Err(bad(
+            "Upload-Concat",
+            "a final upload needs at least one part",
+        ));
     }
     if ids.len() > 1000 {
         return Err(bad("Upload-Concat", "at most 1000 parts"));
@@ -371,11 +374,7 @@ pub fn effective_method<'a>(method: &'a str, method_override: Option<&'a str>) -
 
 /// The offset rule of PATCH: the client's offset must be the server's, and the upload must
 /// still have room.
-pub fn check_patch_offset(
-    server: u64,
-    length: Option<u64>,
-    client: u64,
-) -> Result<(), TusError> {
+pub fn check_patch_offset(server: u64, length: Option<u64>, client: u64) -> Result<(), TusError> {
     if client != server {
         return Err(TusError::OffsetMismatch { client, server });
     }
@@ -392,7 +391,10 @@ mod tests {
     #[test]
     fn version_rules() {
         assert!(check_version(Some("1.0.0")).is_ok());
-        assert_eq!(check_version(Some("0.2.0")).map_err(|e| e.status()), Err(412));
+        assert_eq!(
+            check_version(Some("0.2.0")).map_err(|e| e.status()),
+            Err(412)
+        );
         assert_eq!(check_version(None).map_err(|e| e.status()), Err(412));
     }
 
@@ -402,10 +404,7 @@ mod tests {
             parse_creation_length(Some("10"), None),
             Ok(Length::Known(10))
         );
-        assert_eq!(
-            parse_creation_length(None, Some("1")),
-            Ok(Length::Deferred)
-        );
+        assert_eq!(parse_creation_length(None, Some("1")), Ok(Length::Deferred));
         for (l, d) in [
             (None, None),
             (Some("1"), Some("1")),

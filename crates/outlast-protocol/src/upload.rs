@@ -154,7 +154,10 @@ mod tests {
         assert!(is_data_frame(&frame));
         assert_eq!(parse_data_header(&frame), Ok((id, Offset(1 << 40))));
         assert_eq!(&frame[DATA_HEADER_LEN..], b"abc");
-        assert_eq!(parse_data_header(&frame[..10]), Err(DataFrameError::Truncated));
+        assert_eq!(
+            parse_data_header(&frame[..10]),
+            Err(DataFrameError::Truncated)
+        );
         // A MessagePack map never starts with the tag.
         let msgpack = rmp_serde::to_vec_named(&UploadState::Open).expect("encode");
         assert!(!is_data_frame(&msgpack));
