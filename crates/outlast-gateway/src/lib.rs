@@ -72,6 +72,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/uploads/{id}", axum::routing::any(upload::tus::item))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            upload::tus::plain_options,
+        ))
         .with_state(state)
 }
 

@@ -11,7 +11,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use outlast_protocol::tus::{self as rules, ChecksumAlgorithm, Concat, Length, TusError};
 use outlast_protocol::upload::UploadState;
 use outlast_protocol::{ErrorBody, ErrorCode, OwnerId, UploadId};
@@ -147,7 +147,9 @@ pub async fn collection(
     let method = effective_method(&req);
     match method.as_str() {
         "OPTIONS" => options(&state).into_response(),
-        "POST" => guarded(version(&req), owner, |owner| create(state, owner, req)).await,
+        "POST" => {
+            close_if_refused(guarded(version(&req), owner, |owner| create(state, owner, req)).await)
+        }
         _ => not_allowed("OPTIONS, POST"),
     }
 }
@@ -171,7 +173,9 @@ pub async fn item(
     };
     match method.as_str() {
         "HEAD" => guarded(version(&req), owner, |owner| head(state, owner, id)).await,
-        "PATCH" => guarded(version(&req), owner, |owner| patch(state, owner, id, req)).await,
+        "PATCH" => close_if_refused(
+            guarded(version(&req), owner, |owner| patch(state, owner, id, req)).await,
+        ),
         "DELETE" => guarded(version(&req), owner, |owner| delete(state, owner, id)).await,
         "GET" => match owner {
             Ok(Owner(owner)) => match state.uploads.owned(&owner, id).await {
@@ -223,6 +227,16 @@ where
     }
 }
 
+/// A refused request may leave its body unread: tell the client not to reuse the connection,
+/// or its next request would meet the rest of this body.
+fn close_if_refused(mut r: Response) -> Response {
+    if r.status().is_client_error() || r.status().is_server_error() {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
 fn options(state: &AppState) -> Reply {
     let cfg = state.uploads.config();
     Reply::new(StatusCode::NO_CONTENT)
@@ -232,6 +246,23 @@ fn options(state: &AppState) -> Reply {
         .header("tus-checksum-algorithm", rules::CHECKSUM_ALGORITHMS)
         .header("outlast-max-chunk-size", cfg.max_chunk_bytes)
         .header("outlast-target-chunk-ms", cfg.target_chunk.as_millis())
+}
+
+/// Answers a plain (non-CORS) `OPTIONS` on the upload endpoints before the CORS layer, which
+/// would otherwise take every `OPTIONS` for a browser preflight and hide the tus headers.
+pub async fn plain_options(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let preflight = req.headers().contains_key("access-control-request-method");
+    if req.method() == axum::http::Method::OPTIONS
+        && !preflight
+        && req.uri().path().starts_with("/v1/uploads")
+    {
+        return options(&state).into_response();
+    }
+    next.run(req).await
 }
 
 fn has_offset_body(headers: &HeaderMap) -> Result<bool, TusError> {
@@ -531,7 +562,23 @@ async fn receive_body(
     let mut cut = false;
     let mut refused: Option<Reply> = None;
     let mut failed: Option<AppError> = None;
-    while let Some(item) = stream.next().await {
+    loop {
+        // Batch while bytes are ready; when the link is slower than the disk, write what is
+        // there before waiting (progress moves, and a cut loses less).
+        let item = match stream.next().now_or_never() {
+            Some(item) => item,
+            None => {
+                if !batch.is_empty() {
+                    if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    batched = 0;
+                }
+                stream.next().await
+            }
+        };
+        let Some(item) = item else { break };
         let chunk = match item {
             Ok(c) => c,
             Err(_) => {
