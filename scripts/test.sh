@@ -8,6 +8,10 @@ export CARGO_TERM_COLOR=never
 # Raise the file-descriptor limit for the end-to-end suites (many sockets at once).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+echo "== upload test clients (pinned: tests/clients/package-lock.json, requirements.txt)"
+(cd tests/clients && npm ci --no-audit --no-fund)
+python3 -m pip install --quiet -r tests/clients/requirements.txt
+
 echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

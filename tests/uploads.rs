@@ -575,18 +575,25 @@ async fn transports_share_uploads_and_progress() -> anyhow::Result<()> {
         _ => None,
     })
     .await?;
-    let mut frame =
-        outlast_protocol::upload::encode_data_header(id_of(&path), Offset(half as u64)).to_vec();
-    frame.extend_from_slice(&source[half..]);
-    futures::SinkExt::send(
-        &mut ws.ws,
-        tokio_tungstenite::tungstenite::Message::Binary(frame.into()),
-    )
-    .await?;
+    // Chunk frames must fit in a WebSocket message (1 MiB by default).
+    for start in (half..source.len()).step_by(512 << 10) {
+        let end = (start + (512 << 10)).min(source.len());
+        let mut frame =
+            outlast_protocol::upload::encode_data_header(id_of(&path), Offset(start as u64))
+                .to_vec();
+        frame.extend_from_slice(&source[start..end]);
+        futures::SinkExt::send(
+            &mut ws.ws,
+            tokio_tungstenite::tungstenite::Message::Binary(frame.into()),
+        )
+        .await?;
+    }
     let complete = wait_for(&mut ws, Duration::from_secs(10), |c| match c {
         Control::UploadAck {
-            complete, offset, ..
-        } => Some((*complete, *offset)),
+            complete: true,
+            offset,
+            ..
+        } => Some((true, *offset)),
         _ => None,
     })
     .await?;

@@ -79,7 +79,7 @@ impl Tus {
         }
         let r = b.send().await?;
         anyhow::ensure!(r.status() == 201, "create answered {}", r.status());
-        Ok(header(r.headers(), "location").context("Location")?)
+        header(r.headers(), "location").context("Location")
     }
 
     pub async fn patch(

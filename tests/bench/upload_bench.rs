@@ -1,2 +1,268 @@
-//! placeholder
-fn main() {}
+//! Upload benchmark: loopback throughput of tus (8 MiB PATCH bodies) and WebSocket (1 MiB chunk
+//! frames) uploads as a ratio to this machine's sequential write rate with fsync, measured in
+//! the same run on the same file system, and the gateway's peak memory (VmHWM) while
+//! uploading a small and a 2 GiB file.
+//!
+//! `cargo run --release -p outlast-e2e --bin upload-bench -- [THROUGHPUT_MIB] [BIG_MIB]`
+//! (defaults 1024 and 2048). Uses the release gateway (built first) unless `OUTLAST_BIN` is
+//! set. Prints figures; asserts only that every upload completed with the right size.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use outlast_e2e::Gateway;
+use outlast_protocol::upload::encode_data_header;
+use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
+use outlast_protocol::{Codec, Offset, UploadId};
+use rand::{Rng, SeedableRng};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const MIB: u64 = 1 << 20;
+const BLOCK: usize = 8 << 20;
+
+/// The upload content: one random 8 MiB block repeated (every chunk size used divides it).
+struct Source {
+    block: Vec<u8>,
+    len: u64,
+}
+
+impl Source {
+    fn new(len: u64) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut block = vec![0u8; BLOCK];
+        rng.fill(block.as_mut_slice());
+        Self { block, len }
+    }
+
+    fn chunk(&self, offset: u64, size: usize) -> &[u8] {
+        let start = (offset % BLOCK as u64) as usize;
+        let size = size.min((self.len - offset) as usize).min(BLOCK - start);
+        &self.block[start..start + size]
+    }
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sequential write of `len` bytes in 8 MiB writes, then one fsync: the best case a disk gives.
+fn disk_rate(dir: &Path, source: &Source) -> anyhow::Result<f64> {
+    let path = dir.join("bench-baseline.bin");
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    let mut off = 0;
+    while off < source.len {
+        let c = source.chunk(off, BLOCK);
+        f.write_all(c)?;
+        off += c.len() as u64;
+    }
+    f.sync_all()?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    Ok(source.len as f64 / secs)
+}
+
+async fn tus_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let r = http
+        .post(format!("{}/v1/uploads", gw.http()))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", source.len.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "create: {}", r.status());
+    let path = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("Location")?
+        .to_owned();
+    let mut off = 0u64;
+    while off < source.len {
+        let body = source.chunk(off, chunk).to_vec();
+        let n = body.len() as u64;
+        let r = http
+            .patch(format!("{}{path}", gw.http()))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", off.to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 204, "PATCH at {off}: {}", r.status());
+        off += n;
+    }
+    Ok(source.len as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn ws_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Result<f64> {
+    let mut request = gw.ws_url().into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(Codec::MsgPack.subprotocol()),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let (mut tx, mut rx) = ws.split();
+    let codec = Codec::MsgPack;
+    let start = Instant::now();
+    let create = ClientMsg::UploadCreate {
+        req: Some(1),
+        length: Some(source.len),
+        metadata: Default::default(),
+        sha256: None,
+    };
+    let outlast_protocol::Frame::Binary(bytes) = codec.encode(&create)? else {
+        bail!("msgpack encodes to binary frames");
+    };
+    tx.send(Message::Binary(bytes.into())).await?;
+    let mut upload: Option<(UploadId, u64)> = None;
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    loop {
+        if let Some((id, window)) = upload {
+            while sent < source.len && sent - acked < window {
+                let data = source.chunk(sent, chunk);
+                let mut frame = Vec::with_capacity(data.len() + 32);
+                frame.extend_from_slice(&encode_data_header(id, Offset(sent)));
+                frame.extend_from_slice(data);
+                tx.send(Message::Binary(frame.into())).await?;
+                sent += data.len() as u64;
+            }
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(60), rx.next())
+            .await
+            .context("no answer within 60 s")?
+            .context("connection closed")??;
+        let Message::Binary(bytes) = msg else {
+            continue;
+        };
+        match codec.decode::<ServerMsg>(&bytes)? {
+            ServerMsg::Control(Control::UploadStatus {
+                upload: info,
+                limits,
+                ..
+            }) => {
+                upload = Some((info.upload_id, limits.window_bytes));
+            }
+            ServerMsg::Control(Control::UploadAck {
+                offset, complete, ..
+            }) => {
+                acked = offset.0;
+                if complete {
+                    break;
+                }
+            }
+            ServerMsg::Control(Control::Error { code, message, .. }) => {
+                bail!("error {code}: {message}")
+            }
+            _ => {}
+        }
+    }
+    anyhow::ensure!(acked == source.len, "acked {acked} of {}", source.len);
+    Ok(source.len as f64 / start.elapsed().as_secs_f64())
+}
+
+fn release_binary() -> anyhow::Result<()> {
+    if std::env::var_os("OUTLAST_BIN").is_some() {
+        return Ok(());
+    }
+    let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "outlast-gateway",
+            "--bin",
+            "outlast",
+        ])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "release build failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    outlast_e2e::set_binary(target.join("release").join("outlast"));
+    Ok(())
+}
+
+fn mib_s(rate: f64) -> f64 {
+    rate / MIB as f64
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let size_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1024);
+    let big_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2048);
+    release_binary()?;
+
+    let source = Source::new(size_mib * MIB);
+    // WebSocket chunk frames must fit in a message: allow 1 MiB chunks plus their header.
+    let gw = Gateway::start(&[
+        "--upload-max-chunk-bytes",
+        &(16 * MIB).to_string(),
+        "--max-message-bytes",
+        &(2 * MIB).to_string(),
+    ])
+    .await?;
+    let dir = gw.data_dir.clone();
+    // Each rate is the best of two runs, so one stall of the shared disk does not decide it.
+    let mut disk: f64 = 0.0;
+    let mut tus: f64 = 0.0;
+    let mut ws: f64 = 0.0;
+    for _ in 0..2 {
+        disk = disk.max(disk_rate(&dir, &source)?);
+        tus = tus.max(tus_upload(&gw, &source, 8 << 20).await?);
+        ws = ws.max(ws_upload(&gw, &source, 1 << 20).await?);
+    }
+    drop(gw);
+    println!("upload-bench: {size_mib} MiB per run, loopback, best of 2");
+    println!(
+        "  sequential write + fsync (8 MiB writes): {:>8.1} MiB/s",
+        mib_s(disk)
+    );
+    println!(
+        "  tus, 8 MiB PATCH bodies:                  {:>8.1} MiB/s  = {:.2} x disk",
+        mib_s(tus),
+        tus / disk
+    );
+    println!(
+        "  WebSocket, 1 MiB chunk frames:            {:>8.1} MiB/s  = {:.2} x disk",
+        mib_s(ws),
+        ws / disk
+    );
+
+    // Peak memory: a fresh gateway per size, VmHWM read after the upload.
+    for mib in [256, big_mib] {
+        let gw = Gateway::start(&["--upload-max-chunk-bytes", &(16 * MIB).to_string()]).await?;
+        let pid = gw.pid().context("gateway pid")?;
+        let idle = vm_hwm_kib(pid);
+        let source = Source::new(mib * MIB);
+        let rate = tus_upload(&gw, &source, 8 << 20).await?;
+        let peak = vm_hwm_kib(pid);
+        println!(
+            "  peak RSS (VmHWM), tus upload of {mib:>5} MiB: {:>6.1} MiB (idle {:.1} MiB; {:.0} MiB/s)",
+            peak as f64 / 1024.0,
+            idle as f64 / 1024.0,
+            mib_s(rate)
+        );
+    }
+    Ok(())
+}

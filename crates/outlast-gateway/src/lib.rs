@@ -146,8 +146,12 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(data.join("work"));
     std::fs::create_dir_all(data.join("work"))?;
     let tracker = TaskTracker::new();
-    let uploads = upload::Uploads::open(config.uploads.clone(), data)
-        .with_context(|| format!("cannot open the upload store in {}", data.display()))?;
+    let uploads = upload::Uploads::open(
+        config.uploads.clone(),
+        data,
+        config.max_message_bytes as u64,
+    )
+    .with_context(|| format!("cannot open the upload store in {}", data.display()))?;
     tracker.spawn(Arc::clone(&uploads).gc_loop(shutdown.clone()));
     let jobs = Arc::new(Jobs::new(
         Arc::new(store),

@@ -68,8 +68,8 @@ pub async fn handler(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(cfg.max_message_bytes.saturating_mul(4).max(1 << 20))
-        .max_message_size(cfg.max_message_bytes.max(upload_frame_max(&state)))
-        .max_frame_size(cfg.max_message_bytes.max(upload_frame_max(&state)));
+        .max_message_size(cfg.max_message_bytes)
+        .max_frame_size(cfg.max_message_bytes);
     let Some(codec) = ws
         .selected_protocol()
         .and_then(|p| p.to_str().ok())
@@ -94,11 +94,6 @@ pub async fn handler(
         Session::run(state, owner, codec, socket).await;
         metrics::gauge!("outlast_ws_connections").decrement(1.0);
     })
-}
-
-/// Largest upload chunk frame (control messages stay limited to `max_message_bytes`).
-fn upload_frame_max(state: &AppState) -> usize {
-    state.uploads.ws_limits().max_chunk_bytes as usize + outlast_protocol::upload::DATA_HEADER_LEN
 }
 
 /// Why a session ends.

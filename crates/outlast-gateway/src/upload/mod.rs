@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use outlast_protocol::tus::{ChecksumAlgorithm, Metadata};
-use outlast_protocol::upload::{UploadInfo, UploadLimits, UploadState};
+use outlast_protocol::upload::{DATA_HEADER_LEN, UploadInfo, UploadLimits, UploadState};
 use outlast_protocol::{ErrorCode, Offset, OwnerId, UploadId};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
@@ -41,7 +41,8 @@ use store::{RecordStore, StoreError, UploadRecord};
 
 /// Unacknowledged bytes a WebSocket client may have in flight.
 pub const WINDOW_BYTES: u64 = 16 << 20;
-/// Largest WebSocket chunk: a whole frame is buffered in memory, so keep it modest.
+/// Largest WebSocket chunk: a whole frame is buffered in memory, so keep it modest. A chunk
+/// frame is also a WebSocket message, so `max_message_bytes` bounds it too.
 pub const WS_MAX_CHUNK: u64 = 8 << 20;
 /// During one long PATCH, make what arrived durable after this many bytes, so a crash loses
 /// little and HEAD moves while a slow chunk is still arriving.
@@ -76,6 +77,8 @@ pub struct NewUpload {
 #[derive(Debug)]
 pub struct Uploads {
     cfg: UploadConfig,
+    /// Largest WebSocket message (`max_message_bytes`): chunk frames must fit.
+    ws_message_max: u64,
     dir: PathBuf,
     store: Arc<RecordStore>,
     // std Mutexes: only short map operations happen under them, never an await.
@@ -86,8 +89,13 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    /// Opens the store under `data_dir/uploads`.
-    pub fn open(cfg: UploadConfig, data_dir: &Path) -> anyhow::Result<Arc<Self>> {
+    /// Opens the store under `data_dir/uploads`. `ws_message_max` is the WebSocket message
+    /// limit, which bounds chunk frames.
+    pub fn open(
+        cfg: UploadConfig,
+        data_dir: &Path,
+        ws_message_max: u64,
+    ) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("uploads");
         std::fs::create_dir_all(&dir)?;
         let store = RecordStore::open(&data_dir.join("uploads.redb"))?;
@@ -99,6 +107,7 @@ impl Uploads {
         }
         Ok(Arc::new(Self {
             cfg,
+            ws_message_max,
             dir,
             store: Arc::new(store),
             slots: Mutex::new(HashMap::new()),
@@ -124,7 +133,11 @@ impl Uploads {
     /// Chunk sizing for WebSocket clients.
     pub fn ws_limits(&self) -> UploadLimits {
         UploadLimits {
-            max_chunk_bytes: self.cfg.max_chunk_bytes.min(WS_MAX_CHUNK),
+            max_chunk_bytes: self
+                .cfg
+                .max_chunk_bytes
+                .min(WS_MAX_CHUNK)
+                .min(self.ws_message_max.saturating_sub(DATA_HEADER_LEN as u64)),
             ..self.limits()
         }
     }
