@@ -574,6 +574,9 @@ async fn receive_body(
                         break;
                     }
                     batched = 0;
+                    if checksum.is_none() && w.received() - w.record().offset >= CHECKPOINT_BYTES {
+                        w.commit().await.map_err(Reply::from)?;
+                    }
                 }
                 stream.next().await
             }
