@@ -364,8 +364,14 @@ async fn create(state: AppState, owner: OwnerId, req: Request) -> Reply {
         with_expiry(reply, uploads, r)
     };
     if dedup {
-        // The content is already here: the client sends nothing (any body is not read).
-        return created(&record)
+        // The content is already here: the client sends nothing (any body is not read, so
+        // the connection must not be reused).
+        let reply = if with_body {
+            created(&record).header("connection", "close")
+        } else {
+            created(&record)
+        };
+        return reply
             .header("upload-offset", record.offset)
             .header("outlast-deduplicated", "1")
             .header("outlast-sha256", record.sha256.clone().unwrap_or_default());
