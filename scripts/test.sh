@@ -10,7 +10,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "== upload test clients (pinned: tests/clients/package-lock.json, requirements.txt)"
 (cd tests/clients && npm ci --no-audit --no-fund)
-python3 -m pip install --quiet -r tests/clients/requirements.txt
+python3 -m pip install --quiet -r tests/clients/requirements.txt \
+  || python3 -m pip install --quiet --break-system-packages -r tests/clients/requirements.txt
 
 echo "== format and lints"
 cargo fmt --all --check

@@ -169,8 +169,9 @@ async fn tus_js_client_parallel_uploads_use_concatenation() -> anyhow::Result<()
         "--parallel".into(),
         "3".into(),
     ];
+    let stop = rand::rng().random_range(256 << 10..3 << 20);
     let mut interrupted = base.clone();
-    interrupted.extend(["--stop-after".into(), (1 << 20).to_string()]);
+    interrupted.extend(["--stop-after".into(), stop.to_string()]);
     let (code, _) = run(&mut node(&endpoint, &file, &store, &interrupted)).await?;
     assert_eq!(code, 3, "the first run must stop early");
     let (code, line) = run(&mut node(&endpoint, &file, &store, &base)).await?;

@@ -32,9 +32,15 @@ function args() {
 }
 
 const opts = args();
+let stopping = false;
+let stopAt = () => {};
 const size = fs.statSync(opts.file).size;
 let upload;
+let finish;
+let fail;
 const finished = new Promise((resolve, reject) => {
+  finish = resolve;
+  fail = reject;
   upload = new tus.Upload(fs.createReadStream(opts.file), {
     endpoint: opts.endpoint,
     chunkSize: opts.chunk,
@@ -45,15 +51,24 @@ const finished = new Promise((resolve, reject) => {
     metadata: { filename: 'upload.bin' },
     headers: opts.token ? { Authorization: `Bearer ${opts.token}` } : {},
     retryDelays: opts.retryFast ? [0, 100, 200, 400, 800, 1600, 3200] : [0, 1000, 3000, 5000],
+    // With parallelUploads, chunk callbacks count per part; progress counts the whole file.
     onChunkComplete: (_chunk, accepted) => {
-      if (opts.stopAfter > 0 && accepted >= opts.stopAfter) {
-        upload.abort(false).then(() => resolve('STOPPED'), reject);
-      }
+      if (opts.parallel <= 1) stopAt(accepted);
+    },
+    onProgress: (sent) => {
+      if (opts.parallel > 1) stopAt(sent);
     },
     onError: reject,
     onSuccess: () => resolve('DONE'),
   });
 });
+
+stopAt = (bytes) => {
+  if (!stopping && opts.stopAfter > 0 && bytes >= opts.stopAfter) {
+    stopping = true;
+    upload.abort(false).then(() => finish('STOPPED'), fail);
+  }
+};
 
 const previous = await upload.findPreviousUploads();
 if (previous.length > 0) {
