@@ -46,7 +46,7 @@ pub fn app(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods(Any)
-        .allow_headers(Any)
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
         .expose_headers(
             [header::LOCATION, header::ETAG, header::CONTENT_RANGE]
                 .into_iter()
