@@ -94,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
             .current_dir(&root)
             .status()?;
         anyhow::ensure!(status.success(), "release build failed");
-        outlast_e2e::set_binary(root.join("target/release/outlast"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        outlast_e2e::set_binary(target.join("release/outlast"));
     }
 
     // 1. Memory per idle connection, with pings every second.
