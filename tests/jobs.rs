@@ -506,24 +506,8 @@ async fn a_peer_that_never_answers_pings_is_closed_with_4000() -> anyhow::Result
     // This client reads nothing (so tungstenite never answers the pings) until the gateway has
     // given up on it, which its metrics report.
     let mut silent = Client::connect(&gw.ws_url(), Codec::Json).await?;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let metrics = reqwest::get(format!("{}/metrics", gw.http()))
-            .await?
-            .text()
-            .await?;
-        if metrics
-            .lines()
-            .any(|l| l.starts_with("outlast_ws_ping_timeouts_total") && !l.ends_with(" 0"))
-        {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the silent peer was never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_for_counter("outlast_ws_ping_timeouts_total", T)
+        .await?;
     loop {
         match silent.recv(T).await? {
             Incoming::Closed(Some(frame)) => {

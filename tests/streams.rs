@@ -637,24 +637,8 @@ async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() -> anyh
         ))
         .await?;
     // Wait until the gateway gave up on it (its metric says so), without reading.
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let metrics = reqwest::get(format!("{}/metrics", gw.http()))
-            .await?
-            .text()
-            .await?;
-        if metrics
-            .lines()
-            .any(|l| l.starts_with("outlast_ws_slow_consumers_total") && !l.ends_with(" 0"))
-        {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the slow client was never disconnected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_for_counter("outlast_ws_slow_consumers_total", T)
+        .await?;
     // It now reads what had reached it, sees the connection end, and resumes: nothing is lost.
     let mut log = Vec::new();
     assert!(

@@ -8,7 +8,7 @@
 //! set. Prints figures; asserts only that every upload completed with the right size.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -174,34 +174,6 @@ async fn ws_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Resul
     Ok(source.len as f64 / start.elapsed().as_secs_f64())
 }
 
-fn release_binary() -> anyhow::Result<()> {
-    if std::env::var_os("OUTLAST_BIN").is_some() {
-        return Ok(());
-    }
-    let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "outlast-gateway",
-            "--bin",
-            "outlast",
-        ])
-        .current_dir(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "release build failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    outlast_e2e::set_binary(target.join("release").join("outlast"));
-    Ok(())
-}
-
 fn mib_s(rate: f64) -> f64 {
     rate / MIB as f64
 }
@@ -211,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let size_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1024);
     let big_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2048);
-    release_binary()?;
+    outlast_e2e::use_release_binary()?;
 
     let source = Source::new(size_mib * MIB);
     // WebSocket chunk frames must fit in a message: allow 1 MiB chunks plus their header.

@@ -76,29 +76,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(10_000);
     let subscribers: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000);
     raise_fd_limit();
-    if std::env::var_os("OUTLAST_BIN").is_none() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("root")
-            .to_path_buf();
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "outlast-gateway",
-                "--bin",
-                "outlast",
-            ])
-            .current_dir(&root)
-            .status()?;
-        anyhow::ensure!(status.success(), "release build failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        outlast_e2e::set_binary(target.join("release/outlast"));
-    }
+    outlast_e2e::use_release_binary()?;
 
     // 1. Memory per idle connection, with pings every second.
     let gw = Gateway::start(&["--ping-interval", "1s", "--pong-timeout", "5s"]).await?;

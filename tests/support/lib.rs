@@ -23,30 +23,48 @@ pub fn binary() -> PathBuf {
         if let Ok(p) = std::env::var("OUTLAST_BIN") {
             return PathBuf::from(p);
         }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        let bin = target.join("debug").join("outlast");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "outlast-gateway",
-                "--bin",
-                "outlast",
-            ])
-            .current_dir(&root)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the outlast binary failed");
-        bin
+        build_gateway(false).expect("building the outlast binary")
     })
     .clone()
+}
+
+/// Builds the gateway binary (release or debug) with cargo and returns its path, honouring
+/// `CARGO_TARGET_DIR`.
+pub fn build_gateway(release: bool) -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "outlast-gateway",
+        "--bin",
+        "outlast",
+    ];
+    if release {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "building the outlast binary failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("outlast"))
+}
+
+/// For benchmarks: use the release build unless `OUTLAST_BIN` names a binary.
+pub fn use_release_binary() -> anyhow::Result<()> {
+    if std::env::var_os("OUTLAST_BIN").is_none() {
+        set_binary(build_gateway(true)?);
+    }
+    Ok(())
 }
 
 /// Uses `path` as the binary for every gateway started afterwards (benchmarks use a release build).
@@ -167,6 +185,28 @@ impl Gateway {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
         self.spawn().await
+    }
+
+    /// Waits (bounded, polling `/metrics`) until the counter `name` is above zero.
+    pub async fn wait_for_counter(&self, name: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let metrics = reqwest::get(format!("{}/metrics", self.http()))
+                .await?
+                .text()
+                .await?;
+            if metrics
+                .lines()
+                .any(|l| l.starts_with(name) && !l.ends_with(" 0"))
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed at zero"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Submits a job over HTTP and returns its id.
