@@ -43,6 +43,18 @@ impl OutputStore {
         valid_name(name).then(|| self.dir(job).join(name))
     }
 
+    /// The job's output directory (created) and the path for `name` (validated).
+    async fn prepare(&self, job: JobId, name: &str) -> Result<(PathBuf, PathBuf), AppError> {
+        let path = self
+            .path(job, name)
+            .ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
+        let dir = self.dir(job);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(AppError::internal)?;
+        Ok((dir, path))
+    }
+
     /// Stores `bytes` as output `name` of `job`: written to a temporary file, fsynced, renamed.
     pub async fn put_bytes(
         &self,
@@ -51,13 +63,7 @@ impl OutputStore {
         mime: &str,
         bytes: &[u8],
     ) -> Result<OutputInfo, AppError> {
-        let path = self
-            .path(job, name)
-            .ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
-        let dir = self.dir(job);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(AppError::internal)?;
+        let (dir, path) = self.prepare(job, name).await?;
         let tmp = dir.join(format!(".{name}.tmp"));
         let mut file = tokio::fs::File::create(&tmp)
             .await
@@ -85,13 +91,7 @@ impl OutputStore {
         mime: &str,
         src: &Path,
     ) -> Result<OutputInfo, AppError> {
-        let path = self
-            .path(job, name)
-            .ok_or_else(|| AppError::invalid(format!("invalid output name {name:?}")))?;
-        let dir = self.dir(job);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(AppError::internal)?;
+        let (dir, path) = self.prepare(job, name).await?;
         let mut file = tokio::fs::File::open(src)
             .await
             .map_err(AppError::internal)?;

@@ -142,41 +142,33 @@ fn failure(code: FailureCode, message: impl Into<String>) -> Failure {
 }
 
 async fn load_input(path: std::path::PathBuf) -> Result<DynamicImage, Failure> {
+    use image::ImageDecoder as _;
+    let unsupported = |e: image::ImageError| {
+        failure(
+            FailureCode::BackendError,
+            format!("input is not a supported image: {e}"),
+        )
+    };
     tokio::task::spawn_blocking(move || {
-        let reader = image::ImageReader::open(&path)
+        let decoder = image::ImageReader::open(&path)
             .and_then(|r| r.with_guessed_format())
             .map_err(|e| {
                 failure(
                     FailureCode::BackendError,
                     format!("cannot read input image: {e}"),
                 )
-            })?;
-        let (w, h) = reader.into_dimensions().map_err(|e| {
-            failure(
-                FailureCode::BackendError,
-                format!("input is not a supported image: {e}"),
-            )
-        })?;
+            })?
+            .into_decoder()
+            .map_err(unsupported)?;
+        // The header's dimensions are checked before any pixel memory is allocated.
+        let (w, h) = decoder.dimensions();
         if u64::from(w) * u64::from(h) > MAX_INPUT_PIXELS {
             return Err(failure(
                 FailureCode::BackendError,
                 format!("input image of {w}x{h} pixels is too large"),
             ));
         }
-        let reader = image::ImageReader::open(&path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| {
-                failure(
-                    FailureCode::BackendError,
-                    format!("cannot read input image: {e}"),
-                )
-            })?;
-        reader.decode().map_err(|e| {
-            failure(
-                FailureCode::BackendError,
-                format!("input is not a supported image: {e}"),
-            )
-        })
+        DynamicImage::from_decoder(decoder).map_err(unsupported)
     })
     .await
     .map_err(|e| failure(FailureCode::Internal, e.to_string()))?
