@@ -13,12 +13,10 @@ use rand::Rng;
 const T: Duration = Duration::from_secs(20);
 
 fn demo(steps: u32, step_ms: u64) -> JobSpec {
-    JobSpec {
-        backend: "demo".into(),
-        workflow: serde_json::json!({ "steps": steps, "step_ms": step_ms }),
-        inputs: Default::default(),
-        idempotency_key: None,
-    }
+    JobSpec::new(
+        "demo",
+        serde_json::json!({ "steps": steps, "step_ms": step_ms }),
+    )
 }
 
 async fn submit_ws(client: &mut Client, spec: JobSpec) -> anyhow::Result<JobId> {

@@ -22,6 +22,44 @@ pub struct JobSpec {
     /// Makes submission idempotent: the same key (per owner) always names the same job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<IdempotencyKey>,
+    /// May a completed identical job (same backend, workflow and input contents) answer this
+    /// one from its stored outputs? Default true; only backends that declare themselves
+    /// deterministic are ever cached.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub cache: bool,
+    /// How often the backend may run the work again after losing it (e.g. a ComfyUI restart
+    /// forgot the prompt). Default 0: such a job fails with `backend_unavailable`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+// serde's skip_serializing_if passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl JobSpec {
+    /// A submission for `backend` with `workflow`, no inputs and default options.
+    pub fn new(backend: impl Into<String>, workflow: serde_json::Value) -> Self {
+        Self {
+            backend: backend.into(),
+            workflow,
+            inputs: BTreeMap::new(),
+            idempotency_key: None,
+            cache: true,
+            retries: 0,
+        }
+    }
 }
 
 /// The lifecycle of a job: `queued -> running -> completed | failed | canceled`.

@@ -97,6 +97,8 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 workflow: serde_json::json!({"steps": steps, "step_ms": step_ms}),
                 inputs: BTreeMap::from([("image".to_owned(), UploadId::from_bytes([7; 16]))]),
                 idempotency_key: Some("k-1".parse().expect("valid key")),
+                cache: steps % 2 == 0,
+                retries: step_ms % 3,
             },
         }),
     ]
