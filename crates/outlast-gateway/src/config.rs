@@ -98,6 +98,39 @@ pub struct Args {
     /// Refuse uploads (507) that would leave less free disk than this [uploads.min_free_bytes; default 1073741824]
     #[arg(long, env = "OUTLAST_UPLOAD_MIN_FREE_BYTES", value_name = "BYTES")]
     pub upload_min_free_bytes: Option<u64>,
+    /// Enable the comfyui backend on this ComfyUI server, e.g. http://127.0.0.1:8188; repeat
+    /// the flag for a pool [comfyui.servers]
+    #[arg(
+        long = "comfyui",
+        env = "OUTLAST_COMFYUI",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub comfyui: Vec<String>,
+    /// Jobs each ComfyUI server given by --comfyui runs at once [comfyui.servers[].concurrency; default 1]
+    #[arg(long, env = "OUTLAST_COMFYUI_CONCURRENCY", value_name = "N")]
+    pub comfyui_concurrency: Option<usize>,
+    /// Ask ComfyUI where a prompt is when its WebSocket was gone or silent this long [comfyui.poll_interval; default 5s]
+    #[arg(long, env = "OUTLAST_COMFYUI_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_poll_interval: Option<Duration>,
+    /// Ping interval of the WebSockets to ComfyUI [comfyui.ping_interval; default 20s]
+    #[arg(long, env = "OUTLAST_COMFYUI_PING_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_ping_interval: Option<Duration>,
+    /// A running job fails when its ComfyUI server stays unreachable this long [comfyui.unreachable_timeout; default 2m]
+    #[arg(long, env = "OUTLAST_COMFYUI_UNREACHABLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_unreachable_timeout: Option<Duration>,
+    /// Probe ComfyUI servers out of rotation this often [comfyui.retry_interval; default 5s]
+    #[arg(long, env = "OUTLAST_COMFYUI_RETRY_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_retry_interval: Option<Duration>,
+    /// Time limit of one ComfyUI job [comfyui.timeout; default 30m]
+    #[arg(long, env = "OUTLAST_COMFYUI_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_timeout: Option<Duration>,
+    /// Longest edge of previews sent to clients, in pixels [comfyui.preview_max_edge; default 256]
+    #[arg(long, env = "OUTLAST_COMFYUI_PREVIEW_MAX_EDGE", value_name = "PX")]
+    pub comfyui_preview_max_edge: Option<u32>,
+    /// At most one preview per job this often [comfyui.preview_interval; default 500ms]
+    #[arg(long, env = "OUTLAST_COMFYUI_PREVIEW_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_preview_interval: Option<Duration>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -141,6 +174,39 @@ pub struct FileConfig {
     auth: AuthFile,
     #[serde(default)]
     uploads: UploadsFile,
+    #[serde(default)]
+    comfyui: ComfyFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComfyFile {
+    #[serde(default)]
+    servers: Vec<ComfyServerFile>,
+    #[serde(default, with = "opt_duration")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    ping_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    unreachable_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    retry_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    timeout: Option<Duration>,
+    preview_max_edge: Option<u32>,
+    #[serde(default, with = "opt_duration")]
+    preview_interval: Option<Duration>,
+}
+
+/// `"http://host:8188"` or `{url = "http://host:8188", concurrency = 2}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ComfyServerFile {
+    Url(String),
+    Table {
+        url: String,
+        concurrency: Option<usize>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +269,54 @@ pub struct ExecConfig {
     pub concurrency: usize,
 }
 
+/// One ComfyUI server of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComfyServer {
+    /// Base URL, `http://host:port` (no trailing slash).
+    pub url: String,
+    /// Prompts it runs at once.
+    pub concurrency: usize,
+}
+
+/// The comfyui backend's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComfyConfig {
+    /// The pool.
+    pub servers: Vec<ComfyServer>,
+    /// Reconcile from `/history` and `/queue` after this much WebSocket silence.
+    pub poll_interval: Duration,
+    /// WebSocket ping interval towards ComfyUI.
+    pub ping_interval: Duration,
+    /// A running job fails after its server was unreachable this long.
+    pub unreachable_timeout: Duration,
+    /// Probe interval of servers out of rotation.
+    pub retry_interval: Duration,
+    /// Time limit per job.
+    pub timeout: Duration,
+    /// Longest preview edge in pixels.
+    pub preview_max_edge: u32,
+    /// Smallest gap between two previews of a job.
+    pub preview_interval: Duration,
+}
+
+/// Checks and normalises a ComfyUI base URL.
+fn comfy_url(url: &str) -> Result<String, ConfigError> {
+    let url = url.trim().trim_end_matches('/');
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        err(
+            "comfyui.servers",
+            format!("{url:?}: expected http://host:port (https is not supported yet; run Outlast next to ComfyUI)"),
+        )
+    })?;
+    if rest.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(err(
+            "comfyui.servers",
+            format!("{url:?}: expected http://host:port"),
+        ));
+    }
+    Ok(url.to_owned())
+}
+
 /// Upload limits and clean-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadConfig {
@@ -253,6 +367,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Uploads.
     pub uploads: UploadConfig,
+    /// ComfyUI backend, when servers are configured.
+    pub comfyui: Option<ComfyConfig>,
 }
 
 /// A configuration error, naming the key.
@@ -375,6 +491,7 @@ impl Config {
                 "must be between 1024 and 268435456",
             ));
         }
+        let comfyui = Self::comfyui(&args, file.comfyui, &positive)?;
         let exec_file = file.exec.unwrap_or_default();
         let exec = args
             .exec_command
@@ -448,6 +565,7 @@ impl Config {
             return Err(err("uploads.max_open_per_owner", "must be at least 1"));
         }
         Ok(Config {
+            comfyui,
             uploads,
             listen,
             data_dir: args
@@ -483,6 +601,99 @@ impl Config {
             tokens,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
+    }
+}
+
+impl Config {
+    fn comfyui(
+        args: &Args,
+        file: ComfyFile,
+        positive: &dyn Fn(&str, Duration) -> Result<Duration, ConfigError>,
+    ) -> Result<Option<ComfyConfig>, ConfigError> {
+        let servers: Vec<ComfyServer> = if args.comfyui.is_empty() {
+            file.servers
+                .into_iter()
+                .map(|s| match s {
+                    ComfyServerFile::Url(url) => Ok(ComfyServer {
+                        url: comfy_url(&url)?,
+                        concurrency: args.comfyui_concurrency.unwrap_or(1),
+                    }),
+                    ComfyServerFile::Table { url, concurrency } => Ok(ComfyServer {
+                        url: comfy_url(&url)?,
+                        concurrency: concurrency.or(args.comfyui_concurrency).unwrap_or(1),
+                    }),
+                })
+                .collect::<Result<_, ConfigError>>()?
+        } else {
+            args.comfyui
+                .iter()
+                .map(|url| {
+                    Ok(ComfyServer {
+                        url: comfy_url(url)?,
+                        concurrency: args.comfyui_concurrency.unwrap_or(1),
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?
+        };
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        if servers.iter().any(|s| s.concurrency == 0) {
+            return Err(err("comfyui.servers", "concurrency must be at least 1"));
+        }
+        for (i, s) in servers.iter().enumerate() {
+            if servers[..i].iter().any(|o| o.url == s.url) {
+                return Err(err("comfyui.servers", format!("{} is listed twice", s.url)));
+            }
+        }
+        let preview_max_edge = args
+            .comfyui_preview_max_edge
+            .or(file.preview_max_edge)
+            .unwrap_or(256);
+        if !(16..=4096).contains(&preview_max_edge) {
+            return Err(err(
+                "comfyui.preview_max_edge",
+                "must be between 16 and 4096",
+            ));
+        }
+        Ok(Some(ComfyConfig {
+            servers,
+            poll_interval: positive(
+                "comfyui.poll_interval",
+                args.comfyui_poll_interval
+                    .or(file.poll_interval)
+                    .unwrap_or(Duration::from_secs(5)),
+            )?,
+            ping_interval: positive(
+                "comfyui.ping_interval",
+                args.comfyui_ping_interval
+                    .or(file.ping_interval)
+                    .unwrap_or(Duration::from_secs(20)),
+            )?,
+            unreachable_timeout: positive(
+                "comfyui.unreachable_timeout",
+                args.comfyui_unreachable_timeout
+                    .or(file.unreachable_timeout)
+                    .unwrap_or(Duration::from_secs(120)),
+            )?,
+            retry_interval: positive(
+                "comfyui.retry_interval",
+                args.comfyui_retry_interval
+                    .or(file.retry_interval)
+                    .unwrap_or(Duration::from_secs(5)),
+            )?,
+            timeout: positive(
+                "comfyui.timeout",
+                args.comfyui_timeout
+                    .or(file.timeout)
+                    .unwrap_or(Duration::from_secs(30 * 60)),
+            )?,
+            preview_max_edge,
+            preview_interval: args
+                .comfyui_preview_interval
+                .or(file.preview_interval)
+                .unwrap_or(Duration::from_millis(500)),
+        }))
     }
 }
 
@@ -553,10 +764,63 @@ mod tests {
             ("[demo]\nconcurrency = 0", "demo.concurrency"),
             ("[uploads]\nmax_chunk_bytes = 10", "uploads.max_chunk_bytes"),
             ("[uploads]\nexpiry = \"0s\"", "uploads.expiry"),
+            (
+                "[comfyui]\nservers = [\"https://gpu:8188\"]",
+                "comfyui.servers",
+            ),
+            (
+                "[comfyui]\nservers = [{url = \"http://gpu:8188\", concurrency = 0}]",
+                "comfyui.servers",
+            ),
+            (
+                "[comfyui]\nservers = [\"http://gpu:8188\", \"http://gpu:8188/\"]",
+                "comfyui.servers",
+            ),
+            (
+                "[comfyui]\nservers = [\"http://gpu:8188\"]\npoll_interval = \"0s\"",
+                "comfyui.poll_interval",
+            ),
         ] {
             let e = Config::merge(Args::default(), file(text)).expect_err(text);
             assert_eq!(e.key, key, "{text}");
         }
         assert!(toml::from_str::<FileConfig>("pign_interval = \"1s\"").is_err());
+    }
+
+    #[test]
+    fn comfyui_pool_from_file_or_flags() {
+        let c = Config::merge(
+            Args::default(),
+            file("[comfyui]\nservers = [\"http://a:8188/\", {url = \"http://b:8188\", concurrency = 2}]"),
+        )
+        .expect("valid");
+        let comfy = c.comfyui.expect("enabled");
+        assert_eq!(
+            comfy.servers,
+            vec![
+                ComfyServer {
+                    url: "http://a:8188".into(),
+                    concurrency: 1
+                },
+                ComfyServer {
+                    url: "http://b:8188".into(),
+                    concurrency: 2
+                }
+            ]
+        );
+        assert_eq!(comfy.poll_interval, Duration::from_secs(5));
+        let args = Args {
+            comfyui: vec!["http://c:8188".into()],
+            ..Args::default()
+        };
+        let c =
+            Config::merge(args, file("[comfyui]\nservers = [\"http://a:8188\"]")).expect("valid");
+        assert_eq!(c.comfyui.expect("enabled").servers[0].url, "http://c:8188");
+        assert!(
+            Config::merge(Args::default(), FileConfig::default())
+                .expect("valid")
+                .comfyui
+                .is_none()
+        );
     }
 }

@@ -72,7 +72,7 @@ pub struct Jobs {
     inputs: Arc<dyn InputResolver>,
     // A std Mutex: only short, synchronous queue operations happen under it.
     sched: Mutex<Sched>,
-    wake: Notify,
+    wake: Arc<Notify>,
     tracker: TaskTracker,
     /// Fired when the shutdown grace period is over: runners stop and leave their jobs
     /// `running`, so restart recovery applies to them.
@@ -95,13 +95,17 @@ impl Jobs {
         tracker: TaskTracker,
         work_root: PathBuf,
     ) -> Self {
+        let wake = Arc::new(Notify::new());
+        for backend in &backends {
+            backend.attach_scheduler(Arc::clone(&wake));
+        }
         Self {
             store,
             outputs,
             backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
             inputs,
             sched: Mutex::new(Sched::default()),
-            wake: Notify::new(),
+            wake,
             tracker,
             stop_runners: CancellationToken::new(),
             work_root,
@@ -265,8 +269,24 @@ impl Jobs {
                 self.emit(job, EventKind::Failed(failure)).await?;
                 continue;
             };
+            let mut first_in_line = false;
             if record.snapshot.state == JobState::Running {
                 match backend.restart_policy() {
+                    RestartPolicy::Resume => {
+                        let reason = Some(
+                            "the gateway restarted while the job was running; it resumes where it was"
+                                .into(),
+                        );
+                        self.emit(
+                            job,
+                            EventKind::Queued {
+                                position: 0,
+                                reason,
+                            },
+                        )
+                        .await?;
+                        first_in_line = true;
+                    }
                     RestartPolicy::Rerun => {
                         let reason = Some(
                             "the gateway restarted while the job was running; it runs again".into(),
@@ -293,13 +313,20 @@ impl Jobs {
                     }
                 }
             }
-            self.sched()
-                .queues
-                .entry(backend.name())
-                .or_default()
-                .push(record.owner.clone(), job);
+            let mut sched = self.sched();
+            let queue = sched.queues.entry(backend.name()).or_default();
+            if first_in_line {
+                queue.push_front(record.owner.clone(), job);
+            } else {
+                queue.push(record.owner.clone(), job);
+            }
         }
         Ok(())
+    }
+
+    /// True once runners are being stopped for shutdown.
+    pub fn stopping_runners(&self) -> bool {
+        self.stop_runners.is_cancelled()
     }
 
     /// Cancels runners at once (used after the grace period, and by tests).
@@ -463,6 +490,12 @@ impl Jobs {
             spec: Arc::new(record.spec.clone()),
             inputs,
             work_dir: work_dir.clone(),
+            existing_outputs: record
+                .snapshot
+                .outputs
+                .iter()
+                .map(|o| o.name.clone())
+                .collect(),
             jobs: Arc::clone(&self),
         };
         let outcome = tokio::select! {
@@ -478,6 +511,9 @@ impl Jobs {
             Some(Err(failure)) => (EventKind::Failed(failure), JobState::Failed),
         };
         if self.emit(job, kind).await?.is_some() {
+            if let Err(e) = self.store.set_backend_state(job, None).await {
+                tracing::warn!(%job, error = %e, "could not clear the backend state");
+            }
             tracing::info!(%job, state = state.as_str(), "job finished");
             self.finished(&record, state);
         }

@@ -142,6 +142,16 @@ pub async fn run(
     if let Some(exec) = &config.exec {
         backends.push(Arc::new(backend::exec::Exec::new(exec.clone())));
     }
+    let comfyui = match &config.comfyui {
+        Some(c) => Some(Arc::new(
+            backend::comfyui::ComfyUi::new(c.clone())
+                .map_err(|e| anyhow::anyhow!("comfyui backend: {e}"))?,
+        )),
+        None => None,
+    };
+    if let Some(c) = &comfyui {
+        backends.push(Arc::clone(c) as Arc<dyn Backend>);
+    }
     // Leftover scratch directories of runs interrupted by a crash.
     let _ = std::fs::remove_dir_all(data.join("work"));
     std::fs::create_dir_all(data.join("work"))?;
@@ -153,6 +163,9 @@ pub async fn run(
     )
     .with_context(|| format!("cannot open the upload store in {}", data.display()))?;
     tracker.spawn(Arc::clone(&uploads).gc_loop(shutdown.clone()));
+    if let Some(c) = comfyui {
+        tracker.spawn(c.health_loop(shutdown.clone()));
+    }
     let jobs = Arc::new(Jobs::new(
         Arc::new(store),
         outputs::OutputStore::new(data.join("outputs")),

@@ -24,6 +24,16 @@ impl FairQueue {
         line.push_back(job);
     }
 
+    /// Puts a job first in line (a job resumed after a restart already holds its place).
+    pub fn push_front(&mut self, owner: OwnerId, job: JobId) {
+        let line = self.per_owner.entry(owner.clone()).or_default();
+        if !line.is_empty() {
+            self.rotation.retain(|o| *o != owner);
+        }
+        line.push_front(job);
+        self.rotation.push_front(owner);
+    }
+
     /// Takes the next job: the first of the owner whose turn it is.
     pub fn pop(&mut self) -> Option<(OwnerId, JobId)> {
         let owner = self.rotation.pop_front()?;
@@ -133,5 +143,20 @@ mod tests {
         assert!(!q.remove(&a, j[1]));
         assert_eq!(q.order(), vec![j[0], j[2]]);
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn push_front_goes_first_without_reordering_the_rest() {
+        let (a, b) = (owner("a"), owner("b"));
+        let j: Vec<JobId> = (0..4).map(|_| JobId::random()).collect();
+        let mut q = FairQueue::default();
+        q.push(a.clone(), j[0]);
+        q.push(b.clone(), j[1]);
+        q.push(b.clone(), j[2]);
+        q.push_front(b.clone(), j[3]);
+        assert_eq!(q.order(), vec![j[3], j[0], j[1], j[2]]);
+        assert_eq!(q.pop(), Some((b.clone(), j[3])));
+        assert_eq!(q.pop(), Some((a, j[0])));
+        assert_eq!(q.pop(), Some((b, j[1])));
     }
 }

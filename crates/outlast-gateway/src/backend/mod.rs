@@ -1,5 +1,6 @@
 //! Backends run jobs. One trait; `demo` is built in, `exec` runs a command, more (ComfyUI) plug in.
 
+pub mod comfyui;
 pub mod demo;
 pub mod exec;
 
@@ -20,6 +21,9 @@ pub enum RestartPolicy {
     Rerun,
     /// Fail it with `interrupted` (work with side effects must not run twice unasked).
     Fail,
+    /// Run it again first in line; the backend reattaches to work that went on elsewhere
+    /// (a ComfyUI prompt) using its stored [`JobContext::backend_state`].
+    Resume,
 }
 
 /// An input file of a job, resolved from a complete upload.
@@ -48,6 +52,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Checks a submission cheaply before it is accepted.
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError>;
 
+    /// Called once with the scheduler's wake-up: notify it when [`Backend::concurrency`] grows
+    /// (e.g. a server came back).
+    fn attach_scheduler(&self, _wake: Arc<tokio::sync::Notify>) {}
+
     /// Runs the job to completion. Cancellation drops this future, so implementations must
     /// release what they hold on drop (e.g. kill their child process).
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure>;
@@ -66,6 +74,8 @@ pub struct JobContext {
     pub inputs: BTreeMap<String, InputFile>,
     /// A scratch directory for this run, removed afterwards.
     pub work_dir: PathBuf,
+    /// Names of outputs an earlier attempt already stored (never store them twice).
+    pub existing_outputs: Vec<String>,
     pub(crate) jobs: Arc<Jobs>,
 }
 
@@ -78,6 +88,33 @@ fn internal(e: impl std::fmt::Display) -> Failure {
 }
 
 impl JobContext {
+    /// The backend's private state stored for this job by an earlier attempt, if any.
+    pub async fn backend_state(&self) -> Result<Option<serde_json::Value>, Failure> {
+        self.jobs
+            .store
+            .backend_state(self.job_id)
+            .await
+            .map_err(internal)
+    }
+
+    /// Stores (durably, before returning) state the backend needs to reattach after a restart.
+    pub async fn save_backend_state(
+        &self,
+        state: Option<serde_json::Value>,
+    ) -> Result<(), Failure> {
+        self.jobs
+            .store
+            .set_backend_state(self.job_id, state)
+            .await
+            .map_err(internal)
+    }
+
+    /// True once the gateway is stopping its runners: the job stays `running` for recovery, so
+    /// a backend must not tear down remote work when its future is dropped now.
+    pub fn shutting_down(&self) -> bool {
+        self.jobs.stopping_runners()
+    }
+
     /// Stores an event; a job that already ended (canceled meanwhile) stops the backend.
     async fn emit(&self, kind: EventKind) -> Result<(), Failure> {
         match self.jobs.emit(self.job_id, kind).await.map_err(internal)? {

@@ -17,6 +17,8 @@ const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
 const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 /// owner + 0x00 + idempotency key -> job id (16 bytes).
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+/// job id (16 bytes) -> backend state (JSON) of a running job.
+const BACKEND_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("backend_state");
 /// counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -68,6 +70,7 @@ impl EmbeddedStore {
             txn.open_table(EVENTS).map_err(se)?;
             txn.open_table(IDEMPOTENCY).map_err(se)?;
             txn.open_table(META).map_err(se)?;
+            txn.open_table(BACKEND_STATE).map_err(se)?;
         }
         txn.commit().map_err(se)?;
         Ok(Self {
@@ -290,6 +293,44 @@ impl JobStore for EmbeddedStore {
             }
             out.sort_by_key(|r| r.ticket);
             Ok(out)
+        })
+        .await
+    }
+
+    async fn set_backend_state(
+        &self,
+        job: JobId,
+        state: Option<serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(se)?;
+            {
+                let mut table = txn.open_table(BACKEND_STATE).map_err(se)?;
+                match state {
+                    Some(v) => {
+                        let bytes = serde_json::to_vec(&v).map_err(se)?;
+                        table
+                            .insert(job.as_bytes().as_slice(), bytes.as_slice())
+                            .map_err(se)?;
+                    }
+                    None => {
+                        table.remove(job.as_bytes().as_slice()).map_err(se)?;
+                    }
+                }
+            }
+            txn.commit().map_err(se)
+        })
+        .await
+    }
+
+    async fn backend_state(&self, job: JobId) -> Result<Option<serde_json::Value>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let table = txn.open_table(BACKEND_STATE).map_err(se)?;
+            match table.get(job.as_bytes().as_slice()).map_err(se)? {
+                Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(se),
+                None => Ok(None),
+            }
         })
         .await
     }

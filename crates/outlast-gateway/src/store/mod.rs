@@ -105,6 +105,17 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every job that is not terminal, in submission order (for recovery after a restart).
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Durably stores a backend's private state of a running job (e.g. the ComfyUI server and
+    /// prompt id), so that the backend can reattach after a gateway restart. `None` clears it.
+    async fn set_backend_state(
+        &self,
+        job: JobId,
+        state: Option<serde_json::Value>,
+    ) -> Result<(), StoreError>;
+
+    /// The backend state stored for `job`.
+    async fn backend_state(&self, job: JobId) -> Result<Option<serde_json::Value>, StoreError>;
 }
 
 /// Current Unix time in milliseconds.
