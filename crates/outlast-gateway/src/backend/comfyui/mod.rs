@@ -138,6 +138,18 @@ impl ComfyUi {
         saved: &mut Option<Saved>,
     ) -> Result<(), Stop> {
         let client_id = format!("outlast-{}", ctx.job_id);
+        // A restart between `POST /prompt` and recording its answer: ComfyUI may have the
+        // prompt. Never queue it twice.
+        if let Some(s) = saved.as_mut().filter(|s| !s.posted)
+            && let Some(i) = self.pool.index_of(&s.server)
+        {
+            let server = self.pool.server(i);
+            let known = matches!(server.history(&s.prompt_id).await, Ok(Some(_)))
+                || matches!(server.queue().await, Ok(q) if q.find(&s.prompt_id).is_some());
+            if known {
+                s.posted = true;
+            }
+        }
         let lease: Lease = match saved.as_ref().filter(|s| s.posted) {
             Some(s) => match self.pool.index_of(&s.server) {
                 Some(i) => self.pool.lease_on(i),

@@ -93,6 +93,11 @@ impl Pool {
             .sum()
     }
 
+    /// The server at `index`.
+    pub fn server(&self, index: usize) -> &Server {
+        &self.servers[index].0
+    }
+
     /// The index of the server with this base URL.
     pub fn index_of(&self, base: &str) -> Option<usize> {
         self.servers.iter().position(|(s, _)| s.base == base)

@@ -1,0 +1,656 @@
+//! The `comfyui` backend against the stand-in ComfyUI server (tests/standin), driving the real
+//! gateway binary with real clients: success with progress, previews and outputs; typed
+//! validation and runtime failures; cancel; the stand-in dropping its WebSocket or stalling;
+//! `kill -9` of the gateway; a ComfyUI restart; a pool of two servers; the result cache.
+
+#[path = "uploads_common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::{Tus, id_of};
+use outlast_e2e::Gateway;
+use outlast_e2e::standin::StandIn;
+use outlast_e2e::ws::Client;
+use outlast_protocol::v1::ClientMsg;
+use outlast_protocol::{Codec, EventKind, JobEvent, Seq};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+
+/// A text-to-image graph of real ComfyUI core nodes (the stand-in implements them).
+fn txt2img(steps: u32, seed: u64) -> Value {
+    json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "standin.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "_meta": {"title": "Sampler"}, "inputs": {
+            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "outlast/fox"}}
+    })
+}
+
+fn job(workflow: Value) -> Value {
+    json!({"backend": "comfyui", "workflow": workflow})
+}
+
+async fn gateway(standins: &[&StandIn], extra: &[&str]) -> anyhow::Result<Gateway> {
+    let mut args: Vec<String> = Vec::new();
+    for s in standins {
+        args.push("--comfyui".into());
+        args.push(s.url());
+    }
+    for a in [
+        "--comfyui-poll-interval",
+        "300ms",
+        "--comfyui-ping-interval",
+        "500ms",
+        "--comfyui-retry-interval",
+        "300ms",
+        "--comfyui-preview-interval",
+        "0s",
+    ] {
+        args.push(a.into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Gateway::start(&refs).await
+}
+
+/// Long-polls until `pick` finds an event of the job; returns it.
+async fn wait_event(
+    gw: &Gateway,
+    job: &str,
+    within: Duration,
+    pick: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(e) = gw.full_log(job).await?.into_iter().find(|e| pick(e)) {
+            return Ok(e);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no such event of {job} within {within:?}; log: {:?}",
+            gw.full_log(job).await?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn terminal(e: &Value) -> bool {
+    matches!(
+        e["type"].as_str(),
+        Some("completed" | "failed" | "canceled")
+    )
+}
+
+/// Waits for the job to end; returns its whole log.
+async fn finished(gw: &Gateway, job: &str, within: Duration) -> anyhow::Result<Vec<Value>> {
+    wait_event(gw, job, within, terminal).await?;
+    gw.full_log(job).await
+}
+
+fn count(log: &[Value], kind: &str) -> usize {
+    log.iter().filter(|e| e["type"] == kind).count()
+}
+
+fn outputs(log: &[Value]) -> Vec<(String, String)> {
+    log.iter()
+        .filter(|e| e["type"] == "output")
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or("").to_owned(),
+                e["sha256"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+async fn download(gw: &Gateway, job: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+    let r = reqwest::get(format!("{}/v1/jobs/{job}/outputs/{name}", gw.http())).await?;
+    anyhow::ensure!(r.status() == 200, "download answered {}", r.status());
+    Ok(r.bytes().await?.to_vec())
+}
+
+/// The stand-in's history entry for every prompt it has.
+async fn standin_history(s: &StandIn) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let v: Value = reqwest::get(format!("{}/history", s.url()))
+        .await?
+        .json()
+        .await?;
+    v.as_object().cloned().context("history object")
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 200])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png encodes");
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn a_workflow_runs_with_node_progress_previews_and_downloadable_outputs() -> anyhow::Result<()>
+{
+    let comfy = StandIn::start(&["--step-ms", "40", "--preview-method", "auto"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let id = gw.submit(job(txt2img(8, 42))).await?;
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed")),
+        "{log:?}"
+    );
+    assert_eq!(log.last().map(|e| e["cached"].clone()), Some(json!(false)));
+
+    // Node starts carry the node's title; sampler steps count 1..=8 of 8 under its title.
+    let labels: Vec<&str> = log
+        .iter()
+        .filter(|e| e["type"] == "progress" && e["max"] == 0)
+        .filter_map(|e| e["label"].as_str())
+        .collect();
+    for title in ["Sampler", "VAEDecode", "SaveImage"] {
+        assert!(
+            labels.contains(&title),
+            "no node start for {title}: {labels:?}"
+        );
+    }
+    let steps: Vec<u64> = log
+        .iter()
+        .filter(|e| e["type"] == "progress" && e["max"] == 8)
+        .inspect(|e| assert_eq!(e["label"], "Sampler"))
+        .filter_map(|e| e["value"].as_u64())
+        .collect();
+    assert_eq!(steps, (1..=8).collect::<Vec<_>>());
+
+    // Previews arrive downscaled JPEGs; the stand-in's are 64 px, within the 256 px bound.
+    let previews: Vec<&Value> = log.iter().filter(|e| e["type"] == "preview").collect();
+    assert!(!previews.is_empty(), "no previews in {log:?}");
+    assert!(previews.iter().all(|p| p["mime"] == "image/jpeg"));
+
+    // One output, downloadable, byte-identical to what ComfyUI saved.
+    let outs = outputs(&log);
+    assert_eq!(outs.len(), 1, "{outs:?}");
+    let (name, sha) = &outs[0];
+    assert_eq!(name, "fox_00001_.png");
+    let ours = download(&gw, &id, name).await?;
+    assert_eq!(&sha256_hex(&ours), sha);
+    let theirs = reqwest::get(format!(
+        "{}/view?filename={name}&subfolder=outlast&type=output",
+        comfy.url()
+    ))
+    .await?
+    .bytes()
+    .await?;
+    assert_eq!(ours, theirs.to_vec());
+    image::load_from_memory(&ours).context("the output is an image")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn uploads_replace_placeholders_and_reach_comfyui() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "10"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let tus = Tus::new(&gw.http());
+    let photo = png(32, 16);
+    let upload = id_of(&tus.upload(&photo, 1000).await?).to_string();
+    let workflow = json!({
+        "1": {"class_type": "LoadImage", "inputs": {"image": {"$input": "photo"}}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}
+    });
+    // A placeholder naming no input, and an input no node uses, are refused at submission.
+    for bad in [
+        json!({"backend": "comfyui", "workflow": workflow, "inputs": {}}),
+        json!({"backend": "comfyui", "workflow": txt2img(2, 1), "inputs": {"photo": upload}}),
+    ] {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", gw.http()))
+            .json(&bad)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await?;
+        assert_eq!(body["code"], "invalid_request", "{body}");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains("photo"),
+            "{body}"
+        );
+    }
+    let id = gw
+        .submit(json!({"backend": "comfyui", "workflow": workflow, "inputs": {"photo": upload}}))
+        .await?;
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed")),
+        "{log:?}"
+    );
+    let (name, _) = outputs(&log).pop().context("an output")?;
+    let out = image::load_from_memory(&download(&gw, &id, &name).await?)?.to_rgb8();
+    let input = image::load_from_memory(&photo)?.to_rgb8();
+    assert_eq!(out.dimensions(), (32, 16));
+    for (x, y) in [(0, 0), (5, 7), (31, 15)] {
+        let (a, b) = (input.get_pixel(x, y), out.get_pixel(x, y));
+        for c in 0..3 {
+            assert_eq!(b[c], 255 - a[c], "pixel ({x},{y}) is inverted");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn validation_and_runtime_errors_are_typed_failures_naming_the_node() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "10"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+
+    let bad = json!({
+        "1": {"class_type": "EmptyImage", "_meta": {"title": "Canvas"}, "inputs": {"width": 0, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+    });
+    let id = gw.submit(job(bad)).await?;
+    let log = finished(&gw, &id, T).await?;
+    let f = log.last().context("terminal")?;
+    assert_eq!(f["type"], "failed", "{f}");
+    assert_eq!(f["code"], "invalid_workflow");
+    assert_eq!(f["detail"]["node_id"], "1");
+    assert_eq!(f["detail"]["node_type"], "EmptyImage");
+    assert_eq!(f["detail"]["node_title"], "Canvas");
+    let message = f["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("node \"1\" (EmptyImage \"Canvas\")"),
+        "{message}"
+    );
+    assert!(message.contains("width"), "{message}");
+
+    comfy
+        .fail_next("KSampler", "CUDA out of memory. Tried to allocate 2.00 GiB")
+        .await?;
+    let id = gw.submit(job(txt2img(4, 7))).await?;
+    let log = finished(&gw, &id, T).await?;
+    let f = log.last().context("terminal")?;
+    assert_eq!(f["type"], "failed", "{f}");
+    assert_eq!(f["code"], "backend_error");
+    assert_eq!(f["detail"]["node_id"], "3");
+    assert_eq!(f["detail"]["node_type"], "KSampler");
+    assert_eq!(f["detail"]["node_title"], "Sampler");
+    let message = f["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("node \"3\" (KSampler \"Sampler\") failed"),
+        "{message}"
+    );
+    assert!(message.contains("CUDA out of memory"), "{message}");
+    assert_eq!(count(&log, "output"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_during_a_run_interrupts_the_prompt_in_comfyui() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let id = gw.submit(job(txt2img(400, 1))).await?;
+    wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 400).await?;
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/jobs/{id}", gw.http()))
+        .send()
+        .await?;
+    assert!(r.status().is_success(), "cancel answered {}", r.status());
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("canceled"))
+    );
+
+    // ComfyUI stopped the prompt: its history says interrupted, long before 400 steps.
+    let deadline = tokio::time::Instant::now() + T;
+    let entry = loop {
+        if let Some(entry) = standin_history(&comfy).await?.into_values().next() {
+            break entry;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "prompt not stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(entry["status"]["status_str"], "error", "{entry}");
+    let last = entry["status"]["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .context("messages")?;
+    assert_eq!(last[0], "execution_interrupted", "{entry}");
+    assert_eq!(comfy.stats().await?["interrupts"], 1);
+    Ok(())
+}
+
+fn assert_lossless_once(events: &[JobEvent]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq.0, i as u64 + 1, "seq gap or duplicate at {i}");
+    }
+    let completed = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Completed { .. }))
+        .count();
+    assert_eq!(completed, 1, "{events:?}");
+    let mut names = BTreeMap::new();
+    for e in events {
+        if let EventKind::Output(o) = &e.kind {
+            *names.entry(o.name.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names.values().all(|n| *n == 1),
+        "an output twice: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn comfyui_dropping_its_websocket_or_stalling_loses_nothing() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let id = gw.submit(job(txt2img(60, 3))).await?;
+    let watcher = {
+        let (ws, id) = (gw.ws_url(), id.clone());
+        tokio::spawn(async move { follow_url(&ws, &id).await })
+    };
+    wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 60).await?;
+    for _ in 0..3 {
+        comfy.drop_ws().await?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Silent for several ping and poll intervals: the adapter keeps the job.
+    comfy.stall(1500).await?;
+    comfy.drop_ws().await?;
+    let events = watcher.await??;
+    assert_lossless_once(&events);
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::Completed { cached: false })
+    ));
+    // The prompt ran once in ComfyUI, and the adapter reconnected.
+    let stats = comfy.stats().await?;
+    assert_eq!(
+        stats["executed_prompts"].as_array().map(Vec::len),
+        Some(1),
+        "{stats}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gw.http()))
+        .await?
+        .text()
+        .await?;
+    let reconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("outlast_comfyui_reconnects_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reconnects >= 3.0, "reconnects: {reconnects}");
+    Ok(())
+}
+
+/// Follows a job over Outlast's WebSocket from the start to its terminal event.
+async fn follow_url(ws_url: &str, id: &str) -> anyhow::Result<Vec<JobEvent>> {
+    let mut client = Client::connect(ws_url, Codec::MsgPack).await?;
+    client
+        .send(&ClientMsg::Subscribe {
+            req: Some(1),
+            job_id: id.parse()?,
+            after: Some(Seq::ZERO),
+        })
+        .await?;
+    let mut events = Vec::new();
+    loop {
+        let e = client
+            .next_event(T)
+            .await?
+            .context("the client's WebSocket closed")?;
+        let end = e.kind.is_terminal();
+        events.push(e);
+        if end {
+            return Ok(events);
+        }
+    }
+}
+
+#[tokio::test]
+async fn gateway_kill_9_mid_job_reattaches_and_reports_the_result_once() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    for finish_while_down in [false, true] {
+        let mut gw = gateway(&[&comfy], &[]).await?;
+        let id = gw
+            .submit(job(txt2img(30, 11 + finish_while_down as u64)))
+            .await?;
+        wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 30).await?;
+        gw.kill9().await?;
+        if finish_while_down {
+            // ComfyUI finishes while no gateway listens: only its history knows.
+            let deadline = tokio::time::Instant::now() + T;
+            while standin_history(&comfy).await?.len() < 2 {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "prompt did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        gw.restart().await?;
+        let log = finished(&gw, &id, T).await?;
+        let events: Vec<JobEvent> = log
+            .iter()
+            .map(|e| serde_json::from_value(e.clone()))
+            .collect::<Result<_, _>>()?;
+        assert_lossless_once(&events);
+        let attempts: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Started { attempt } => Some(attempt),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attempts, [1, 2]);
+        assert!(
+            log.iter().any(|e| e["type"] == "queued"
+                && e["reason"].as_str().is_some_and(|r| r.contains("resumes"))),
+            "{log:?}"
+        );
+        // Reattached, not re-run: ComfyUI ran one prompt per job.
+        let executed = comfy.stats().await?["executed_prompts"]
+            .as_array()
+            .map(Vec::len);
+        assert_eq!(executed, Some(1 + finish_while_down as usize));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn comfyui_restart_fails_the_job_clearly_or_retries_when_allowed() -> anyhow::Result<()> {
+    let mut comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+
+    let id = gw.submit(job(txt2img(100, 5))).await?;
+    wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 100).await?;
+    comfy.restart().await?;
+    let log = finished(&gw, &id, T).await?;
+    let f = log.last().context("terminal")?;
+    assert_eq!(f["type"], "failed", "{f}");
+    assert_eq!(f["code"], "backend_unavailable");
+    let message = f["message"].as_str().unwrap_or("");
+    assert!(message.contains("no longer knows prompt"), "{message}");
+    assert!(message.contains("retries"), "{message}");
+
+    let mut spec = job(txt2img(20, 6));
+    spec["retries"] = json!(1);
+    let id = gw.submit(spec).await?;
+    wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 20).await?;
+    comfy.restart().await?;
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|e| e["label"]
+            .as_str()
+            .is_some_and(|l| l.contains("retry 1 of 1"))),
+        "{log:?}"
+    );
+    assert_eq!(count(&log, "output"), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_servers_share_the_queue_fairly_and_a_cache_hit_answers_at_once() -> anyhow::Result<()>
+{
+    let a = StandIn::start(&["--step-ms", "40"]).await?;
+    let b = StandIn::start(&["--step-ms", "40"]).await?;
+    let gw = gateway(&[&a, &b], &[]).await?;
+    let mut ids = Vec::new();
+    for seed in 0..6 {
+        ids.push(gw.submit(job(txt2img(10, 100 + seed))).await?);
+    }
+    let mut logs = Vec::new();
+    for id in &ids {
+        let log = finished(&gw, id, T).await?;
+        assert_eq!(
+            log.last().map(|e| e["type"].clone()),
+            Some(json!("completed")),
+            "{log:?}"
+        );
+        logs.push(log);
+    }
+    let ran_a = a.stats().await?["executed_prompts"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let ran_b = b.stats().await?["executed_prompts"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(ran_a + ran_b, 6);
+    assert!(
+        ran_a >= 2 && ran_b >= 2,
+        "both servers share the work: {ran_a} vs {ran_b}"
+    );
+    // Outlast is the queue: two ran at once; the others waited, moving up to position 0.
+    for (i, log) in logs.iter().enumerate().skip(2) {
+        let positions: Vec<u64> = log
+            .iter()
+            .filter(|e| e["type"] == "queued")
+            .filter_map(|e| e["position"].as_u64())
+            .collect();
+        assert_eq!(positions.last(), Some(&0), "job {i}: {log:?}");
+        assert!(
+            positions.windows(2).all(|w| w[1] < w[0]),
+            "job {i}: {positions:?}"
+        );
+        assert!(positions[0] <= i as u64 - 2 + 1, "job {i}: {positions:?}");
+    }
+
+    // The same workflow again answers from the stored outputs, without ComfyUI.
+    let again = gw.submit(job(txt2img(10, 100))).await?;
+    let log = finished(&gw, &again, Duration::from_secs(5)).await?;
+    assert_eq!(
+        log.last().map(|e| e["cached"].clone()),
+        Some(json!(true)),
+        "{log:?}"
+    );
+    assert_eq!(count(&log, "started"), 0);
+    assert_eq!(outputs(&log), outputs(&logs[0]));
+    let name = &outputs(&log)[0].0;
+    assert_eq!(
+        download(&gw, &again, name).await?,
+        download(&gw, &ids[0], name).await?
+    );
+    let total = a.stats().await?["executed_prompts"]
+        .as_array()
+        .map_or(0, Vec::len)
+        + b.stats().await?["executed_prompts"]
+            .as_array()
+            .map_or(0, Vec::len);
+    assert_eq!(total, 6, "the cache hit did not reach ComfyUI");
+
+    // Opting out runs it again.
+    let mut spec = job(txt2img(10, 100));
+    spec["cache"] = json!(false);
+    let fresh = gw.submit(spec).await?;
+    let log = finished(&gw, &fresh, T).await?;
+    assert_eq!(log.last().map(|e| e["cached"].clone()), Some(json!(false)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_that_goes_down_leaves_the_rotation_and_comes_back() -> anyhow::Result<()> {
+    let a = StandIn::start(&["--step-ms", "20"]).await?;
+    let mut b = StandIn::start(&["--step-ms", "20"]).await?;
+    let gw = gateway(&[&a, &b], &[]).await?;
+    b.kill9().await?;
+    let mut ids = Vec::new();
+    for seed in 0..3 {
+        ids.push(gw.submit(job(txt2img(5, 200 + seed))).await?);
+    }
+    for id in &ids {
+        let log = finished(&gw, id, T).await?;
+        assert_eq!(
+            log.last().map(|e| e["type"].clone()),
+            Some(json!("completed")),
+            "{log:?}"
+        );
+    }
+    assert_eq!(
+        a.stats().await?["executed_prompts"]
+            .as_array()
+            .map_or(0, Vec::len),
+        3
+    );
+    let metrics = reqwest::get(format!("{}/metrics", gw.http()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("outlast_comfyui_server_up")
+                && l.contains(&b.url())
+                && l.ends_with(" 0")),
+        "{metrics}"
+    );
+    b.restart().await?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", gw.http()))
+            .await?
+            .text()
+            .await?;
+        if metrics.lines().any(|l| {
+            l.starts_with("outlast_comfyui_server_up") && l.contains(&b.url()) && l.ends_with(" 1")
+        }) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "b never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back in rotation: two slow jobs at once use both servers.
+    let x = gw.submit(job(txt2img(40, 300))).await?;
+    let y = gw.submit(job(txt2img(40, 301))).await?;
+    finished(&gw, &x, T).await?;
+    finished(&gw, &y, T).await?;
+    assert_eq!(
+        b.stats().await?["executed_prompts"]
+            .as_array()
+            .map_or(0, Vec::len),
+        1
+    );
+    Ok(())
+}
