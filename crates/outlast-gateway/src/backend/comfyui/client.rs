@@ -13,6 +13,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// No connection could be made: the request was certainly not received.
+    #[error("connection refused or failed: {0}")]
+    Refused(String),
     /// Nothing answered (refused, reset, timed out): the server is down or unreachable.
     #[error("unreachable: {0}")]
     Unreachable(String),
@@ -26,7 +29,9 @@ pub enum CallError {
 
 impl CallError {
     fn from_reqwest(e: reqwest::Error) -> CallError {
-        if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
+        if e.is_connect() {
+            CallError::Refused(e.to_string())
+        } else if e.is_timeout() || e.is_request() || e.is_body() {
             CallError::Unreachable(e.to_string())
         } else {
             CallError::Protocol(e.to_string())
@@ -311,7 +316,10 @@ impl Server {
         )
         .await
         .map_err(|_| CallError::Unreachable("WebSocket connect timed out".into()))?
-        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Io(io) => CallError::Refused(io.to_string()),
+            other => CallError::Unreachable(other.to_string()),
+        })?;
         let flags = json!({"type": "feature_flags", "data": {"supports_preview_metadata": true}});
         ws.send(Message::text(flags.to_string()))
             .await

@@ -117,7 +117,9 @@ impl ComfyUi {
                 Ok(comfy_name) => {
                     names.insert(name.clone(), comfy_name);
                 }
-                Err(CallError::Unreachable(_)) => return Err(Stop::ServerDown),
+                Err(CallError::Refused(_) | CallError::Unreachable(_)) => {
+                    return Err(Stop::ServerDown);
+                }
                 Err(e) => {
                     return Err(Stop::Fail(fail(
                         FailureCode::BackendError,
@@ -210,7 +212,7 @@ impl ComfyUi {
                         guard.prompt_id = None;
                         return Err(Stop::Fail(validation_failure(graph, &body)));
                     }
-                    Err(CallError::Unreachable(e)) if e.contains("connect") => {
+                    Err(CallError::Refused(e)) => {
                         guard.prompt_id = None;
                         self.pool.mark_down(lease.index, &e);
                         return Err(Stop::ServerDown);
@@ -737,32 +739,30 @@ impl Follow<'_> {
         metrics::counter!("outlast_comfyui_reconciliations_total").increment(1);
         let server = self.server;
         let id = self.prompt_id;
-        let result: Result<Found, CallError> = async {
+        // `Ok(None)`: ComfyUI knows nothing of the prompt.
+        let result: Result<Option<Found>, CallError> = async {
             if let Some(entry) = server.history(id).await? {
-                return Ok(Found::Finished(entry));
+                return Ok(Some(Found::Finished(entry)));
             }
             let queue = server.queue().await?;
-            match queue.find(id) {
-                Some(_) => Ok(Found::Waiting),
-                // History is written before a prompt leaves the queue; it may have finished
-                // between the two reads.
-                None => match server.history(id).await? {
-                    Some(entry) => Ok(Found::Finished(entry)),
-                    None => Err(CallError::Protocol(String::new())),
-                },
+            if queue.find(id).is_some() {
+                return Ok(Some(Found::Waiting));
             }
+            // History is written before a prompt leaves the queue; it may have finished
+            // between the two reads.
+            Ok(server.history(id).await?.map(Found::Finished))
         }
         .await;
         match result {
-            Ok(found) => {
+            Ok(Some(found)) => {
                 *unreachable_since = None;
                 Ok(found)
             }
-            Err(CallError::Protocol(p)) if p.is_empty() => Err(Stop::Lost(format!(
+            Ok(None) => Err(Stop::Lost(format!(
                 "ComfyUI at {} no longer knows prompt {id} (it restarted?)",
                 server.base
             ))),
-            Err(CallError::Unreachable(e)) => {
+            Err(CallError::Refused(e) | CallError::Unreachable(e)) => {
                 self.note_unreachable(unreachable_since, &e)?;
                 Ok(Found::Waiting)
             }
