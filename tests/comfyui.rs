@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use common::{Tus, id_of};
 use outlast_e2e::Gateway;
 use outlast_e2e::standin::StandIn;
@@ -148,7 +150,7 @@ fn png(width: u32, height: u32) -> Vec<u8> {
 async fn a_workflow_runs_with_node_progress_previews_and_downloadable_outputs() -> anyhow::Result<()>
 {
     let comfy = StandIn::start(&["--step-ms", "40", "--preview-method", "auto"]).await?;
-    let gw = gateway(&[&comfy], &[]).await?;
+    let gw = gateway(&[&comfy], &["--comfyui-preview-max-edge", "32"]).await?;
     let id = gw.submit(job(txt2img(8, 42))).await?;
     let log = finished(&gw, &id, T).await?;
     assert_eq!(
@@ -178,10 +180,15 @@ async fn a_workflow_runs_with_node_progress_previews_and_downloadable_outputs() 
         .collect();
     assert_eq!(steps, (1..=8).collect::<Vec<_>>());
 
-    // Previews arrive downscaled JPEGs; the stand-in's are 64 px, within the 256 px bound.
+    // Previews arrive as JPEGs downscaled to the configured bound.
     let previews: Vec<&Value> = log.iter().filter(|e| e["type"] == "preview").collect();
     assert!(!previews.is_empty(), "no previews in {log:?}");
-    assert!(previews.iter().all(|p| p["mime"] == "image/jpeg"));
+    for p in &previews {
+        assert_eq!(p["mime"], "image/jpeg");
+        let bytes = B64.decode(p["data"].as_str().context("base64 data")?)?;
+        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)?;
+        assert!(img.width().max(img.height()) <= 32, "{}x{}", img.width(), img.height());
+    }
 
     // One output, downloadable, byte-identical to what ComfyUI saved.
     let outs = outputs(&log);
