@@ -187,7 +187,12 @@ async fn a_workflow_runs_with_node_progress_previews_and_downloadable_outputs() 
         assert_eq!(p["mime"], "image/jpeg");
         let bytes = B64.decode(p["data"].as_str().context("base64 data")?)?;
         let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)?;
-        assert!(img.width().max(img.height()) <= 32, "{}x{}", img.width(), img.height());
+        assert!(
+            img.width().max(img.height()) <= 32,
+            "{}x{}",
+            img.width(),
+            img.height()
+        );
     }
 
     // One output, downloadable, byte-identical to what ComfyUI saved.

@@ -15,6 +15,7 @@ mod pool;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -240,6 +241,7 @@ impl ComfyUi {
             socket,
             last_node: None,
             last_preview: None,
+            comfy_ahead: AtomicUsize::new(usize::MAX),
         };
         let entry = follow.run().await;
         if let Some(sock) = follow.socket.take() {
@@ -591,6 +593,8 @@ struct Follow<'a> {
     socket: Option<Socket>,
     last_node: Option<String>,
     last_preview: Option<Instant>,
+    /// Prompts ahead of ours in ComfyUI's queue, as last reported (`usize::MAX`: none yet).
+    comfy_ahead: AtomicUsize,
 }
 
 enum Tick {
@@ -745,7 +749,17 @@ impl Follow<'_> {
                 return Ok(Some(Found::Finished(entry)));
             }
             let queue = server.queue().await?;
-            if queue.find(id).is_some() {
+            if let Some(at) = queue.find(id) {
+                // Others queued on this ComfyUI directly: say how many are ahead.
+                if let Some(ahead) = at
+                    && self.comfy_ahead.swap(ahead, Ordering::Relaxed) != ahead
+                {
+                    let label = format!("waiting in ComfyUI's own queue: {ahead} ahead");
+                    self.ctx
+                        .progress(0, 0, Some(label))
+                        .await
+                        .map_err(|f| CallError::Protocol(f.message))?;
+                }
                 return Ok(Some(Found::Waiting));
             }
             // History is written before a prompt leaves the queue; it may have finished
