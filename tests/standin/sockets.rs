@@ -166,6 +166,9 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, sid: String) {
                     first = false;
                 }
                 Some(Ok(Message::Close(_))) => {
+                    // Unregister before the close reply goes out, so a client that saw its
+                    // close complete knows the entry is gone (aiohttp does it a moment later).
+                    app.sockets.unregister(&sid);
                     // Reading once more flushes tungstenite's queued close reply.
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.recv()).await;
                     break;

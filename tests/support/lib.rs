@@ -3,6 +3,7 @@
 //! between that can cut connections (idle timeouts like Cloudflare's, or on command).
 
 pub mod proxy;
+pub mod standin;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -1,0 +1,224 @@
+//! Harness for `comfy-standin`, the stand-in ComfyUI server: starts it on an ephemeral port
+//! with its own data directory, restarts it on the same port, and drives its `/_standin/*`
+//! control endpoints.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// The `comfy-standin` binary: `$OUTLAST_STANDIN_BIN`, else the debug build in the target
+/// directory of the running test executable (built once with cargo if missing).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = BIN.get() {
+        return Ok(p.clone());
+    }
+    let path = match std::env::var_os("OUTLAST_STANDIN_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let near = std::env::current_exe()
+                .ok()
+                .and_then(|exe| {
+                    // target/debug/deps/<test> → target/debug/comfy-standin
+                    exe.parent()?.parent().map(|d| d.join("comfy-standin"))
+                })
+                .filter(|p| p.is_file());
+            match near {
+                Some(p) => p,
+                None => build()?,
+            }
+        }
+    };
+    Ok(BIN.get_or_init(|| path).clone())
+}
+
+/// Builds the stand-in (debug) with cargo and returns its path, honouring `CARGO_TARGET_DIR`.
+pub fn build() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "outlast-e2e",
+            "--bin",
+            "comfy-standin",
+        ])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "building comfy-standin failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    Ok(target.join("debug").join("comfy-standin"))
+}
+
+/// A running stand-in ComfyUI process.
+#[derive(Debug)]
+pub struct StandIn {
+    child: Option<Child>,
+    /// Where it listens (kept across restarts).
+    pub addr: SocketAddr,
+    /// Its data directory with input/, output/, temp/ (kept across restarts).
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    args: Vec<String>,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl StandIn {
+    /// Starts a stand-in on `127.0.0.1:0` with a fresh data directory and extra flags
+    /// (`--step-ms`, `--preview-method`).
+    pub async fn start(args: &[&str]) -> anyhow::Result<StandIn> {
+        let tmp = tempfile::tempdir()?;
+        let mut s = StandIn {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: tmp.path().join("data"),
+            log: tmp.path().join("standin.log"),
+            _tmp: tmp,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            http: reqwest::Client::new(),
+        };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut child = Command::new(binary()?)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning comfy-standin")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("comfy-standin did not start within 30 s")??;
+        let Some(line) = line else {
+            bail!("comfy-standin exited at start; log:\n{}", self.log_text());
+        };
+        let url = line
+            .strip_prefix("comfy-standin listening on http://")
+            .with_context(|| format!("unexpected first line {line:?}"))?;
+        self.addr = url.trim().parse()?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ws://127.0.0.1:PORT/ws?clientId=ID`
+    pub fn ws_url(&self, client_id: &str) -> String {
+        format!("ws://{}/ws?clientId={client_id}", self.addr)
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Its stderr so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`: queue, history and cache are lost; files on disk stay.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// `kill -9`, then starts again on the same port and data directory (retrying the bind
+    /// for a few seconds).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("comfy-standin restart: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn control(&self, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
+        let r = self
+            .http
+            .post(format!("{}/_standin/{path}", self.url()))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "/_standin/{path}: {}", r.status());
+        Ok(r)
+    }
+
+    /// Drops every WebSocket without a close frame (like an edge restart).
+    pub async fn drop_ws(&self) -> anyhow::Result<()> {
+        self.control("drop_ws", json!({})).await.map(drop)
+    }
+
+    /// The worker goes silent and makes no progress for `ms` milliseconds.
+    pub async fn stall(&self, ms: u64) -> anyhow::Result<()> {
+        self.control("stall", json!({"ms": ms})).await.map(drop)
+    }
+
+    /// The next execution of `class_type` raises `RuntimeError(message)`.
+    pub async fn fail_next(&self, class_type: &str, message: &str) -> anyhow::Result<()> {
+        self.control(
+            "fail",
+            json!({"class_type": class_type, "exception_message": message, "exception_type": "RuntimeError"}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// In-process restart: queue, running prompt, history and cache forgotten, sockets cut.
+    pub async fn forget(&self) -> anyhow::Result<()> {
+        self.control("forget", json!({})).await.map(drop)
+    }
+
+    /// `{"executed_prompts": [...], "interrupts": N, "uploads": N}`
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/_standin/stats", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
