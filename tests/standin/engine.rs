@@ -41,7 +41,13 @@ pub struct Item {
 
 impl Item {
     fn to_json(&self) -> Value {
-        json!([self.number_json, self.prompt_id, self.prompt, self.extra_data, self.outputs])
+        json!([
+            self.number_json,
+            self.prompt_id,
+            self.prompt,
+            self.extra_data,
+            self.outputs
+        ])
     }
     fn client(&self) -> Option<String> {
         self.extra_data["client_id"].as_str().map(str::to_owned)
@@ -172,8 +178,10 @@ impl App {
         let Some(prompt) = body.get("prompt") else {
             return (
                 400,
-                Some(json!({"error": {"type": "no_prompt", "message": "No prompt provided",
-                    "details": "No prompt provided", "extra_info": {}}, "node_errors": {}})),
+                Some(
+                    json!({"error": {"type": "no_prompt", "message": "No prompt provided",
+                    "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}),
+                ),
             );
         };
         let prompt_id = match body.get("prompt_id") {
@@ -226,7 +234,9 @@ impl App {
         self.wake.notify_one();
         (
             200,
-            Some(json!({"prompt_id": prompt_id, "number": number_json, "node_errors": valid.node_errors})),
+            Some(
+                json!({"prompt_id": prompt_id, "number": number_json, "node_errors": valid.node_errors}),
+            ),
         )
     }
 
@@ -347,7 +357,9 @@ impl App {
             };
             return (
                 200,
-                Some(json!({"id": id, "status": status, "priority": e["prompt"][0], "outputs": e["outputs"]})),
+                Some(
+                    json!({"id": id, "status": status, "priority": e["prompt"][0], "outputs": e["outputs"]}),
+                ),
             );
         }
         (404, Some(json!({"error": "Job not found"})))
@@ -398,9 +410,7 @@ impl App {
     }
 
     fn stalled(&self) -> bool {
-        self.state()
-            .stall_until
-            .is_some_and(|t| t > Instant::now())
+        self.state().stall_until.is_some_and(|t| t > Instant::now())
     }
 
     /// The worker: takes the lowest `number` first and executes one prompt at a time.
@@ -570,10 +580,19 @@ impl<'a> Run<'a> {
     }
 
     /// `add_message`: timestamped, kept for the history, sent to the client (or everyone).
-    async fn message(&mut self, kind: &str, mut data: Value, broadcast: bool) -> Result<(), Forgotten> {
+    async fn message(
+        &mut self,
+        kind: &str,
+        mut data: Value,
+        broadcast: bool,
+    ) -> Result<(), Forgotten> {
         data["timestamp"] = json!(now_ms());
         self.messages.push(json!([kind, data]));
-        let to = if broadcast { To::ClientOrAll } else { To::Client };
+        let to = if broadcast {
+            To::ClientOrAll
+        } else {
+            To::Client
+        };
         self.emit(kind, data, to).await
     }
 
@@ -604,7 +623,12 @@ impl<'a> Run<'a> {
 
     /// Cache keys: class + literal inputs + the keys of linked nodes.
     fn compute_keys(&mut self) {
-        fn key(graph: &Map<String, Value>, id: &str, keys: &mut HashMap<String, String>, depth: u32) -> String {
+        fn key(
+            graph: &Map<String, Value>,
+            id: &str,
+            keys: &mut HashMap<String, String>,
+            depth: u32,
+        ) -> String {
             if let Some(k) = keys.get(id) {
                 return k.clone();
             }
@@ -641,7 +665,13 @@ impl<'a> Run<'a> {
     /// Topological order from the outputs; cached nodes that are not outputs are skipped
     /// together with everything only they need.
     fn order(&self, cached: &HashSet<String>) -> Vec<String> {
-        fn visit(run: &Run<'_>, id: &str, cached: &HashSet<String>, seen: &mut HashSet<String>, out: &mut Vec<String>) {
+        fn visit(
+            run: &Run<'_>,
+            id: &str,
+            cached: &HashSet<String>,
+            seen: &mut HashSet<String>,
+            out: &mut Vec<String>,
+        ) {
             if !seen.insert(id.to_owned()) {
                 return;
             }
@@ -649,9 +679,7 @@ impl<'a> Run<'a> {
             if is_cached && !run.is_output(id) {
                 return;
             }
-            if !is_cached
-                && let Some(def) = class_of(&run.graph, id).and_then(nodes::find)
-            {
+            if !is_cached && let Some(def) = class_of(&run.graph, id).and_then(nodes::find) {
                 for i in &def.inputs {
                     if let Some(Value::String(from)) = run.graph[id]["inputs"][i.name].get(0) {
                         visit(run, from, cached, seen, out);
@@ -748,8 +776,12 @@ impl<'a> Run<'a> {
         }
         self.app.queue_updated();
         let pid = self.pid().to_owned();
-        self.emit("executing", json!({"node": null, "prompt_id": pid}), To::Client)
-            .await
+        self.emit(
+            "executing",
+            json!({"node": null, "prompt_id": pid}),
+            To::Client,
+        )
+        .await
     }
 
     fn check_interrupt(&self, id: &str, class: &str) -> Result<(), Halt> {
@@ -789,7 +821,10 @@ impl<'a> Run<'a> {
                         .lookup(from)
                         .and_then(|c| c.outputs.get(idx).cloned())
                         .ok_or_else(|| {
-                            NodeFailure::runtime("KeyError", format!("no output {idx} of node {from}"))
+                            NodeFailure::runtime(
+                                "KeyError",
+                                format!("no output {idx} of node {from}"),
+                            )
                         })?;
                     Arg::Link(data)
                 }
@@ -842,7 +877,11 @@ impl<'a> Run<'a> {
                 "traceback": [], "current_inputs": {}, "current_outputs": []}))
         })?;
         let pid = self.pid().to_owned();
-        if let Some(c) = self.keys.get(id).and_then(|k| self.app.state().cache.get(k).cloned()) {
+        if let Some(c) = self
+            .keys
+            .get(id)
+            .and_then(|k| self.app.state().cache.get(k).cloned())
+        {
             // A cached output node: its ui again, no `executing`, no new file.
             if let Some(ui) = &c.ui {
                 self.record_ui(id, ui);
@@ -955,9 +994,11 @@ impl<'a> Run<'a> {
                 self.pause().await?;
                 let meta = json!({"node_id": id, "prompt_id": pid, "display_node_id": id,
                     "parent_node_id": null, "real_node_id": id, "image_type": "image/jpeg"});
-                self.app
-                    .sockets
-                    .preview(self.client.as_deref(), &nodes::preview_jpeg(i, steps), &meta);
+                self.app.sockets.preview(
+                    self.client.as_deref(),
+                    &nodes::preview_jpeg(i, steps),
+                    &meta,
+                );
             }
         }
         Ok(())
@@ -967,7 +1008,11 @@ impl<'a> Run<'a> {
     async fn save(&self, class: &str, args: &Args) -> Result<Cached, NodeFailure> {
         let images = nodes::output_images(args)?;
         let (root, prefix, kind) = if class == "SaveImage" {
-            (self.app.dirs.output.clone(), nodes::filename_prefix(args)?, "output")
+            (
+                self.app.dirs.output.clone(),
+                nodes::filename_prefix(args)?,
+                "output",
+            )
         } else {
             let tag: String = uuid::Uuid::new_v4()
                 .as_bytes()
@@ -975,7 +1020,11 @@ impl<'a> Run<'a> {
                 .take(5)
                 .map(|b| char::from(b'a' + b % 26))
                 .collect();
-            (self.app.dirs.temp.clone(), format!("ComfyUI_temp_{tag}"), "temp")
+            (
+                self.app.dirs.temp.clone(),
+                format!("ComfyUI_temp_{tag}"),
+                "temp",
+            )
         };
         let ui = tokio::task::spawn_blocking(move || -> Result<Value, NodeFailure> {
             let (folder, stem, subfolder, mut counter) = files::save_path(&root, &prefix)

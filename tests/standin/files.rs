@@ -142,7 +142,12 @@ pub enum View {
 }
 
 /// Resolves `/view`'s query like server.py 416-518.
-pub fn view(dirs: &Dirs, filename: Option<&str>, kind: Option<&str>, subfolder: Option<&str>) -> View {
+pub fn view(
+    dirs: &Dirs,
+    filename: Option<&str>,
+    kind: Option<&str>,
+    subfolder: Option<&str>,
+) -> View {
     let Some(filename) = filename else {
         return View::NotFound;
     };
@@ -178,7 +183,11 @@ pub fn view(dirs: &Dirs, filename: Option<&str>, kind: Option<&str>, subfolder: 
 /// `POST /upload/image` outcome.
 #[derive(Debug)]
 pub enum Upload {
-    Saved { name: String, subfolder: String, kind: String },
+    Saved {
+        name: String,
+        subfolder: String,
+        kind: String,
+    },
     BadRequest,
     /// Unknown `type`: ComfyUI fails with an unbound local (500).
     ServerError,
@@ -186,7 +195,14 @@ pub enum Upload {
 
 /// Stores an upload like server.py 316-367: rename on clash, keep the existing name when the
 /// bytes are identical.
-pub fn upload(dirs: &Dirs, filename: &str, bytes: &[u8], overwrite: Option<&str>, subfolder: &str, kind: Option<&str>) -> std::io::Result<Upload> {
+pub fn upload(
+    dirs: &Dirs,
+    filename: &str,
+    bytes: &[u8],
+    overwrite: Option<&str>,
+    subfolder: &str,
+    kind: Option<&str>,
+) -> std::io::Result<Upload> {
     let kind = kind.unwrap_or("input");
     let Some(dir) = dirs.by_type(kind) else {
         return Ok(Upload::ServerError);
@@ -213,7 +229,10 @@ pub fn upload(dirs: &Dirs, filename: &str, bytes: &[u8], overwrite: Option<&str>
             .extension()
             .map(|e| format!(".{}", e.to_string_lossy()))
             .unwrap_or_default();
-        let parent = Path::new(filename).parent().map(Path::to_path_buf).unwrap_or_default();
+        let parent = Path::new(filename)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let want = Sha256::digest(bytes);
         let mut i = 1;
         while path.exists() {

@@ -67,7 +67,11 @@ async fn main() -> anyhow::Result<()> {
     out.flush().await?;
     eprintln!(
         "comfy-standin: data {} step {} ms previews {:?}",
-        app.dirs.output.parent().unwrap_or(&app.dirs.output).display(),
+        app.dirs
+            .output
+            .parent()
+            .unwrap_or(&app.dirs.output)
+            .display(),
         cli.step_ms,
         cli.preview_method
     );

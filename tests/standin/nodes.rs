@@ -229,10 +229,7 @@ pub fn all(input_files: &[String]) -> Vec<NodeDef> {
             category: "image",
             inputs: vec![
                 input("images", json!(["IMAGE"])),
-                input(
-                    "filename_prefix",
-                    json!(["STRING", {"default": "ComfyUI"}]),
-                ),
+                input("filename_prefix", json!(["STRING", {"default": "ComfyUI"}])),
             ],
             outputs: vec![],
             output_node: true,
@@ -343,13 +340,19 @@ impl Args {
     fn images(&self, name: &str) -> Result<Arc<Vec<RgbImage>>, NodeFailure> {
         match self.data(name)? {
             Data::Image(i) => Ok(i.clone()),
-            _ => Err(NodeFailure::new("TypeError", format!("{name}: not an IMAGE"))),
+            _ => Err(NodeFailure::new(
+                "TypeError",
+                format!("{name}: not an IMAGE"),
+            )),
         }
     }
     fn latent(&self, name: &str) -> Result<Latent, NodeFailure> {
         match self.data(name)? {
             Data::Latent(l) => Ok(l.clone()),
-            _ => Err(NodeFailure::new("TypeError", format!("{name}: not a LATENT"))),
+            _ => Err(NodeFailure::new(
+                "TypeError",
+                format!("{name}: not a LATENT"),
+            )),
         }
     }
     fn named(&self, name: &str) -> Result<String, NodeFailure> {
@@ -393,7 +396,11 @@ pub fn to_int(v: &Value) -> Option<i128> {
             .as_i64()
             .map(i128::from)
             .or_else(|| n.as_u64().map(i128::from))
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.trunc() as i128)),
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.trunc() as i128)
+            }),
         Value::Bool(b) => Some(i128::from(*b)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
@@ -511,7 +518,9 @@ pub fn compute(class: &str, args: &Args, input_dir: &Path) -> Result<Outputs, No
         }
         "VAEEncode" => {
             let imgs = args.images("pixels")?;
-            let first = imgs.first().ok_or_else(|| NodeFailure::new("IndexError", "empty batch"))?;
+            let first = imgs
+                .first()
+                .ok_or_else(|| NodeFailure::new("IndexError", "empty batch"))?;
             let mut fp = 0;
             for p in first.pixels().step_by(97) {
                 fp = mix(fp, &p.0);
@@ -532,7 +541,10 @@ pub fn compute(class: &str, args: &Args, input_dir: &Path) -> Result<Outputs, No
                 )
             })?;
             let img = image::open(&path).map_err(|e| {
-                NodeFailure::new("PIL.UnidentifiedImageError", format!("cannot identify image file '{}': {e}", path.display()))
+                NodeFailure::new(
+                    "PIL.UnidentifiedImageError",
+                    format!("cannot identify image file '{}': {e}", path.display()),
+                )
             })?;
             let mask = match img.as_rgba8() {
                 Some(rgba) => GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {

@@ -45,7 +45,11 @@ pub fn class_of<'a>(prompt: &'a Map<String, Value>, id: &str) -> Option<&'a str>
 }
 
 /// Validates `prompt`; `targets` is `partial_execution_targets`.
-pub fn validate(prompt: &Value, targets: Option<&[String]>, input_dir: &Path) -> Result<Valid, Invalid> {
+pub fn validate(
+    prompt: &Value,
+    targets: Option<&[String]>,
+    input_dir: &Path,
+) -> Result<Valid, Invalid> {
     let empty = Map::new();
     let graph = prompt.as_object().unwrap_or(&empty);
     let mut outputs = Vec::new();
@@ -177,8 +181,10 @@ impl Validator<'_> {
         let x = i.name;
         let info = &i.config;
         let Some(val) = val else {
-            return Check::Err(json!({"type": "required_input_missing", "message": "Required input is missing",
-                "details": x, "extra_info": {"input_name": x}}));
+            return Check::Err(
+                json!({"type": "required_input_missing", "message": "Required input is missing",
+                "details": x, "extra_info": {"input_name": x}}),
+            );
         };
         let kind = &info[0];
         let extra = info.get(1).cloned().unwrap_or_else(|| json!({}));
@@ -277,9 +283,11 @@ impl Validator<'_> {
             } else {
                 (py_list(options), info.clone())
             };
-            return Check::Err(json!({"type": "value_not_in_list", "message": "Value not in list",
+            return Check::Err(
+                json!({"type": "value_not_in_list", "message": "Value not in list",
                 "details": format!("{x}: '{}' not in {list_info}", py_str(&v)),
-                "extra_info": {"input_name": x, "input_config": config, "received_value": v}}));
+                "extra_info": {"input_name": x, "input_config": config, "received_value": v}}),
+            );
         }
         Check::Ok
     }
