@@ -879,6 +879,17 @@ async fn upload_renames_and_dedups_and_view_serves() -> anyhow::Result<()> {
     let r = reqwest::get(format!("{}/view?filename={file}", s.url())).await?;
     let img = image::load_from_memory(&r.bytes().await?)?.to_rgb8();
     assert_eq!(img.get_pixel(0, 0).0, [255, 255, 0]);
+
+    // Overwriting the input changes LoadImage's cache key (IS_CHANGED): it runs again.
+    upload(&s, "a.png", red, &[("overwrite", "1")]).await?;
+    let pid = submit(&s, json!({"prompt": g})).await?;
+    let entry = history_entry(&s, &pid).await?;
+    assert_eq!(
+        entry["outputs"]["3"]["images"][0]["filename"],
+        "inv_00002_.png"
+    );
+    let img = image::open(s.data_dir.join("output/inv_00002_.png"))?.to_rgb8();
+    assert_eq!(img.get_pixel(0, 0).0, [0, 255, 255]);
     Ok(())
 }
 

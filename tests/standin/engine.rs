@@ -626,6 +626,7 @@ impl<'a> Run<'a> {
         fn key(
             graph: &Map<String, Value>,
             id: &str,
+            changed: &HashMap<String, String>,
             keys: &mut HashMap<String, String>,
             depth: u32,
         ) -> String {
@@ -638,21 +639,32 @@ impl<'a> Run<'a> {
                 for (name, v) in m {
                     let v = match v.as_array().map(Vec::as_slice) {
                         Some([Value::String(from), idx]) if depth < 1000 => {
-                            json!([key(graph, from, keys, depth + 1), idx])
+                            json!([key(graph, from, changed, keys, depth + 1), idx])
                         }
                         _ => v.clone(),
                     };
                     inputs.insert(name.clone(), v);
                 }
             }
-            let text = json!([node["class_type"], inputs]).to_string();
+            let text = json!([node["class_type"], inputs, changed.get(id)]).to_string();
             let k = hex::encode(Sha256::digest(text.as_bytes()));
             keys.insert(id.to_owned(), k.clone());
             k
         }
+        // LoadImage's IS_CHANGED: the file's hash, so a re-uploaded file is read again.
+        let mut changed = HashMap::new();
+        for (id, node) in &self.graph {
+            if node["class_type"] == "LoadImage" {
+                let name = nodes::py_str(&node["inputs"]["image"]);
+                let hash = files::annotated_input(&self.app.dirs.input, &name)
+                    .and_then(|p| std::fs::read(p).ok())
+                    .map(|b| hex::encode(Sha256::digest(b)));
+                changed.insert(id.clone(), hash.unwrap_or_default());
+            }
+        }
         let ids: Vec<String> = self.graph.keys().cloned().collect();
         for id in ids {
-            key(&self.graph, &id, &mut self.keys, 0);
+            key(&self.graph, &id, &changed, &mut self.keys, 0);
         }
     }
 
