@@ -454,7 +454,7 @@ async fn previews_are_off_by_default_and_on_per_prompt() -> anyhow::Result<()> {
 async fn injected_failure_reports_execution_error() -> anyhow::Result<()> {
     let s = StandIn::start(&["--step-ms", "1"]).await?;
     let (mut ws, _) = Ws::connect(&s, "C").await?;
-    s.fail_next("KSampler", "CUDA out of memory").await;
+    s.fail_next("KSampler", "CUDA out of memory").await?;
     let pid = submit(&s, json!({"prompt": txt2img(2, 3), "client_id": "C"})).await?;
     let evs = ws.until_done(&pid).await?;
     let t = types(&evs);
@@ -523,7 +523,7 @@ async fn interrupt_stops_the_running_prompt_only() -> anyhow::Result<()> {
             seen_progress += 1;
         }
     }
-    assert_eq!(s.stats().await["interrupts"], 0);
+    assert_eq!(s.stats().await?["interrupts"], 0);
     let (code, body) = post(&s, "/interrupt", json!({"prompt_id": pid})).await?;
     assert_eq!((code, body), (200, Value::Null));
     let evs = ws.until_done(&pid).await?;
@@ -543,7 +543,7 @@ async fn interrupt_stops_the_running_prompt_only() -> anyhow::Result<()> {
         message_types(&entry).last().map(String::as_str),
         Some("execution_interrupted")
     );
-    assert_eq!(s.stats().await["interrupts"], 1);
+    assert_eq!(s.stats().await?["interrupts"], 1);
     Ok(())
 }
 
@@ -746,7 +746,7 @@ async fn queue_history_and_priorities() -> anyhow::Result<()> {
     let (code, _) = post(&s, "/interrupt", json!({})).await?;
     assert_eq!(code, 200);
     history_entry(&s, &late).await?;
-    let executed = s.stats().await["executed_prompts"].clone();
+    let executed = s.stats().await?["executed_prompts"].clone();
     assert_eq!(
         executed,
         json!([running, front, late]),
@@ -841,7 +841,7 @@ async fn upload_renames_and_dedups_and_view_serves() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 400, "no file");
-    assert_eq!(s.stats().await["uploads"], 5);
+    assert_eq!(s.stats().await?["uploads"], 5);
     assert_eq!(std::fs::read_dir(s.data_dir.join("input"))?.count(), 2);
 
     let r = reqwest::get(format!("{}/view?filename=a%20(1).png&type=input", s.url())).await?;
@@ -949,7 +949,7 @@ async fn forget_empties_everything_and_cuts_sockets() -> anyhow::Result<()> {
             break;
         }
     }
-    s.forget().await;
+    s.forget().await?;
     loop {
         match ws.next(T).await? {
             Ev::Closed(frame) => {
@@ -995,7 +995,7 @@ async fn drop_ws_and_stall() -> anyhow::Result<()> {
             break;
         }
     }
-    s.stall(1500).await;
+    s.stall(1500).await?;
     // Drain what was already sent, then expect silence while HTTP still answers.
     let mut quiet = false;
     for _ in 0..10 {
@@ -1015,7 +1015,7 @@ async fn drop_ws_and_stall() -> anyhow::Result<()> {
         "{v}"
     );
 
-    s.drop_ws().await;
+    s.drop_ws().await?;
     loop {
         match ws.next(T).await? {
             Ev::Closed(frame) => {
@@ -1057,7 +1057,7 @@ async fn restart_keeps_output_files_and_forgets_the_rest() -> anyhow::Result<()>
     let pid = submit(&s, json!({"prompt": minimal(7)})).await?;
     history_entry(&s, &pid).await?;
     let addr = s.addr;
-    s.restart().await;
+    s.restart().await?;
     assert_eq!(s.addr, addr, "same port");
     assert_eq!(get(&s, "/history").await?, json!({}));
     let r = reqwest::get(format!(
@@ -1072,7 +1072,7 @@ async fn restart_keeps_output_files_and_forgets_the_rest() -> anyhow::Result<()>
         entry["outputs"]["2"]["images"][0]["filename"],
         "job_00002_.png"
     );
-    s.kill9().await;
+    s.kill9().await?;
     assert!(reqwest::get(format!("{}/queue", s.url())).await.is_err());
     Ok(())
 }

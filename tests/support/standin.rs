@@ -150,78 +150,76 @@ impl StandIn {
     }
 
     /// `kill -9`: queue, history and cache are lost; files on disk stay.
-    pub async fn kill9(&mut self) {
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            child.start_kill()?;
+            child.wait().await?;
         }
+        Ok(())
     }
 
     /// `kill -9`, then starts again on the same port and data directory (retrying the bind
-    /// for a few seconds). Panics if it cannot.
-    pub async fn restart(&mut self) {
-        self.kill9().await;
+    /// for a few seconds).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             match self.spawn().await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     eprintln!("comfy-standin restart: {e:#}; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => panic!("restarting comfy-standin on {}: {e:#}", self.addr),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// POSTs to a control endpoint; panics unless it answers 2xx (these cannot fail on a
-    /// healthy stand-in).
-    async fn control(&self, path: &str, body: Value) {
+    async fn control(&self, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
         let r = self
             .http
             .post(format!("{}/_standin/{path}", self.url()))
             .json(&body)
             .send()
-            .await
-            .unwrap_or_else(|e| panic!("/_standin/{path}: {e}"));
-        assert!(r.status().is_success(), "/_standin/{path}: {}", r.status());
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "/_standin/{path}: {}", r.status());
+        Ok(r)
     }
 
-    /// Drops every WebSocket at once without a close frame (like an edge restart).
-    pub async fn drop_ws(&self) {
-        self.control("drop_ws", json!({})).await
+    /// Drops every WebSocket without a close frame (like an edge restart).
+    pub async fn drop_ws(&self) -> anyhow::Result<()> {
+        self.control("drop_ws", json!({})).await.map(drop)
     }
 
-    /// The worker goes silent and makes no progress for `ms` milliseconds; HTTP still answers.
-    pub async fn stall(&self, ms: u64) {
-        self.control("stall", json!({"ms": ms})).await
+    /// The worker goes silent and makes no progress for `ms` milliseconds.
+    pub async fn stall(&self, ms: u64) -> anyhow::Result<()> {
+        self.control("stall", json!({"ms": ms})).await.map(drop)
     }
 
     /// The next execution of `class_type` raises `RuntimeError(message)`.
-    pub async fn fail_next(&self, class_type: &str, message: &str) {
+    pub async fn fail_next(&self, class_type: &str, message: &str) -> anyhow::Result<()> {
         self.control(
             "fail",
             json!({"class_type": class_type, "exception_message": message, "exception_type": "RuntimeError"}),
         )
         .await
+        .map(drop)
     }
 
     /// In-process restart: queue, running prompt (stopped silently), history and cache
     /// forgotten; every socket cut without a close frame.
-    pub async fn forget(&self) {
-        self.control("forget", json!({})).await
+    pub async fn forget(&self) -> anyhow::Result<()> {
+        self.control("forget", json!({})).await.map(drop)
     }
 
-    /// `{"executed_prompts": [prompt_id...], "interrupts": N, "uploads": N}`
-    pub async fn stats(&self) -> Value {
-        let r = self
+    /// `{"executed_prompts": [...], "interrupts": N, "uploads": N}`
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        Ok(self
             .http
             .get(format!("{}/_standin/stats", self.url()))
             .send()
-            .await
-            .unwrap_or_else(|e| panic!("/_standin/stats: {e}"));
-        r.json()
-            .await
-            .unwrap_or_else(|e| panic!("/_standin/stats: {e}"))
+            .await?
+            .json()
+            .await?)
     }
 }
