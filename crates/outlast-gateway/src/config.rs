@@ -56,6 +56,10 @@ pub struct Args {
     /// Events kept per job before progress/preview/queued events are coalesced [history_max_events; default 10000]
     #[arg(long, env = "OUTLAST_HISTORY_MAX_EVENTS", value_name = "N")]
     pub history_max_events: Option<u64>,
+    /// Answer a job from an identical job (same owner, backend, workflow and input contents)
+    /// completed within this time; 0s disables the result cache [cache_ttl; default 24h]
+    #[arg(long, env = "OUTLAST_CACHE_TTL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Option<Duration>,
     /// Concurrent jobs of the demo backend [demo.concurrency; default 2]
     #[arg(long, env = "OUTLAST_DEMO_CONCURRENCY", value_name = "N")]
     pub demo_concurrency: Option<usize>,
@@ -166,6 +170,8 @@ pub struct FileConfig {
     #[serde(default, with = "opt_duration")]
     shutdown_grace: Option<Duration>,
     history_max_events: Option<u64>,
+    #[serde(default, with = "opt_duration")]
+    cache_ttl: Option<Duration>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     demo: DemoFile,
@@ -357,6 +363,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Events per job before coalescing.
     pub history_max_events: u64,
+    /// How long a completed job answers identical submissions; zero disables the result cache.
+    pub cache_ttl: Duration,
     /// Demo backend concurrency.
     pub demo_concurrency: usize,
     /// Exec backend, when configured.
@@ -380,6 +388,9 @@ pub struct ConfigError {
     /// What is wrong.
     pub message: String,
 }
+
+/// The longest `cache_ttl`: ten years is "forever" for cached results.
+const MAX_CACHE_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 fn err(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -564,9 +575,17 @@ impl Config {
         if uploads.max_open_per_owner == 0 {
             return Err(err("uploads.max_open_per_owner", "must be at least 1"));
         }
+        let cache_ttl = args
+            .cache_ttl
+            .or(file.cache_ttl)
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        if cache_ttl > MAX_CACHE_TTL {
+            return Err(err("cache_ttl", "must be at most 3650d"));
+        }
         Ok(Config {
             comfyui,
             uploads,
+            cache_ttl,
             listen,
             data_dir: args
                 .data_dir
@@ -713,6 +732,19 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("outlast-data"));
         assert!(c.tokens.is_empty());
         assert!(c.exec.is_none());
+        assert_eq!(c.cache_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn cache_ttl_from_file_flag_and_zero() {
+        let c = Config::merge(Args::default(), file("cache_ttl = \"90m\"")).expect("valid");
+        assert_eq!(c.cache_ttl, Duration::from_secs(90 * 60));
+        let args = Args {
+            cache_ttl: Some(Duration::ZERO),
+            ..Args::default()
+        };
+        let c = Config::merge(args, file("cache_ttl = \"90m\"")).expect("0s disables");
+        assert_eq!(c.cache_ttl, Duration::ZERO);
     }
 
     #[test]
@@ -780,6 +812,7 @@ mod tests {
                 "[comfyui]\nservers = [\"http://gpu:8188\"]\npoll_interval = \"0s\"",
                 "comfyui.poll_interval",
             ),
+            ("cache_ttl = \"3651days\"", "cache_ttl"),
         ] {
             let e = Config::merge(Args::default(), file(text)).expect_err(text);
             assert_eq!(e.key, key, "{text}");

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, InputFile, JobContext, RestartPolicy};
+use crate::cache::ResultCache;
 use crate::error::AppError;
 use crate::outputs::OutputStore;
 use crate::queue::FairQueue;
@@ -78,6 +79,7 @@ pub struct Jobs {
     /// `running`, so restart recovery applies to them.
     stop_runners: CancellationToken,
     work_root: PathBuf,
+    cache: ResultCache,
 }
 
 fn spec_digest(spec: &JobSpec) -> [u8; 32] {
@@ -109,7 +111,14 @@ impl Jobs {
             tracker,
             stop_runners: CancellationToken::new(),
             work_root,
+            cache: ResultCache::disabled(),
         }
+    }
+
+    /// Answers identical submissions from completed jobs' outputs (see [`crate::cache`]).
+    pub fn with_cache(mut self, cache: ResultCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
@@ -153,8 +162,9 @@ impl Jobs {
                 )
             })?;
         backend.validate(&spec)?;
-        for upload in spec.inputs.values() {
-            self.inputs.resolve(owner, *upload).await?;
+        let mut inputs = BTreeMap::new();
+        for (name, upload) in &spec.inputs {
+            inputs.insert(name.clone(), self.inputs.resolve(owner, *upload).await?);
         }
         let digest = spec_digest(&spec);
         match self
@@ -164,13 +174,24 @@ impl Jobs {
         {
             Created::New(record) => {
                 let job_id = record.snapshot.job_id;
+                metrics::counter!("outlast_jobs_submitted_total", "backend" => backend.name())
+                    .increment(1);
+                let cached = self
+                    .cache
+                    .answer(&*self.store, &self.outputs, &*backend, &record, &inputs)
+                    .await;
+                if let Some(snapshot) = cached {
+                    return Ok(Submitted {
+                        job_id,
+                        created: true,
+                        snapshot,
+                    });
+                }
                 self.sched()
                     .queues
                     .entry(backend.name())
                     .or_default()
                     .push(owner.clone(), job_id);
-                metrics::counter!("outlast_jobs_submitted_total", "backend" => backend.name())
-                    .increment(1);
                 self.wake.notify_one();
                 Ok(Submitted {
                     job_id,
@@ -516,6 +537,10 @@ impl Jobs {
             }
             tracing::info!(%job, state = state.as_str(), "job finished");
             self.finished(&record, state);
+            if state == JobState::Completed {
+                let (store, inputs) = (&*self.store, &*self.inputs);
+                self.cache.remember(store, inputs, &*backend, job).await;
+            }
         }
         Ok(())
     }

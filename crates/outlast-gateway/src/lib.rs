@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -173,7 +174,8 @@ pub async fn run(
         Arc::clone(&uploads) as Arc<dyn jobs::InputResolver>,
         tracker.clone(),
         data.join("work"),
-    ));
+    )
+    .with_cache(cache::ResultCache::new(config.cache_ttl)));
     jobs.recover()
         .await
         .map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;

@@ -1,7 +1,8 @@
 //! Job outputs as files under `<data>/outputs/<job>/<name>`, written durably and content-hashed.
 //!
 //! An S3-compatible implementation replaces this for several gateways; the interface is put
-//! (from a local file) and locate (for serving with Range/ETag).
+//! (from a local file), share (another job's output, for the result cache; a server-side copy
+//! there) and locate (for serving with Range/ETag).
 
 use std::path::{Path, PathBuf};
 
@@ -125,6 +126,50 @@ impl OutputStore {
             size,
             sha256: hex::encode(hasher.finalize()),
         })
+    }
+
+    /// Makes output `info` of job `from` an output of job `to` as well: a hard link (no bytes
+    /// copied; outputs are never modified in place, only replaced by rename, so sharing the
+    /// inode is safe), or a fsynced copy where links are impossible. The source must still
+    /// exist with `info.size` bytes; any error leaves `to` without the output.
+    pub async fn share(&self, from: JobId, to: JobId, info: &OutputInfo) -> std::io::Result<()> {
+        let invalid =
+            || std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid output name");
+        let src = self.path(from, &info.name).ok_or_else(invalid)?;
+        let dst = self.path(to, &info.name).ok_or_else(invalid)?;
+        let dir = self.dir(to);
+        let size = info.size;
+        let tmp = dir.join(format!(".{}.tmp", info.name));
+        tokio::task::spawn_blocking(move || {
+            let meta = std::fs::metadata(&src)?;
+            if meta.len() != size {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} has {} bytes, recorded {size}",
+                        src.display(),
+                        meta.len()
+                    ),
+                ));
+            }
+            std::fs::create_dir_all(&dir)?;
+            let _ = std::fs::remove_file(&tmp);
+            if std::fs::hard_link(&src, &tmp).is_err() {
+                std::fs::copy(&src, &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+            }
+            std::fs::rename(&tmp, &dst)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        sync_dir(&self.dir(to)).await;
+        Ok(())
+    }
+
+    /// Removes every output of `job` (best effort; used when a cached answer could not be
+    /// completed, before the job runs for real).
+    pub async fn remove_all(&self, job: JobId) {
+        let _ = tokio::fs::remove_dir_all(self.dir(job)).await;
     }
 }
 

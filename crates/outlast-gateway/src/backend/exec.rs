@@ -83,6 +83,11 @@ impl Backend for Exec {
         RestartPolicy::Fail
     }
 
+    /// Never cached: a command may have side effects or depend on the world outside the job.
+    fn deterministic(&self) -> bool {
+        false
+    }
+
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
         if let Some(bad) = spec.inputs.keys().find(|k| !valid_name(k)) {
             return Err(AppError::invalid(format!(

@@ -35,6 +35,9 @@ pub struct InputFile {
     pub size: u64,
     /// The uploader's file name, when known.
     pub filename: Option<String>,
+    /// SHA-256 of the content (lowercase hex), when the resolver knows it; the result cache
+    /// hashes the file itself otherwise.
+    pub sha256: Option<String>,
 }
 
 /// A job backend.
@@ -48,6 +51,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// What to do with a job interrupted by a gateway restart.
     fn restart_policy(&self) -> RestartPolicy;
+
+    /// True when the same workflow and input contents always stand for the same result, so a
+    /// completed job may answer an identical later one from its outputs (the result cache).
+    /// Backends with side effects must keep the default.
+    fn deterministic(&self) -> bool {
+        false
+    }
 
     /// Checks a submission cheaply before it is accepted.
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError>;

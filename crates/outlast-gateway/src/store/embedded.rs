@@ -9,6 +9,7 @@ use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Created, JobRecord, JobStore, Rejected, StoreError, StreamStart, now_ms};
+use crate::cache::{CacheEntry, CacheKey};
 use crate::hub::Hub;
 
 /// job id (16 bytes) -> JobRecord (MessagePack).
@@ -19,6 +20,8 @@ const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 /// job id (16 bytes) -> backend state (JSON) of a running job.
 const BACKEND_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("backend_state");
+/// result cache key (32 bytes) -> job id (16 bytes) + completed_at_ms (8 bytes, big-endian).
+const RESULT_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("result_cache");
 /// counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -71,6 +74,7 @@ impl EmbeddedStore {
             txn.open_table(IDEMPOTENCY).map_err(se)?;
             txn.open_table(META).map_err(se)?;
             txn.open_table(BACKEND_STATE).map_err(se)?;
+            txn.open_table(RESULT_CACHE).map_err(se)?;
         }
         txn.commit().map_err(se)?;
         Ok(Self {
@@ -331,6 +335,40 @@ impl JobStore for EmbeddedStore {
                 Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(se),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    async fn put_cache_entry(&self, key: CacheKey, entry: CacheEntry) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let mut value = [0u8; 24];
+            value[..16].copy_from_slice(entry.job.as_bytes());
+            value[16..].copy_from_slice(&entry.completed_at_ms.to_be_bytes());
+            let txn = db.begin_write().map_err(se)?;
+            txn.open_table(RESULT_CACHE)
+                .map_err(se)?
+                .insert(key.0.as_slice(), value.as_slice())
+                .map_err(se)?;
+            txn.commit().map_err(se)
+        })
+        .await
+    }
+
+    async fn cache_entry(&self, key: CacheKey) -> Result<Option<CacheEntry>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let table = txn.open_table(RESULT_CACHE).map_err(se)?;
+            let Some(value) = table.get(key.0.as_slice()).map_err(se)? else {
+                return Ok(None);
+            };
+            let value = value.value();
+            let (Some(job), Some(at)) = (value.get(..16), value.get(16..24)) else {
+                return Err(StoreError("malformed result cache entry".into()));
+            };
+            Ok(Some(CacheEntry {
+                job: JobId::from_bytes(job.try_into().map_err(se)?),
+                completed_at_ms: u64::from_be_bytes(at.try_into().map_err(se)?),
+            }))
         })
         .await
     }

@@ -4,7 +4,8 @@
 //! trait is shaped for a shared implementation on Redis later: `create` is one atomic
 //! check-and-insert (a Lua script / MULTI there), `append` assigns sequence numbers atomically
 //! per job and notifies subscribers after the write is durable (XADD + PUBLISH), and reads of
-//! a stream's start come from one consistent view.
+//! a stream's start come from one consistent view. The result cache's index (cache key to the
+//! completed job that answers it) lives here too: a small key-value table (a plain SET there).
 
 pub mod embedded;
 
@@ -12,6 +13,8 @@ use async_trait::async_trait;
 use outlast_protocol::replay::HistoryBounds;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
 use serde::{Deserialize, Serialize};
+
+use crate::cache::{CacheEntry, CacheKey};
 
 /// Everything stored about a job besides its events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +119,12 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The backend state stored for `job`.
     async fn backend_state(&self, job: JobId) -> Result<Option<serde_json::Value>, StoreError>;
+    /// Records the completed job that answers `key` from now on, replacing any older entry.
+    /// Durable when it returns.
+    async fn put_cache_entry(&self, key: CacheKey, entry: CacheEntry) -> Result<(), StoreError>;
+
+    /// The job recorded for `key`, if any (it may have expired: the caller checks the time).
+    async fn cache_entry(&self, key: CacheKey) -> Result<Option<CacheEntry>, StoreError>;
 }
 
 /// Current Unix time in milliseconds.

@@ -564,6 +564,8 @@ impl InputResolver for Uploads {
             path: self.path(upload),
             size: r.length.unwrap_or(r.offset),
             filename: r.filename,
+            // Computed by the gateway as the bytes arrived, never the client's claim.
+            sha256: r.sha256,
         })
     }
 }
