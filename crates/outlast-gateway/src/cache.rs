@@ -34,7 +34,8 @@ pub struct CacheKey(pub [u8; 32]);
 pub struct CacheEntry {
     /// The completed job whose outputs answer the key.
     pub job: JobId,
-    /// When it completed (Unix ms); the entry is stale `cache_ttl` later.
+    /// When it completed (Unix ms, taken just before its `completed` event); the entry is
+    /// stale `cache_ttl` later.
     pub completed_at_ms: u64,
 }
 
@@ -250,17 +251,21 @@ impl ResultCache {
         Ok(Lookup::Hit(snapshot))
     }
 
-    /// Makes `job` the source for its key if it is a real (not cached) completion of a job the
-    /// cache applies to; its inputs are resolved again for their digests. Errors are only
-    /// logged: an unrecorded result means a later identical job runs again.
+    /// Makes the job of `record`, whose run just succeeded, the source for its key (if the
+    /// cache applies to it). Called *before* its `completed` event is stored, so that anyone
+    /// who saw the completion finds the entry; if the completion is then refused (canceled at
+    /// the last moment), lookups see a source that is not completed and miss. The inputs are
+    /// resolved again for their digests. Errors are only logged: an unrecorded result means a
+    /// later identical job runs again.
     pub async fn remember(
         &self,
         store: &dyn JobStore,
         inputs: &dyn InputResolver,
         backend: &dyn Backend,
-        job: JobId,
+        record: &JobRecord,
     ) {
-        match self.record(store, inputs, backend, job).await {
+        let job = record.snapshot.job_id;
+        match self.record(store, inputs, backend, record).await {
             Ok(true) => tracing::debug!(%job, "result cached"),
             Ok(false) => {}
             Err(e) => tracing::warn!(%job, error = %e, "could not record the result in the cache"),
@@ -272,15 +277,9 @@ impl ResultCache {
         store: &dyn JobStore,
         inputs: &dyn InputResolver,
         backend: &dyn Backend,
-        job: JobId,
+        record: &JobRecord,
     ) -> Result<bool, CacheError> {
-        let Some(record) = store.get(job).await? else {
-            return Ok(false);
-        };
-        if !self.applies(&record.spec, backend)
-            || record.snapshot.state != JobState::Completed
-            || record.snapshot.cached
-        {
+        if !self.applies(&record.spec, backend) {
             return Ok(false);
         }
         let mut files = BTreeMap::new();
@@ -295,8 +294,8 @@ impl ResultCache {
         }
         let key = CacheKey::new(&record.owner, &record.spec, &input_digests(&files).await?)?;
         let entry = CacheEntry {
-            job,
-            completed_at_ms: record.snapshot.updated_at_ms,
+            job: record.snapshot.job_id,
+            completed_at_ms: now_ms(),
         };
         store.put_cache_entry(key, entry).await?;
         Ok(true)

@@ -531,16 +531,16 @@ impl Jobs {
             Some(Ok(())) => (EventKind::Completed { cached: false }, JobState::Completed),
             Some(Err(failure)) => (EventKind::Failed(failure), JobState::Failed),
         };
+        if state == JobState::Completed {
+            let (store, inputs) = (&*self.store, &*self.inputs);
+            self.cache.remember(store, inputs, &*backend, &record).await;
+        }
         if self.emit(job, kind).await?.is_some() {
             if let Err(e) = self.store.set_backend_state(job, None).await {
                 tracing::warn!(%job, error = %e, "could not clear the backend state");
             }
             tracing::info!(%job, state = state.as_str(), "job finished");
             self.finished(&record, state);
-            if state == JobState::Completed {
-                let (store, inputs) = (&*self.store, &*self.inputs);
-                self.cache.remember(store, inputs, &*backend, job).await;
-            }
         }
         Ok(())
     }
