@@ -273,6 +273,12 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
     );
     assert_cached(&log, &produced);
 
+    // The same bytes uploaded again are the same input (upload ids are not compared).
+    let again = api.upload(&png(128)).await?;
+    assert_ne!(again, image);
+    let (_, _, log) = api.run(&demo(2, Some(&again))).await?;
+    assert_cached(&log, &produced);
+
     // Opting out runs it again, and that run does not become the source.
     let mut opt_out = body.clone();
     opt_out["cache"] = json!(false);
@@ -287,10 +293,11 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
     let (_, _, log) = api.run(&demo(3, Some(&image))).await?;
     assert_ran(&log);
 
-    // Metrics count lookups: the first run and the two misses; the opt-out is no lookup.
+    // Metrics count lookups: three hits; the first run and the two misses; the opt-out is no
+    // lookup.
     assert_eq!(
         counter(&gw, "outlast_cache_hits_total{backend=\"demo\"}").await?,
-        2
+        3
     );
     assert_eq!(
         counter(&gw, "outlast_cache_misses_total{backend=\"demo\"}").await?,

@@ -91,7 +91,7 @@ enum CacheError {
 /// The outcome of a lookup.
 enum Lookup {
     /// Answered: the job's snapshot after its cached completion.
-    Hit(JobSnapshot),
+    Hit(Box<JobSnapshot>),
     /// The job must run; why (for the debug log).
     Miss(&'static str),
 }
@@ -169,7 +169,7 @@ impl ResultCache {
         }
         let job = record.snapshot.job_id;
         let answer = match self.lookup(store, outputs, record, inputs).await {
-            Ok(Lookup::Hit(snapshot)) => Some(snapshot),
+            Ok(Lookup::Hit(snapshot)) => Some(*snapshot),
             Ok(Lookup::Miss(why)) => {
                 tracing::debug!(%job, why, "result cache miss");
                 None
@@ -248,7 +248,7 @@ impl ResultCache {
                 }
             }
         }
-        Ok(Lookup::Hit(snapshot))
+        Ok(Lookup::Hit(Box::new(snapshot)))
     }
 
     /// Makes the job of `record`, whose run just succeeded, the source for its key (if the
