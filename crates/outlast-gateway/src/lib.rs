@@ -167,15 +167,17 @@ pub async fn run(
     if let Some(c) = comfyui {
         tracker.spawn(c.health_loop(shutdown.clone()));
     }
-    let jobs = Arc::new(Jobs::new(
-        Arc::new(store),
-        outputs::OutputStore::new(data.join("outputs")),
-        backends,
-        Arc::clone(&uploads) as Arc<dyn jobs::InputResolver>,
-        tracker.clone(),
-        data.join("work"),
-    )
-    .with_cache(cache::ResultCache::new(config.cache_ttl)));
+    let jobs = Arc::new(
+        Jobs::new(
+            Arc::new(store),
+            outputs::OutputStore::new(data.join("outputs")),
+            backends,
+            Arc::clone(&uploads) as Arc<dyn jobs::InputResolver>,
+            tracker.clone(),
+            data.join("work"),
+        )
+        .with_cache(cache::ResultCache::new(config.cache_ttl)),
+    );
     jobs.recover()
         .await
         .map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;

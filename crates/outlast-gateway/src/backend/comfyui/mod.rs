@@ -924,6 +924,12 @@ impl Backend for ComfyUi {
         RestartPolicy::Resume
     }
 
+    /// A graph is a function of its nodes and inputs (the seed is a node input, so a new seed is
+    /// a new workflow), so the result cache may answer repeats.
+    fn deterministic(&self) -> bool {
+        true
+    }
+
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
         Self::parse(spec).map(|_| ()).map_err(AppError::invalid)
     }
