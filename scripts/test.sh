@@ -20,8 +20,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build (the end-to-end suites drive the real binary)"
 cargo build --workspace --locked --bins
 # The suites start this binary; without the variable each test process would run cargo itself.
-export OUTLAST_BIN="$PWD/target/debug/outlast"
-[ -n "${CARGO_TARGET_DIR:-}" ] && export OUTLAST_BIN="$CARGO_TARGET_DIR/debug/outlast"
+bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+export OUTLAST_BIN="$bin_dir/outlast"
+# The stand-in ComfyUI server the comfyui suites drive the gateway against (test support only).
+export OUTLAST_STANDIN_BIN="$bin_dir/comfy-standin"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
