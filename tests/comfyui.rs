@@ -48,17 +48,17 @@ async fn gateway(standins: &[&StandIn], extra: &[&str]) -> anyhow::Result<Gatewa
         args.push("--comfyui".into());
         args.push(s.url());
     }
-    for a in [
-        "--comfyui-poll-interval",
-        "300ms",
-        "--comfyui-ping-interval",
-        "500ms",
-        "--comfyui-retry-interval",
-        "300ms",
-        "--comfyui-preview-interval",
-        "0s",
+    // Short intervals so that gaps are noticed quickly; a test may set its own.
+    for (flag, value) in [
+        ("--comfyui-poll-interval", "300ms"),
+        ("--comfyui-ping-interval", "500ms"),
+        ("--comfyui-retry-interval", "300ms"),
+        ("--comfyui-preview-interval", "0s"),
     ] {
-        args.push(a.into());
+        if !extra.contains(&flag) {
+            args.push(flag.into());
+            args.push(value.into());
+        }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -150,7 +150,19 @@ fn png(width: u32, height: u32) -> Vec<u8> {
 async fn a_workflow_runs_with_node_progress_previews_and_downloadable_outputs() -> anyhow::Result<()>
 {
     let comfy = StandIn::start(&["--step-ms", "40", "--preview-method", "auto"]).await?;
-    let gw = gateway(&[&comfy], &["--comfyui-preview-max-edge", "32"]).await?;
+    // Calm intervals: no reconnect happens, so every step's progress must arrive.
+    let gw = gateway(
+        &[&comfy],
+        &[
+            "--comfyui-preview-max-edge",
+            "32",
+            "--comfyui-poll-interval",
+            "10s",
+            "--comfyui-ping-interval",
+            "10s",
+        ],
+    )
+    .await?;
     let id = gw.submit(job(txt2img(8, 42))).await?;
     let log = finished(&gw, &id, T).await?;
     assert_eq!(
