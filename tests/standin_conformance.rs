@@ -1076,3 +1076,39 @@ async fn restart_keeps_output_files_and_forgets_the_rest() -> anyhow::Result<()>
     assert!(reqwest::get(format!("{}/queue", s.url())).await.is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_prompt_without_client_id_broadcasts_progress_but_no_executing() -> anyhow::Result<()> {
+    let s = StandIn::start(&["--step-ms", "1"]).await?;
+    let (mut ws, _) = Ws::connect(&s, "W").await?;
+    // A global interrupt with nothing running does not leak into the next prompt.
+    let (code, _) = post(&s, "/interrupt", json!({})).await?;
+    assert_eq!(code, 200);
+    let pid = submit(&s, json!({"prompt": txt2img(2, 5)})).await?;
+    let entry = history_entry(&s, &pid).await?;
+    assert_eq!(entry["status"]["status_str"], "success");
+    assert_eq!(entry["prompt"][3], json!({}));
+    let mut seen = Vec::new();
+    loop {
+        let v = ws.json().await?;
+        let done =
+            v["type"] == "status" && v["data"]["status"]["exec_info"]["queue_remaining"] == 0;
+        seen.push(v["type"].as_str().unwrap_or("?").to_owned());
+        if done {
+            break;
+        }
+    }
+    assert_eq!(seen.iter().filter(|t| *t == "progress").count(), 2);
+    assert!(seen.iter().any(|t| t == "progress_state"));
+    for absent in [
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "executed",
+        "execution_success",
+    ] {
+        assert!(!seen.iter().any(|t| t == absent), "{absent} in {seen:?}");
+    }
+    ws.silent().await?;
+    Ok(())
+}
