@@ -865,6 +865,22 @@ async fn upload_renames_and_dedups_and_view_serves() -> anyhow::Result<()> {
         assert_eq!(r.status().as_u16(), code, "{query}");
     }
 
+    for (query, mime, format) in [
+        ("preview=jpeg;80", "image/jpeg", image::ImageFormat::Jpeg),
+        ("preview=webp;90", "image/webp", image::ImageFormat::WebP),
+        ("channel=rgb", "image/png", image::ImageFormat::Png),
+        ("channel=a", "image/png", image::ImageFormat::Png),
+    ] {
+        let r = reqwest::get(format!(
+            "{}/view?filename=a.png&type=input&{query}",
+            s.url()
+        ))
+        .await?;
+        assert_eq!(r.headers()["content-type"], mime, "{query}");
+        let img = image::load_from_memory_with_format(&r.bytes().await?, format)?;
+        assert_eq!((img.width(), img.height()), (8, 8), "{query}");
+    }
+
     // LoadImage reads the upload; the pipeline inverts it.
     let g = json!({"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},

@@ -295,3 +295,52 @@ pub fn save_path(root: &Path, prefix: &str) -> Result<(PathBuf, String, String, 
         .unwrap_or_default();
     Ok((folder, stem.to_owned(), subfolder, counter + 1))
 }
+
+/// `/view`'s `preview=webp;90|jpeg;90` and `channel=rgb|a` conversions (server.py 452-505):
+/// the new bytes and their content type, or None if the file is not an image.
+pub fn convert(
+    bytes: &[u8],
+    preview: Option<&str>,
+    channel: &str,
+) -> Option<(Vec<u8>, &'static str)> {
+    use image::{DynamicImage, ImageFormat};
+    let img = image::load_from_memory(bytes).ok()?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    if let Some(p) = preview {
+        let mut parts = p.split(';');
+        let wanted = parts.next().unwrap_or("");
+        let quality = p
+            .rsplit(';')
+            .next()
+            .and_then(|q| q.parse::<u8>().ok())
+            .unwrap_or(90);
+        if wanted == "jpeg" && !channel.contains('a') {
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+            DynamicImage::ImageRgb8(img.to_rgb8())
+                .write_with_encoder(enc)
+                .ok()?;
+            return Some((out.into_inner(), "image/jpeg"));
+        }
+        // WebP (lossless: the image crate has no lossy encoder; quality is ignored).
+        let img = if channel == "rgb" {
+            DynamicImage::ImageRgb8(img.to_rgb8())
+        } else {
+            DynamicImage::ImageRgba8(img.to_rgba8())
+        };
+        img.write_to(&mut out, ImageFormat::WebP).ok()?;
+        return Some((out.into_inner(), "image/webp"));
+    }
+    let converted = if channel == "rgb" {
+        DynamicImage::ImageRgb8(img.to_rgb8())
+    } else {
+        // `a`: the alpha channel on a black RGBA image (opaque if there is none).
+        let rgba = img.to_rgba8();
+        DynamicImage::ImageRgba8(image::RgbaImage::from_fn(
+            rgba.width(),
+            rgba.height(),
+            |x, y| image::Rgba([0, 0, 0, rgba.get_pixel(x, y).0[3]]),
+        ))
+    };
+    converted.write_to(&mut out, ImageFormat::Png).ok()?;
+    Some((out.into_inner(), "image/png"))
+}

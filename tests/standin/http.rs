@@ -163,12 +163,26 @@ async fn view(State(app): Shared, Query(q): Query<HashMap<String, String>>) -> R
     let Ok(bytes) = tokio::fs::read(&path).await else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let channel = q.get("channel").map(String::as_str).unwrap_or("");
+    let (bytes, content_type) = if q.contains_key("preview") || matches!(channel, "rgb" | "a") {
+        let preview = q.get("preview").cloned();
+        let channel = channel.to_owned();
+        let bytes = tokio::task::spawn_blocking(move || {
+            files::convert(&bytes, preview.as_deref(), &channel)
+        })
+        .await
+        .ok()
+        .flatten();
+        match bytes {
+            Some(converted) => converted,
+            None => return server_error(),
+        }
+    } else {
+        (bytes, files::content_type(&name))
+    };
     let mut res = Response::new(Body::from(bytes));
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(files::content_type(&name)),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&format!("filename=\"{name}\"")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
