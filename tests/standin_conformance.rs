@@ -949,6 +949,23 @@ async fn api_prefix_serves_the_same_routes() -> anyhow::Result<()> {
         get(&s, "/api/prompt").await?,
         json!({"exec_info": {"queue_remaining": 0}})
     );
+
+    // A browser's Origin forwarded to a loopback ComfyUI is refused; a matching one is fine.
+    let http = reqwest::Client::new();
+    for (origin, code) in [("http://evil.example", 403), (&*s.url(), 200)] {
+        let r = http
+            .get(format!("{}/api/queue", s.url()))
+            .header("Origin", origin)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), code, "{origin}");
+    }
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        s.ws_url("O"),
+    )?;
+    req.headers_mut()
+        .insert("Origin", "http://evil.example".parse()?);
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
     Ok(())
 }
 

@@ -33,7 +33,40 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/_standin/fail", post(fail))
         .route("/_standin/forget", post(forget))
         .route("/_standin/stats", get(stats))
+        .layer(axum::middleware::from_fn(origin_only))
         .with_state(state)
+}
+
+/// ComfyUI's `origin_only_middleware` (server.py 107-141, no `--enable-cors-header`): a
+/// loopback `Host` with an `Origin` naming another host is refused with 403, so a gateway
+/// that forwards a browser's `Origin` fails here as it would against ComfyUI.
+async fn origin_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = req.headers();
+    if let (Some(host), Some(origin)) = (
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()),
+    ) {
+        let host = host.to_lowercase();
+        let origin_netloc = origin
+            .to_lowercase()
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        let hostname = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or("").to_owned(),
+            None => host
+                .rsplit_once(':')
+                .map_or(host.clone(), |(h, _)| h.to_owned()),
+        };
+        let loopback = hostname == "localhost"
+            || hostname
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback && host != origin_netloc && !req.uri().path().starts_with("/_standin/") {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 fn comfy() -> Router<Arc<App>> {
