@@ -678,3 +678,96 @@ async fn a_server_that_goes_down_leaves_the_rotation_and_comes_back() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_socket_cut_off_by_comfyuis_client_id_bug_is_replaced() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let id = gw.submit(job(txt2img(60, 21))).await?;
+    wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 60).await?;
+    // Another socket with the adapter's client id takes over the id in ComfyUI; when it closes,
+    // ComfyUI forgets the id, and the adapter's still-open socket silently gets nothing more.
+    let (intruder, _) =
+        tokio_tungstenite::connect_async(comfy.ws_url(&format!("outlast-{id}"))).await?;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(intruder);
+    let cut_at = tokio::time::Instant::now();
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed")),
+        "{log:?}"
+    );
+    // Live step progress resumed on a new socket: the last steps arrived, not just the result.
+    let last_step = log
+        .iter()
+        .filter(|e| e["type"] == "progress" && e["max"] == 60)
+        .filter_map(|e| e["value"].as_u64())
+        .max();
+    assert!(
+        last_step >= Some(55),
+        "progress stopped at {last_step:?}; {log:?}"
+    );
+    assert!(cut_at.elapsed() < T);
+    let events: Vec<JobEvent> = log
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()))
+        .collect::<Result<_, _>>()?;
+    assert_lossless_once(&events);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_prompt_waiting_in_comfyuis_own_queue_is_reported_and_removed_on_cancel()
+-> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    // Someone uses the same ComfyUI directly: a long prompt runs there.
+    let foreign: Value = reqwest::Client::new()
+        .post(format!("{}/prompt", comfy.url()))
+        .json(&json!({"prompt": txt2img(400, 99), "client_id": "someone-else"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let foreign_id = foreign["prompt_id"]
+        .as_str()
+        .context("prompt_id")?
+        .to_owned();
+    let id = gw.submit(job(txt2img(10, 22))).await?;
+    wait_event(&gw, &id, T, |e| {
+        e["label"] == "waiting in ComfyUI's own queue: 1 ahead"
+    })
+    .await?;
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/jobs/{id}", gw.http()))
+        .send()
+        .await?;
+    assert!(r.status().is_success());
+    // Ours left ComfyUI's queue; the foreign prompt was not interrupted.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let q: Value = reqwest::get(format!("{}/queue", comfy.url()))
+            .await?
+            .json()
+            .await?;
+        let pending = q["queue_pending"].as_array().map_or(0, Vec::len);
+        let running: Vec<&str> = q["queue_running"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i[1].as_str())
+            .collect();
+        if pending == 0 {
+            assert_eq!(running, [foreign_id.as_str()], "the foreign prompt runs on");
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "ours stayed queued: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(comfy.stats().await?["interrupts"], 0);
+    Ok(())
+}
