@@ -567,14 +567,15 @@ async fn two_servers_share_the_queue_fairly_and_a_cache_hit_answers_at_once() ->
         ran_a >= 2 && ran_b >= 2,
         "both servers share the work: {ran_a} vs {ran_b}"
     );
-    // Outlast is the queue: two ran at once; the others waited, moving up to position 0.
+    // Outlast is the queue: two ran at once; the others waited, moving up.
     for (i, log) in logs.iter().enumerate().skip(2) {
         let positions: Vec<u64> = log
             .iter()
             .filter(|e| e["type"] == "queued")
             .filter_map(|e| e["position"].as_u64())
             .collect();
-        assert_eq!(positions.last(), Some(&0), "job {i}: {log:?}");
+        // Two slots: a job starts from position 0 or 1.
+        assert!(positions.last() <= Some(&1), "job {i}: {log:?}");
         assert!(
             positions.windows(2).all(|w| w[1] < w[0]),
             "job {i}: {positions:?}"
@@ -769,5 +770,47 @@ async fn a_prompt_waiting_in_comfyuis_own_queue_is_reported_and_removed_on_cance
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(comfy.stats().await?["interrupts"], 0);
+    Ok(())
+}
+
+/// The documented example (`examples/comfyui/run.sh` with `img2img.json` and a photo) works as
+/// written: it uploads, submits, follows and downloads with curl and python3.
+#[tokio::test]
+async fn the_documented_example_runs_end_to_end() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "5"]).await?;
+    // Calm intervals: no reconnect happens, so every step's progress must arrive.
+    let gw = gateway(
+        &[&comfy],
+        &[
+            "--comfyui-poll-interval",
+            "10s",
+            "--comfyui-ping-interval",
+            "10s",
+        ],
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("photo.png"), png(40, 30))?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tokio::process::Command::new("bash")
+        .arg(root.join("examples/comfyui/run.sh"))
+        .arg(root.join("examples/comfyui/img2img.json"))
+        .arg("photo.png")
+        .env("OUTLAST", gw.http())
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("state: completed"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("Sampler 25/25"), "{stderr}");
+    let saved = std::fs::read(dir.path().join("watercolor_00001_.png"))?;
+    let job = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("job "))
+        .context("job id line")?;
+    assert_eq!(saved, download(&gw, job, "watercolor_00001_.png").await?);
+    image::load_from_memory(&saved)?;
     Ok(())
 }

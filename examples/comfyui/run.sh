@@ -19,7 +19,7 @@ if [ -n "$photo" ]; then
   size=$(wc -c <"$photo")
   location=$(curl -fsS -D - -o /dev/null "${auth[@]}" -X POST "$base/v1/uploads" \
     -H 'Tus-Resumable: 1.0.0' -H "Upload-Length: $size" \
-    -H "Upload-Metadata: filename $(basename "$photo" | base64 | tr -d '\n')" \
+    -H "Upload-Metadata: filename $(printf %s "$(basename "$photo")" | base64 | tr -d '\n')" \
     | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
   curl -fsS "${auth[@]}" -X PATCH "$base$location" -H 'Tus-Resumable: 1.0.0' \
     -H 'Upload-Offset: 0' -H 'Content-Type: application/offset+octet-stream' \
@@ -29,21 +29,27 @@ fi
 job=$(curl -fsS "${auth[@]}" -H 'Content-Type: application/json' -d "$body" "$base/v1/jobs" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
 echo "job $job"
-after=0
-while :; do
-  page=$(curl -fsS "${auth[@]}" "$base/v1/jobs/$job/poll?after=$after&timeout_ms=20000")
-  after=$(python3 -c 'import json,sys
-p = json.loads(sys.argv[1])
-for e in p["events"]:
+# Prints the events of one long-poll page (to stderr); prints the last sequence number, and
+# the final state once a terminal event came (stdout).
+read -r -d '' show <<'PY' || true
+import json, sys
+page, after, state = json.loads(sys.argv[1]), sys.argv[2], ""
+for e in page["events"]:
     t = e["type"]
     if t == "progress":
-        step = f" {e['value']}/{e['max']}" if e["max"] else ""
-        print(f"  {e.get('label') or ''}{step}", file=sys.stderr)
+        step = " %d/%d" % (e["value"], e["max"]) if e["max"] else ""
+        print("  " + (e.get("label") or "") + step, file=sys.stderr)
     elif t in ("queued", "started", "output", "completed", "failed", "canceled"):
         print("  " + json.dumps(e), file=sys.stderr)
-print(p["events"][-1]["seq"] if p["events"] else sys.argv[2])' "$page" "$after")
-  state=$(curl -fsS "${auth[@]}" "$base/v1/jobs/$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
-  case $state in completed|failed|canceled) break ;; esac
+    if t in ("completed", "failed", "canceled"):
+        state = t
+print(page["events"][-1]["seq"] if page["events"] else after, state)
+PY
+after=0
+state=
+while [ -z "$state" ]; do
+  page=$(curl -fsS "${auth[@]}" "$base/v1/jobs/$job/poll?after=$after&timeout_ms=20000")
+  read -r after state < <(python3 -c "$show" "$page" "$after")
 done
 echo "state: $state"
 for name in $(curl -fsS "${auth[@]}" "$base/v1/jobs/$job" \

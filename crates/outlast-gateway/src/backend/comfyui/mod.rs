@@ -278,7 +278,7 @@ async fn upload_name(input: &str, filename: Option<&str>, path: &std::path::Path
             .take(100)
             .collect()
     };
-    if let Some(f) = filename.map(clean).filter(|f| !f.is_empty()) {
+    if let Some(f) = filename.map(|f| clean(f.trim())).filter(|f| !f.is_empty()) {
         return f;
     }
     let mut head = [0u8; 16];
