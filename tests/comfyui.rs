@@ -289,37 +289,49 @@ async fn validation_and_runtime_errors_are_typed_failures_naming_the_node() -> a
     });
     let id = gw.submit(job(bad)).await?;
     let log = finished(&gw, &id, T).await?;
-    let f = log.last().context("terminal")?;
-    assert_eq!(f["type"], "failed", "{f}");
-    assert_eq!(f["code"], "invalid_workflow");
-    assert_eq!(f["detail"]["node_id"], "1");
-    assert_eq!(f["detail"]["node_type"], "EmptyImage");
-    assert_eq!(f["detail"]["node_title"], "Canvas");
-    let message = f["message"].as_str().unwrap_or("");
-    assert!(
-        message.contains("node \"1\" (EmptyImage \"Canvas\")"),
-        "{message}"
-    );
-    assert!(message.contains("width"), "{message}");
+    assert_failed_at(
+        &log,
+        "invalid_workflow",
+        ("1", "EmptyImage", "Canvas"),
+        &["node \"1\" (EmptyImage \"Canvas\")", "width"],
+    )?;
 
     comfy
         .fail_next("KSampler", "CUDA out of memory. Tried to allocate 2.00 GiB")
         .await?;
     let id = gw.submit(job(txt2img(4, 7))).await?;
     let log = finished(&gw, &id, T).await?;
+    assert_failed_at(
+        &log,
+        "backend_error",
+        ("3", "KSampler", "Sampler"),
+        &[
+            "node \"3\" (KSampler \"Sampler\") failed",
+            "CUDA out of memory",
+        ],
+    )?;
+    assert_eq!(count(&log, "output"), 0);
+    Ok(())
+}
+
+/// The log ends in a failure with `code` that names the node (id, class, title) in its detail
+/// and, with every one of `says`, in its message.
+fn assert_failed_at(
+    log: &[Value],
+    code: &str,
+    (id, class, title): (&str, &str, &str),
+    says: &[&str],
+) -> anyhow::Result<()> {
     let f = log.last().context("terminal")?;
     assert_eq!(f["type"], "failed", "{f}");
-    assert_eq!(f["code"], "backend_error");
-    assert_eq!(f["detail"]["node_id"], "3");
-    assert_eq!(f["detail"]["node_type"], "KSampler");
-    assert_eq!(f["detail"]["node_title"], "Sampler");
+    assert_eq!(f["code"], code, "{f}");
+    assert_eq!(f["detail"]["node_id"], id, "{f}");
+    assert_eq!(f["detail"]["node_type"], class, "{f}");
+    assert_eq!(f["detail"]["node_title"], title, "{f}");
     let message = f["message"].as_str().unwrap_or("");
-    assert!(
-        message.contains("node \"3\" (KSampler \"Sampler\") failed"),
-        "{message}"
-    );
-    assert!(message.contains("CUDA out of memory"), "{message}");
-    assert_eq!(count(&log, "output"), 0);
+    for part in says {
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
     Ok(())
 }
 

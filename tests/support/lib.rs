@@ -122,22 +122,8 @@ impl Gateway {
             .kill_on_drop(true)
             .spawn()
             .context("spawning outlast")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .context("gateway did not start within 60 s")??;
-        let Some(line) = line else {
-            bail!("gateway exited at start; log:\n{}", self.log_text());
-        };
-        let url = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .with_context(|| format!("unexpected first line {line:?}"))?;
-        self.addr = url.parse()?;
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.addr =
+            listening_addr(&mut child, "gateway", Duration::from_secs(60), &self.log).await?;
         self.child = Some(child);
         Ok(())
     }
@@ -229,4 +215,34 @@ impl Gateway {
         let v: serde_json::Value = reqwest::get(url).await?.json().await?;
         Ok(v["events"].as_array().context("events")?.clone())
     }
+}
+
+/// Reads a child's first stdout line, which names its URL (`... http://ADDR/...`), and keeps
+/// draining stdout so the child never blocks on a full pipe. `log` is shown if it exits.
+pub async fn listening_addr(
+    child: &mut tokio::process::Child,
+    what: &str,
+    within: Duration,
+    log: &Path,
+) -> anyhow::Result<SocketAddr> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(within, lines.next_line())
+        .await
+        .with_context(|| format!("{what} did not start within {within:?}"))??;
+    let Some(line) = line else {
+        bail!(
+            "{what} exited at start; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    };
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .trim()
+        .parse()?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(addr)
 }

@@ -8,9 +8,8 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -112,19 +111,13 @@ impl StandIn {
             .kill_on_drop(true)
             .spawn()
             .context("spawning comfy-standin")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("comfy-standin did not start within 30 s")??;
-        let Some(line) = line else {
-            bail!("comfy-standin exited at start; log:\n{}", self.log_text());
-        };
-        let url = line
-            .strip_prefix("comfy-standin listening on http://")
-            .with_context(|| format!("unexpected first line {line:?}"))?;
-        self.addr = url.trim().parse()?;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.addr = crate::listening_addr(
+            &mut child,
+            "comfy-standin",
+            Duration::from_secs(30),
+            &self.log,
+        )
+        .await?;
         self.child = Some(child);
         Ok(())
     }

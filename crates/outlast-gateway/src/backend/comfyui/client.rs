@@ -109,39 +109,39 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    async fn get_json(&self, path: &str) -> Result<Value, CallError> {
-        let resp = self
+    /// Sends a short API call (30 s limit); a status other than 2xx is a protocol error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, CallError> {
+        let mut req = self
             .http
-            .get(self.url(path))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(CallError::from_reqwest)?;
+            .request(method.clone(), self.url(path))
+            .timeout(Duration::from_secs(30));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(CallError::from_reqwest)?;
         if !resp.status().is_success() {
             return Err(CallError::Protocol(format!(
-                "GET {path} answered {}",
+                "{method} {path} answered {}",
                 resp.status()
             )));
         }
+        Ok(resp)
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value, CallError> {
+        let resp = self.call(reqwest::Method::GET, path, None).await?;
         resp.json().await.map_err(CallError::from_reqwest)
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> Result<(), CallError> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .timeout(Duration::from_secs(30))
-            .send()
+        self.call(reqwest::Method::POST, path, Some(body))
             .await
-            .map_err(CallError::from_reqwest)?;
-        if !resp.status().is_success() {
-            return Err(CallError::Protocol(format!(
-                "POST {path} answered {}",
-                resp.status()
-            )));
-        }
-        Ok(())
+            .map(drop)
     }
 
     /// `GET /system_stats`: is the server up?
