@@ -826,3 +826,20 @@ async fn the_documented_example_runs_end_to_end() -> anyhow::Result<()> {
     image::load_from_memory(&saved)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_job_over_its_time_limit_fails_and_stops_in_comfyui() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "50"]).await?;
+    let gw = gateway(&[&comfy], &["--comfyui-timeout", "1s"]).await?;
+    let id = gw.submit(job(txt2img(400, 31))).await?;
+    let log = finished(&gw, &id, T).await?;
+    let f = log.last().context("terminal")?;
+    assert_eq!(f["type"], "failed", "{f}");
+    assert_eq!(f["code"], "timeout", "{f}");
+    let deadline = tokio::time::Instant::now() + T;
+    while comfy.stats().await?["interrupts"] != 1 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the prompt runs on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -612,7 +612,6 @@ enum Found {
 
 impl Follow<'_> {
     async fn run(&mut self) -> Result<Value, Stop> {
-        let started = Instant::now();
         let mut last_message = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut ping = tokio::time::interval(self.cfg.ping_interval);
@@ -689,16 +688,6 @@ impl Follow<'_> {
                             last_message = Instant::now();
                             reconnect_at = Instant::now();
                         }
-                    }
-                    if started.elapsed() > self.cfg.timeout {
-                        return Err(Stop::Fail(fail(
-                            FailureCode::Timeout,
-                            format!(
-                                "the ComfyUI prompt ran longer than {}",
-                                humantime::format_duration(self.cfg.timeout)
-                            ),
-                            None,
-                        )));
                     }
                 }
                 Tick::Reconnect => match self.server.connect(self.client_id).await {
@@ -939,6 +928,24 @@ impl Backend for ComfyUi {
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure> {
+        // Dropping the run at the limit drops its cancel guard: the prompt is stopped in ComfyUI.
+        match tokio::time::timeout(self.cfg.timeout, self.run_to_end(ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(fail(
+                FailureCode::Timeout,
+                format!(
+                    "the ComfyUI job ran longer than {}",
+                    humantime::format_duration(self.cfg.timeout)
+                ),
+                None,
+            )),
+        }
+    }
+}
+
+impl ComfyUi {
+    /// Tries until the prompt finished, failed, or was lost more often than the job allows.
+    async fn run_to_end(&self, ctx: &JobContext) -> Result<(), Failure> {
         let graph =
             Self::parse(&ctx.spec).map_err(|e| fail(FailureCode::InvalidWorkflow, e, None))?;
         let mut saved: Option<Saved> = ctx
