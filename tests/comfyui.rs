@@ -843,3 +843,51 @@ async fn a_job_over_its_time_limit_fails_and_stops_in_comfyui() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn with_every_server_down_jobs_wait_queued_with_a_reason_and_run_when_one_is_back()
+-> anyhow::Result<()> {
+    let mut comfy = StandIn::start(&["--step-ms", "10"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    comfy.kill9().await?;
+    let up = |v: &str| {
+        let line = format!(
+            "outlast_comfyui_server_up{{server=\"{}\"}} {v}",
+            comfy.url()
+        );
+        let http = gw.http();
+        async move {
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let m = reqwest::get(format!("{http}/metrics"))
+                    .await?
+                    .text()
+                    .await?;
+                if m.lines().any(|l| l == line) {
+                    return anyhow::Ok(());
+                }
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "never saw {line}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    up("0").await?;
+    let id = gw.submit(job(txt2img(5, 41))).await?;
+    let queued = wait_event(&gw, &id, T, |e| e["type"] == "queued").await?;
+    assert_eq!(queued["position"], 0);
+    let reason = queued["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("no ComfyUI server is reachable"),
+        "{queued}"
+    );
+    assert_eq!(count(&gw.full_log(&id).await?, "started"), 0);
+    comfy.restart().await?;
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed")),
+        "{log:?}"
+    );
+    assert_eq!(count(&log, "output"), 1);
+    Ok(())
+}

@@ -123,7 +123,7 @@ pub struct Args {
     /// A running job fails when its ComfyUI server stays unreachable this long [comfyui.unreachable_timeout; default 2m]
     #[arg(long, env = "OUTLAST_COMFYUI_UNREACHABLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub comfyui_unreachable_timeout: Option<Duration>,
-    /// Probe ComfyUI servers out of rotation this often [comfyui.retry_interval; default 5s]
+    /// Probe every ComfyUI server this often; failing ones leave the rotation [comfyui.retry_interval; default 5s]
     #[arg(long, env = "OUTLAST_COMFYUI_RETRY_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub comfyui_retry_interval: Option<Duration>,
     /// Time limit of one ComfyUI job [comfyui.timeout; default 30m]
@@ -295,7 +295,7 @@ pub struct ComfyConfig {
     pub ping_interval: Duration,
     /// A running job fails after its server was unreachable this long.
     pub unreachable_timeout: Duration,
-    /// Probe interval of servers out of rotation.
+    /// Probe interval of every server.
     pub retry_interval: Duration,
     /// Time limit per job.
     pub timeout: Duration,

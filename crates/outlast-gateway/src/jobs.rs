@@ -60,8 +60,8 @@ struct Sched {
     queues: HashMap<&'static str, FairQueue>,
     running: HashMap<JobId, CancellationToken>,
     running_per_backend: HashMap<&'static str, usize>,
-    /// The position last announced per queued job.
-    positions: HashMap<JobId, u32>,
+    /// The position (and waiting reason) last announced per queued job.
+    positions: HashMap<JobId, (u32, Option<String>)>,
 }
 
 /// The job service. One per gateway process.
@@ -390,14 +390,16 @@ impl Jobs {
             for (backend, order) in orders {
                 metrics::gauge!("outlast_queue_depth", "backend" => backend)
                     .set(order.len() as f64);
+                let reason = self.backends.get(backend).and_then(|b| b.unavailable());
                 for (i, job) in order.into_iter().enumerate() {
-                    let position = u32::try_from(i).unwrap_or(u32::MAX);
-                    if sched.positions.insert(job, position) != Some(position) {
+                    let now = (u32::try_from(i).unwrap_or(u32::MAX), reason.clone());
+                    if sched.positions.get(&job) != Some(&now) {
+                        sched.positions.insert(job, now.clone());
                         changes.push((
                             job,
                             EventKind::Queued {
-                                position,
-                                reason: None,
+                                position: now.0,
+                                reason: now.1,
                             },
                         ));
                     }

@@ -62,6 +62,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Checks a submission cheaply before it is accepted.
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError>;
 
+    /// Why no job of this backend can start now (e.g. every server is unreachable); shown as
+    /// the `reason` of queued jobs. Notify the scheduler when it changes.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
     /// Called once with the scheduler's wake-up: notify it when [`Backend::concurrency`] grows
     /// (e.g. a server came back).
     fn attach_scheduler(&self, _wake: Arc<tokio::sync::Notify>) {}

@@ -146,7 +146,10 @@ impl Server {
 
     /// `GET /system_stats`: is the server up?
     pub async fn probe(&self) -> Result<(), CallError> {
-        self.get_json("/system_stats").await.map(|_| ())
+        tokio::time::timeout(Duration::from_secs(5), self.get_json("/system_stats"))
+            .await
+            .map_err(|_| CallError::Unreachable("no answer to /system_stats within 5 s".into()))?
+            .map(drop)
     }
 
     /// `POST /prompt` with our own prompt id and client id.

@@ -167,14 +167,19 @@ impl ComfyUi {
                     )));
                 }
             },
-            None => {
-                let mut waited = false;
-                let lease = self.pool.acquire(|| waited = true).await;
-                if waited {
-                    tracing::info!(job = %ctx.job_id, "waited for a ComfyUI server");
+            None => match self.pool.try_acquire() {
+                Some(lease) => lease,
+                None => {
+                    // The server this job was meant for went away after it was started.
+                    ctx.progress(
+                        0,
+                        0,
+                        Some("waiting for a ComfyUI server to come back".into()),
+                    )
+                    .await?;
+                    self.pool.acquire().await
                 }
-                lease
-            }
+            },
         };
         let server = lease.server().clone();
         let mut guard = CancelGuard {
@@ -921,6 +926,12 @@ impl Backend for ComfyUi {
 
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
         Self::parse(spec).map(|_| ()).map_err(AppError::invalid)
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.pool.all_down().then(|| {
+            "no ComfyUI server is reachable; the job starts when one comes back".to_owned()
+        })
     }
 
     fn attach_scheduler(&self, wake: Arc<tokio::sync::Notify>) {

@@ -104,7 +104,7 @@ impl Pool {
     }
 
     /// A free slot on a healthy server (the least loaded; ties round-robin), if there is one.
-    fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
         let mut slots = self.slots();
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
         let n = self.servers.len();
@@ -123,16 +123,12 @@ impl Pool {
         })
     }
 
-    /// Waits for a free slot on a healthy server. `waiting` is called once if it must wait.
-    pub async fn acquire(self: &Arc<Self>, waiting: impl FnOnce()) -> Lease {
-        let mut waiting = Some(waiting);
+    /// Waits for a free slot on a healthy server.
+    pub async fn acquire(self: &Arc<Self>) -> Lease {
         loop {
             let freed = self.freed.notified();
             if let Some(lease) = self.try_acquire() {
                 return lease;
-            }
-            if let Some(w) = waiting.take() {
-                w();
             }
             // Health changes do not notify `freed`; look again now and then.
             let _ = tokio::time::timeout(Duration::from_secs(1), freed).await;
@@ -149,10 +145,18 @@ impl Pool {
         }
     }
 
+    /// True when no server is in rotation.
+    pub fn all_down(&self) -> bool {
+        !self.slots().iter().any(|s| s.healthy)
+    }
+
     /// Takes a server out of rotation after a failed call.
     pub fn mark_down(&self, index: usize, why: &str) {
         let was = std::mem::replace(&mut self.slots()[index].healthy, false);
         if was {
+            if let Some(wake) = self.scheduler.get() {
+                wake.notify_one(); // queued jobs may need a reason now
+            }
             tracing::warn!(server = %self.servers[index].0.base, %why, "ComfyUI server out of rotation");
             metrics::gauge!("outlast_comfyui_server_up", "server" => self.servers[index].0.base.clone()).set(0.0);
         }
@@ -170,21 +174,16 @@ impl Pool {
         metrics::gauge!("outlast_comfyui_server_up", "server" => self.servers[index].0.base.clone()).set(1.0);
     }
 
-    /// Probes every server at start, then the ones out of rotation every `interval`.
+    /// Probes every server every `interval` (`GET /system_stats`), so a server that went away
+    /// leaves the rotation before a job is sent to it, and one that came back rejoins.
     pub async fn health_loop(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let mut first = true;
         loop {
             for index in 0..self.servers.len() {
-                let healthy = self.slots()[index].healthy;
-                if healthy && !first {
-                    continue;
-                }
                 match self.servers[index].0.probe().await {
                     Ok(()) => self.mark_up(index),
                     Err(e) => self.mark_down(index, &e.to_string()),
                 }
             }
-            first = false;
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 () = shutdown.cancelled() => return,
