@@ -611,7 +611,12 @@ enum Tick {
 
 /// What a reconciliation found.
 enum Found {
+    /// The history entry.
     Finished(Value),
+    /// ComfyUI is running it.
+    Running,
+    /// Pending in ComfyUI's queue, or ComfyUI did not answer (for less than
+    /// `unreachable_timeout`).
     Waiting,
 }
 
@@ -631,9 +636,8 @@ impl Follow<'_> {
         loop {
             if must_reconcile {
                 must_reconcile = false;
-                match self.reconcile(&mut unreachable_since).await? {
-                    Found::Finished(entry) => return Ok(entry),
-                    Found::Waiting => {}
+                if let Found::Finished(entry) = self.reconcile(&mut unreachable_since).await? {
+                    return Ok(entry);
                 }
             }
             let tick = {
@@ -680,13 +684,15 @@ impl Follow<'_> {
                 Tick::Poll => {
                     let silent = last_message.elapsed();
                     if self.socket.is_none() || silent >= self.cfg.poll_interval {
-                        match self.reconcile(&mut unreachable_since).await? {
+                        let running = match self.reconcile(&mut unreachable_since).await? {
                             Found::Finished(entry) => return Ok(entry),
-                            Found::Waiting => {}
-                        }
+                            Found::Running => true,
+                            Found::Waiting => false,
+                        };
                         // A socket that stays silent while the prompt runs may have been cut
                         // off by ComfyUI's client-id bug: replace it (closing it first).
-                        if silent >= self.cfg.poll_interval * 3
+                        if running
+                            && silent >= self.cfg.poll_interval * 3
                             && let Some(old) = self.socket.take()
                         {
                             old.close().await;
@@ -754,7 +760,11 @@ impl Follow<'_> {
                         .await
                         .map_err(|f| CallError::Protocol(f.message))?;
                 }
-                return Ok(Some(Found::Waiting));
+                return Ok(Some(if at.is_none() {
+                    Found::Running
+                } else {
+                    Found::Waiting
+                }));
             }
             // History is written before a prompt leaves the queue; it may have finished
             // between the two reads.
