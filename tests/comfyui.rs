@@ -891,3 +891,50 @@ async fn with_every_server_down_jobs_wait_queued_with_a_reason_and_run_when_one_
     assert_eq!(count(&log, "output"), 1);
     Ok(())
 }
+
+/// `kill -9` after the first of two outputs was stored, before the second: the resumed job
+/// stores the second only, and each output is announced once.
+#[tokio::test]
+async fn outputs_stored_before_a_crash_are_not_stored_again() -> anyhow::Result<()> {
+    let comfy = StandIn::start(&["--step-ms", "5"]).await?;
+    let mut gw = gateway(&[&comfy], &[]).await?;
+    let mut workflow = txt2img(3, 51);
+    workflow["5"]["inputs"]["batch_size"] = json!(2);
+    // Each download takes 1.5 s: the kill lands while the second one is under way.
+    comfy.slow_view(1500).await?;
+    let id = gw.submit(job(workflow)).await?;
+    let first = wait_event(&gw, &id, T, |e| e["type"] == "output").await?;
+    gw.kill9().await?;
+    comfy.slow_view(0).await?;
+    gw.restart().await?;
+    let log = finished(&gw, &id, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed")),
+        "{log:?}"
+    );
+    let outs = outputs(&log);
+    let names: Vec<&str> = outs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fox_00001_.png", "fox_00002_.png"], "{log:?}");
+    assert_eq!(first["name"], "fox_00001_.png");
+    // The first was stored before the crash (its event precedes the restart's `queued`).
+    let restart_at = log
+        .iter()
+        .position(|e| e["type"] == "queued" && e["reason"].is_string())
+        .context("resume event")?;
+    let first_at = log
+        .iter()
+        .position(|e| e["type"] == "output")
+        .context("output")?;
+    assert!(first_at < restart_at, "{log:?}");
+    for (name, sha) in &outs {
+        assert_eq!(&sha256_hex(&download(&gw, &id, name).await?), sha);
+    }
+    assert_eq!(
+        comfy.stats().await?["executed_prompts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    Ok(())
+}

@@ -106,6 +106,8 @@ pub struct App {
     state: Mutex<State>,
     wake: Notify,
     interrupt: AtomicBool,
+    /// `/_standin/slow_view`: every `/view` answer waits this long first.
+    pub slow_view_ms: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -130,6 +132,7 @@ impl App {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             interrupt: AtomicBool::new(false),
+            slow_view_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

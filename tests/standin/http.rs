@@ -30,6 +30,7 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/api/jobs/{id}", get(job))
         .route("/_standin/drop_ws", post(drop_ws))
         .route("/_standin/stall", post(stall))
+        .route("/_standin/slow_view", post(slow_view))
         .route("/_standin/fail", post(fail))
         .route("/_standin/forget", post(forget))
         .route("/_standin/stats", get(stats))
@@ -181,6 +182,10 @@ async fn edit_history(State(app): Shared, body: Bytes) -> Response {
 }
 
 async fn view(State(app): Shared, Query(q): Query<HashMap<String, String>>) -> Response {
+    let delay = app.slow_view_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let found = files::view(
         &app.dirs,
         q.get("filename").map(String::as_str),
@@ -337,6 +342,15 @@ async fn stall(State(app): Shared, body: Bytes) -> Response {
         return (StatusCode::BAD_REQUEST, "body must be {\"ms\": N}").into_response();
     };
     app.stall(ms);
+    StatusCode::OK.into_response()
+}
+
+async fn slow_view(State(app): Shared, body: Bytes) -> Response {
+    let Some(ms) = body_or_empty(&body).and_then(|v| v["ms"].as_u64()) else {
+        return (StatusCode::BAD_REQUEST, "body must be {\"ms\": N}").into_response();
+    };
+    app.slow_view_ms
+        .store(ms, std::sync::atomic::Ordering::Relaxed);
     StatusCode::OK.into_response()
 }
 

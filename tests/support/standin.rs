@@ -189,6 +189,11 @@ impl StandIn {
         self.control("stall", json!({"ms": ms})).await.map(drop)
     }
 
+    /// From now on, every `/view` answer waits `ms` first (a slow download).
+    pub async fn slow_view(&self, ms: u64) -> anyhow::Result<()> {
+        self.control("slow_view", json!({"ms": ms})).await.map(drop)
+    }
+
     /// The next execution of `class_type` raises `RuntimeError(message)`.
     pub async fn fail_next(&self, class_type: &str, message: &str) -> anyhow::Result<()> {
         self.control(
