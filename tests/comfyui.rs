@@ -135,6 +135,23 @@ async fn standin_history(s: &StandIn) -> anyhow::Result<serde_json::Map<String, 
     v.as_object().cloned().context("history object")
 }
 
+/// How many prompts the stand-in's worker has taken.
+async fn executed(s: &StandIn) -> anyhow::Result<usize> {
+    Ok(s.stats().await?["executed_prompts"]
+        .as_array()
+        .map_or(0, Vec::len))
+}
+
+/// Cancels a job over HTTP.
+async fn cancel(gw: &Gateway, id: &str) -> anyhow::Result<()> {
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/jobs/{id}", gw.http()))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "cancel answered {}", r.status());
+    Ok(())
+}
+
 fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x * 4) as u8, (y * 4) as u8, 200])
@@ -341,11 +358,7 @@ async fn cancel_during_a_run_interrupts_the_prompt_in_comfyui() -> anyhow::Resul
     let gw = gateway(&[&comfy], &[]).await?;
     let id = gw.submit(job(txt2img(400, 1))).await?;
     wait_event(&gw, &id, T, |e| e["type"] == "progress" && e["max"] == 400).await?;
-    let r = reqwest::Client::new()
-        .delete(format!("{}/v1/jobs/{id}", gw.http()))
-        .send()
-        .await?;
-    assert!(r.status().is_success(), "cancel answered {}", r.status());
+    cancel(&gw, &id).await?;
     let log = finished(&gw, &id, T).await?;
     assert_eq!(
         log.last().map(|e| e["type"].clone()),
@@ -417,12 +430,7 @@ async fn comfyui_dropping_its_websocket_or_stalling_loses_nothing() -> anyhow::R
         Some(EventKind::Completed { cached: false })
     ));
     // The prompt ran once in ComfyUI, and the adapter reconnected.
-    let stats = comfy.stats().await?;
-    assert_eq!(
-        stats["executed_prompts"].as_array().map(Vec::len),
-        Some(1),
-        "{stats}"
-    );
+    assert_eq!(executed(&comfy).await?, 1);
     let metrics = reqwest::get(format!("{}/metrics", gw.http()))
         .await?
         .text()
@@ -503,10 +511,7 @@ async fn gateway_kill_9_mid_job_reattaches_and_reports_the_result_once() -> anyh
             "{log:?}"
         );
         // Reattached, not re-run: ComfyUI ran one prompt per job.
-        let executed = comfy.stats().await?["executed_prompts"]
-            .as_array()
-            .map(Vec::len);
-        assert_eq!(executed, Some(1 + finish_while_down as usize));
+        assert_eq!(executed(&comfy).await?, 1 + finish_while_down as usize);
     }
     Ok(())
 }
@@ -568,12 +573,8 @@ async fn two_servers_share_the_queue_fairly_and_a_cache_hit_answers_at_once() ->
         );
         logs.push(log);
     }
-    let ran_a = a.stats().await?["executed_prompts"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let ran_b = b.stats().await?["executed_prompts"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let ran_a = executed(&a).await?;
+    let ran_b = executed(&b).await?;
     assert_eq!(ran_a + ran_b, 6);
     assert!(
         ran_a >= 2 && ran_b >= 2,
@@ -610,12 +611,7 @@ async fn two_servers_share_the_queue_fairly_and_a_cache_hit_answers_at_once() ->
         download(&gw, &again, name).await?,
         download(&gw, &ids[0], name).await?
     );
-    let total = a.stats().await?["executed_prompts"]
-        .as_array()
-        .map_or(0, Vec::len)
-        + b.stats().await?["executed_prompts"]
-            .as_array()
-            .map_or(0, Vec::len);
+    let total = executed(&a).await? + executed(&b).await?;
     assert_eq!(total, 6, "the cache hit did not reach ComfyUI");
 
     // Opting out runs it again.
@@ -645,12 +641,7 @@ async fn a_server_that_goes_down_leaves_the_rotation_and_comes_back() -> anyhow:
             "{log:?}"
         );
     }
-    assert_eq!(
-        a.stats().await?["executed_prompts"]
-            .as_array()
-            .map_or(0, Vec::len),
-        3
-    );
+    assert_eq!(executed(&a).await?, 3);
     let metrics = reqwest::get(format!("{}/metrics", gw.http()))
         .await?
         .text()
@@ -683,12 +674,7 @@ async fn a_server_that_goes_down_leaves_the_rotation_and_comes_back() -> anyhow:
     let y = gw.submit(job(txt2img(40, 301))).await?;
     finished(&gw, &x, T).await?;
     finished(&gw, &y, T).await?;
-    assert_eq!(
-        b.stats().await?["executed_prompts"]
-            .as_array()
-            .map_or(0, Vec::len),
-        1
-    );
+    assert_eq!(executed(&b).await?, 1);
     Ok(())
 }
 
@@ -752,11 +738,7 @@ async fn a_prompt_waiting_in_comfyuis_own_queue_is_reported_and_removed_on_cance
         e["label"] == "waiting in ComfyUI's own queue: 1 ahead"
     })
     .await?;
-    let r = reqwest::Client::new()
-        .delete(format!("{}/v1/jobs/{id}", gw.http()))
-        .send()
-        .await?;
-    assert!(r.status().is_success());
+    cancel(&gw, &id).await?;
     // Ours left ComfyUI's queue; the foreign prompt was not interrupted.
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -930,11 +912,6 @@ async fn outputs_stored_before_a_crash_are_not_stored_again() -> anyhow::Result<
     for (name, sha) in &outs {
         assert_eq!(&sha256_hex(&download(&gw, &id, name).await?), sha);
     }
-    assert_eq!(
-        comfy.stats().await?["executed_prompts"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(executed(&comfy).await?, 1);
     Ok(())
 }

@@ -75,6 +75,16 @@ impl Ws {
         }
     }
 
+    /// Skips JSON frames until one of type `kind`.
+    async fn until_type(&mut self, kind: &str) -> anyhow::Result<Value> {
+        loop {
+            let v = self.json().await?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+
     /// Everything up to and including `executing {node: null, prompt_id}`.
     async fn until_done(&mut self, pid: &str) -> anyhow::Result<Vec<Ev>> {
         let mut out = Vec::new();
@@ -710,11 +720,7 @@ async fn queue_history_and_priorities() -> anyhow::Result<()> {
     let s = StandIn::start(&["--step-ms", "5"]).await?;
     let (mut ws, _) = Ws::connect(&s, "C").await?;
     let running = submit(&s, json!({"prompt": txt2img(2000, 1), "client_id": "C"})).await?;
-    loop {
-        if ws.json().await?["type"] == "progress" {
-            break;
-        }
-    }
+    ws.until_type("progress").await?;
     assert_eq!(get(&s, &format!("/history/{running}")).await?, json!({}));
     let late = submit(&s, json!({"prompt": minimal(1), "number": 5})).await?;
     let front = submit(&s, json!({"prompt": minimal(2), "front": true})).await?;
@@ -977,11 +983,7 @@ async fn forget_empties_everything_and_cuts_sockets() -> anyhow::Result<()> {
     ws.until_done(&done).await?;
     let running = submit(&s, json!({"prompt": txt2img(2000, 1), "client_id": "C"})).await?;
     submit(&s, json!({"prompt": minimal(6)})).await?;
-    loop {
-        if ws.json().await?["type"] == "progress" {
-            break;
-        }
-    }
+    ws.until_type("progress").await?;
     s.forget().await?;
     loop {
         match ws.next(T).await? {
@@ -1023,11 +1025,7 @@ async fn drop_ws_and_stall() -> anyhow::Result<()> {
     let s = StandIn::start(&["--step-ms", "5"]).await?;
     let (mut ws, _) = Ws::connect(&s, "C").await?;
     let pid = submit(&s, json!({"prompt": txt2img(60, 1), "client_id": "C"})).await?;
-    loop {
-        if ws.json().await?["type"] == "progress" {
-            break;
-        }
-    }
+    ws.until_type("progress").await?;
     s.stall(1500).await?;
     // Drain what was already sent, then expect silence while HTTP still answers.
     let mut quiet = false;
@@ -1069,11 +1067,7 @@ async fn reconnect_while_running_gets_executing_without_prompt_id() -> anyhow::R
     let s = StandIn::start(&["--step-ms", "5"]).await?;
     let (mut ws, _) = Ws::connect(&s, "C").await?;
     let pid = submit(&s, json!({"prompt": txt2img(2000, 1), "client_id": "C"})).await?;
-    loop {
-        if ws.json().await?["type"] == "progress" {
-            break;
-        }
-    }
+    ws.until_type("progress").await?;
     ws.ws.close(None).await?;
     let (mut again, hello) = Ws::connect(&s, "C").await?;
     assert_eq!(hello["data"]["status"]["exec_info"]["queue_remaining"], 1);
