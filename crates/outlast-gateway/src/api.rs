@@ -156,7 +156,8 @@ pub async fn poll(
         .timeout_ms
         .map_or(state.config.long_poll_timeout, Duration::from_millis)
         .min(state.config.long_poll_timeout);
-    let mut rx = state.hub.subscribe(job);
+    // Released when this handler returns or is dropped mid-wait (a cut long-poll).
+    let mut live = state.hub.subscribe(job);
     let result = async {
         let mut open = state.jobs.open_stream(&owner, job, after).await?;
         if open.events.is_empty()
@@ -165,7 +166,7 @@ pub async fn poll(
             && !wait.is_zero()
         {
             tokio::select! {
-                _ = rx.recv() => {}
+                _ = live.recv() => {}
                 () = tokio::time::sleep(wait) => {}
                 () = state.shutdown.cancelled() => {}
             }
@@ -174,8 +175,7 @@ pub async fn poll(
         Ok::<_, AppError>(open)
     }
     .await;
-    drop(rx);
-    state.hub.release(job);
+    drop(live);
     let open = result?;
     let next_after = open
         .events

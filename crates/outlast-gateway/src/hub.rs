@@ -1,13 +1,13 @@
 //! Live fan-out of stored events to subscribers. Only an optimisation over re-reading the
 //! store: a subscriber that lags behind its channel re-reads from the store, so nothing is lost.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use outlast_protocol::v1::ServerMsg;
 use outlast_protocol::{Codec, Frame, JobEvent, JobId};
-use tokio::sync::broadcast;
+
+use crate::topics::{Subscription, Topics};
 
 /// A stored event as published. Its wire encodings are computed once, by the first subscriber
 /// that needs them, and shared by all others (1,000 subscribers: one encode, not 1,000).
@@ -58,49 +58,42 @@ impl std::ops::Deref for Published {
 /// Buffered events per job channel before a slow receiver lags (and re-reads from the store).
 const CHANNEL_CAPACITY: usize = 64;
 
+/// A live subscription to one job's stored events; released when dropped.
+pub type JobSubscription = Subscription<JobId, Arc<Published>>;
+
 /// Per-job broadcast channels, created on first subscription and dropped with the last.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
-    // A std Mutex: it is held only for map operations, never across an await.
-    channels: Mutex<HashMap<JobId, broadcast::Sender<Arc<Published>>>>,
+    topics: Topics<JobId, Arc<Published>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A receiver of every event of `job` published from now on.
-    pub fn subscribe(&self, job: JobId) -> broadcast::Receiver<Arc<Published>> {
-        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(job)
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .subscribe()
-    }
-
-    /// Drops the channel of `job` when no receiver is left. Call after dropping a receiver.
-    pub fn release(&self, job: JobId) {
-        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&job).is_some_and(|tx| tx.receiver_count() == 0) {
-            map.remove(&job);
+        Self {
+            topics: Topics::new(CHANNEL_CAPACITY),
         }
+    }
+
+    /// Every event of `job` published from now on, until the subscription is dropped.
+    pub fn subscribe(&self, job: JobId) -> JobSubscription {
+        self.topics.subscribe(job)
     }
 
     /// Sends a stored event to the job's subscribers, if any.
     pub fn publish(&self, event: JobEvent) {
-        let map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = map.get(&event.job_id) {
-            // An error only means every receiver is gone; release() removes the entry.
-            let _ = tx.send(Arc::new(Published::new(event)));
-        }
+        let job = event.job_id;
+        self.topics.publish(&job, Arc::new(Published::new(event)));
     }
 
     /// Number of jobs with live subscribers (for metrics).
     pub fn channel_count(&self) -> usize {
-        self.channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.topics.len()
     }
 }

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod sse;
 pub mod state;
 pub mod store;
+pub mod topics;
 pub mod upload;
 pub mod ws;
 

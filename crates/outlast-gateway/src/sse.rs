@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -18,12 +17,11 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use outlast_protocol::{JobEvent, JobId, JobSnapshot, OwnerId, Seq};
 use serde::Deserialize;
-use tokio_stream::wrappers::BroadcastStream;
 
 use crate::api::parse_job;
 use crate::auth::Owner;
 use crate::error::AppError;
-use crate::hub::Published;
+use crate::hub::JobSubscription;
 use crate::state::AppState;
 
 /// Query of the SSE endpoint.
@@ -59,17 +57,9 @@ struct Feed {
     owner: OwnerId,
     job: JobId,
     pending: VecDeque<Item>,
-    live: Option<BroadcastStream<Arc<Published>>>,
+    live: Option<JobSubscription>,
     last: Seq,
     done: bool,
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        // Drop our receiver first so the hub sees no receivers left.
-        self.live.take();
-        self.state.hub.release(self.job);
-    }
 }
 
 impl Feed {
@@ -145,21 +135,15 @@ pub async fn events(
         None => q.after,
     }
     .map(Seq);
-    let rx = state.hub.subscribe(job);
-    let open = match state.jobs.open_stream(&owner, job, after).await {
-        Ok(open) => open,
-        Err(e) => {
-            drop(rx);
-            state.hub.release(job);
-            return Err(e);
-        }
-    };
+    // Subscribe before reading history; the subscription releases itself when the feed ends.
+    let live = state.hub.subscribe(job);
+    let open = state.jobs.open_stream(&owner, job, after).await?;
     let mut feed = Feed {
         state: state.clone(),
         owner,
         job,
         pending: VecDeque::new(),
-        live: Some(BroadcastStream::new(rx)),
+        live: Some(live),
         last: after.unwrap_or(Seq::ZERO),
         done: false,
     };

@@ -18,12 +18,11 @@ use outlast_protocol::v1::{ClientMsg, Control, PROTOCOL, ServerMsg};
 use outlast_protocol::{Codec, ErrorCode, Frame, JobId, OwnerId, Seq};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::auth::Owner;
 use crate::error::AppError;
-use crate::hub::Published;
+use crate::hub::{JobSubscription, Published};
 use crate::state::AppState;
 
 /// Subscriptions one connection may hold.
@@ -112,7 +111,7 @@ struct Session {
     /// `max_write_buffer_size`) plus the kernel's, and a send that cannot complete within
     /// `slow_consumer_timeout` ends the session. No writer task, no extra queue per connection.
     socket: WebSocket,
-    subs: StreamMap<JobId, BroadcastStream<Arc<Published>>>,
+    subs: StreamMap<JobId, JobSubscription>,
     /// The newest sequence number sent per subscribed job.
     last_sent: HashMap<JobId, Seq>,
     /// Uploads written over this connection, and the owner's upload progress.
@@ -356,14 +355,10 @@ impl Session {
         self.unsubscribe(job);
         // Subscribe to live events before reading history, so nothing falls in between;
         // overlaps are dropped by sequence number.
-        let rx = self.state.hub.subscribe(job);
+        let live = self.state.hub.subscribe(job);
         let open = match self.state.jobs.open_stream(&self.owner, job, after).await {
             Ok(open) => open,
-            Err(e) => {
-                drop(rx);
-                self.state.hub.release(job);
-                return self.error(req, e.code, e.message).await;
-            }
+            Err(e) => return self.error(req, e.code, e.message).await,
         };
         if after.is_some() {
             metrics::counter!("outlast_ws_resumes_total", "recovered" => if open.recovered { "true" } else { "false" })
@@ -389,20 +384,16 @@ impl Session {
             self.send(event.into()).await?;
         }
         if terminal {
-            // Nothing can follow a terminal event.
-            drop(rx);
-            self.state.hub.release(job);
+            // Nothing can follow a terminal event (dropping `live` releases the channel).
             return Ok(());
         }
         self.last_sent.insert(job, last);
-        self.subs.insert(job, BroadcastStream::new(rx));
+        self.subs.insert(job, live);
         Ok(())
     }
 
     fn unsubscribe(&mut self, job: JobId) {
-        if self.subs.remove(&job).is_some() {
-            self.state.hub.release(job);
-        }
+        self.subs.remove(&job);
         self.last_sent.remove(&job);
     }
 

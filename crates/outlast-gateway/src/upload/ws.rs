@@ -17,9 +17,9 @@ use outlast_protocol::tus::{Metadata, parse_sha256_hex};
 use outlast_protocol::upload::{DATA_HEADER_LEN, UploadState, parse_data_header};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{ErrorCode, Offset, OwnerId, UploadId};
-use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::progress::ProgressSubscription;
 use super::{NewUpload, Uploads, Writer};
 use crate::error::AppError;
 
@@ -69,7 +69,7 @@ pub enum Wake {
 pub struct SessionUploads {
     uploads: Arc<Uploads>,
     owner: OwnerId,
-    progress: Option<broadcast::Receiver<Control>>,
+    progress: Option<ProgressSubscription>,
     attached: HashMap<UploadId, Attached>,
 }
 
@@ -118,10 +118,10 @@ impl SessionUploads {
             loop {
                 match self.progress.as_mut() {
                     Some(rx) => match rx.recv().await {
-                        Ok(c) => return c,
+                        Some(Ok(c)) => return c,
                         // Progress is a snapshot: skipping some is fine.
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => self.progress = None,
+                        Some(Err(_lagged)) => continue,
+                        None => self.progress = None,
                     },
                     None => std::future::pending::<()>().await,
                 }
@@ -358,6 +358,5 @@ impl SessionUploads {
         }
         self.attached.clear();
         self.progress = None;
-        self.uploads.progress.release(&self.owner);
     }
 }
