@@ -1,15 +1,13 @@
 //! Who is asking: bearer tokens map to owners; without tokens everyone is the local owner.
+//! The HTTP extractor that applies this to a request is `http::owner::Owner`.
 
 use std::collections::BTreeMap;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use outlast_protocol::{ErrorCode, OwnerId};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// Resolves credentials to owners.
 #[derive(Debug, Clone)]
@@ -49,32 +47,5 @@ impl Auth {
             }
         }
         found.ok_or_else(unauthorized)
-    }
-}
-
-/// The authenticated owner of a request: from `Authorization: Bearer <token>`, or from the
-/// `access_token` query parameter for browsers' WebSocket and EventSource, which cannot set headers.
-#[derive(Debug, Clone)]
-pub struct Owner(pub OwnerId);
-
-impl FromRequestParts<AppState> for Owner {
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("access_token="))
-                .filter(|t| !t.is_empty())
-        });
-        state.auth.owner_for(header.or(query)).map(Owner)
     }
 }

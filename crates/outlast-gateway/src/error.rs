@@ -58,9 +58,3 @@ impl IntoResponse for AppError {
         (status, Json(self.body())).into_response()
     }
 }
-
-impl From<crate::store::StoreError> for AppError {
-    fn from(e: crate::store::StoreError) -> Self {
-        AppError::internal(e)
-    }
-}

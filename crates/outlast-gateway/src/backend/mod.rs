@@ -1,18 +1,19 @@
 //! Backends run jobs. One trait; `demo` is built in, `exec` runs a command, more (ComfyUI) plug in.
 
 pub mod comfyui;
+mod context;
 pub mod demo;
 pub mod exec;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use outlast_protocol::{Blob, EventKind, Failure, FailureCode, JobId, JobSpec};
+use outlast_protocol::{Failure, JobSpec, OwnerId, UploadId};
+
+pub use context::{JobContext, JobHandle};
 
 use crate::error::AppError;
-use crate::jobs::Jobs;
 
 /// What happens to a job that was running when the gateway stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,115 +78,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure>;
 }
 
-/// What a running job can see and do.
+/// Resolves a job input (an upload id) to a complete file of the same owner.
+#[async_trait]
+pub trait InputResolver: Send + Sync + std::fmt::Debug + 'static {
+    /// The file of a complete upload; `not_found` for unknown or foreign ids, `input_not_ready`
+    /// for incomplete uploads.
+    async fn resolve(&self, owner: &OwnerId, upload: UploadId) -> Result<InputFile, AppError>;
+}
+
+/// The resolver used until an upload store is configured: no upload exists.
 #[derive(Debug)]
-pub struct JobContext {
-    /// The job.
-    pub job_id: JobId,
-    /// 1 on the first run, higher after restarts.
-    pub attempt: u32,
-    /// The submission.
-    pub spec: Arc<JobSpec>,
-    /// Named inputs.
-    pub inputs: BTreeMap<String, InputFile>,
-    /// A scratch directory for this run, removed afterwards.
-    pub work_dir: PathBuf,
-    /// Names of outputs an earlier attempt already stored (never store them twice).
-    pub existing_outputs: Vec<String>,
-    pub(crate) jobs: Arc<Jobs>,
-}
+pub struct NoUploads;
 
-fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure {
-        code: FailureCode::Internal,
-        message: format!("could not record job progress: {e}"),
-        detail: None,
-    }
-}
-
-impl JobContext {
-    /// The backend's private state stored for this job by an earlier attempt, if any.
-    pub async fn backend_state(&self) -> Result<Option<serde_json::Value>, Failure> {
-        self.jobs
-            .store
-            .backend_state(self.job_id)
-            .await
-            .map_err(internal)
-    }
-
-    /// Stores (durably, before returning) state the backend needs to reattach after a restart.
-    pub async fn save_backend_state(
-        &self,
-        state: Option<serde_json::Value>,
-    ) -> Result<(), Failure> {
-        self.jobs
-            .store
-            .set_backend_state(self.job_id, state)
-            .await
-            .map_err(internal)
-    }
-
-    /// True once the gateway is stopping its runners: the job stays `running` for recovery, so
-    /// a backend must not tear down remote work when its future is dropped now.
-    pub fn shutting_down(&self) -> bool {
-        self.jobs.stopping_runners()
-    }
-
-    /// Stores an event; a job that already ended (canceled meanwhile) stops the backend.
-    async fn emit(&self, kind: EventKind) -> Result<(), Failure> {
-        match self.jobs.emit(self.job_id, kind).await.map_err(internal)? {
-            Some(_) => Ok(()),
-            None => Err(Failure {
-                code: FailureCode::Internal,
-                message: "the job already ended".into(),
-                detail: None,
-            }),
-        }
-    }
-
-    /// Reports step progress.
-    pub async fn progress(
-        &self,
-        value: u64,
-        max: u64,
-        label: Option<String>,
-    ) -> Result<(), Failure> {
-        self.emit(EventKind::Progress { value, max, label }).await
-    }
-
-    /// Sends a small preview image.
-    pub async fn preview(&self, mime: &str, data: Vec<u8>) -> Result<(), Failure> {
-        self.emit(EventKind::Preview {
-            mime: mime.to_owned(),
-            data: Blob(data),
-        })
-        .await
-    }
-
-    /// Stores an output from memory and announces it.
-    pub async fn output_bytes(&self, name: &str, mime: &str, bytes: &[u8]) -> Result<(), Failure> {
-        let info = self
-            .jobs
-            .outputs
-            .put_bytes(self.job_id, name, mime, bytes)
-            .await
-            .map_err(internal)?;
-        self.emit(EventKind::Output(info)).await
-    }
-
-    /// Stores an output from a file (moved into storage) and announces it.
-    pub async fn output_file(
-        &self,
-        name: &str,
-        mime: &str,
-        path: &std::path::Path,
-    ) -> Result<(), Failure> {
-        let info = self
-            .jobs
-            .outputs
-            .put_file(self.job_id, name, mime, path)
-            .await
-            .map_err(internal)?;
-        self.emit(EventKind::Output(info)).await
+#[async_trait]
+impl InputResolver for NoUploads {
+    async fn resolve(&self, _owner: &OwnerId, _upload: UploadId) -> Result<InputFile, AppError> {
+        Err(AppError::not_found("upload"))
     }
 }

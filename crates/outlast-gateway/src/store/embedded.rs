@@ -8,8 +8,10 @@ use outlast_protocol::replay::coalesce;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Created, JobRecord, JobStore, Rejected, StoreError, StreamStart, now_ms};
-use crate::cache::{CacheEntry, CacheKey};
+use super::{
+    CacheEntry, CacheKey, Created, JobRecord, JobStore, Rejected, StoreError, StreamStart,
+};
+use crate::clock::now_ms;
 use crate::hub::Hub;
 
 /// job id (16 bytes) -> JobRecord (MessagePack).

@@ -8,13 +8,16 @@
 //! completed job that answers it) lives here too: a small key-value table (a plain SET there).
 
 pub mod embedded;
+mod index;
 
 use async_trait::async_trait;
 use outlast_protocol::replay::HistoryBounds;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheEntry, CacheKey};
+pub use index::{CacheEntry, CacheKey};
+
+use crate::error::AppError;
 
 /// Everything stored about a job besides its events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,10 +130,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn cache_entry(&self, key: CacheKey) -> Result<Option<CacheEntry>, StoreError>;
 }
 
-/// Current Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        AppError::internal(e)
+    }
 }

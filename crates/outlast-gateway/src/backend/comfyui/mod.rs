@@ -28,10 +28,9 @@ use tokio_util::sync::CancellationToken;
 use self::client::{CallError, FileRef, Incoming, Queued, Server, Socket};
 use self::graph::Graph;
 use self::pool::{Lease, Pool};
-use super::{Backend, JobContext, RestartPolicy};
+use super::{Backend, JobContext, JobHandle, RestartPolicy};
 use crate::config::ComfyConfig;
 use crate::error::AppError;
-use crate::jobs::Jobs;
 use crate::outputs::valid_name;
 
 /// What is stored per running job, to find its prompt after a restart.
@@ -185,7 +184,7 @@ impl ComfyUi {
         let mut guard = CancelGuard {
             server: server.clone(),
             prompt_id: None,
-            jobs: Arc::clone(&ctx.jobs),
+            handle: ctx.handle.clone(),
         };
         let mut socket = None;
         let state = match saved.clone().filter(|s| s.posted) {
@@ -560,7 +559,7 @@ fn guess_mime(name: &str) -> &'static str {
 struct CancelGuard {
     server: Server,
     prompt_id: Option<String>,
-    jobs: Arc<Jobs>,
+    handle: JobHandle,
 }
 
 impl Drop for CancelGuard {
@@ -568,7 +567,7 @@ impl Drop for CancelGuard {
         let Some(prompt_id) = self.prompt_id.take() else {
             return;
         };
-        if self.jobs.stopping_runners() {
+        if self.handle.shutting_down() {
             return;
         }
         let server = self.server.clone();

@@ -1,35 +1,34 @@
-//! The job service: submission (idempotent), cancel, stream access with owner checks, the
-//! scheduler (a fair queue per backend with a concurrency limit) and the job runners.
+//! The job service: submission (idempotent), cancel, stream access with owner checks, restart
+//! recovery and the dispatch loop. The scheduling decisions live in [`scheduler`], the runs in
+//! [`runner`], the queue discipline in [`queue`] and the result cache in [`cache`].
+
+pub mod cache;
+pub mod queue;
+mod runner;
+pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use async_trait::async_trait;
 use outlast_protocol::replay::{self, ReplayPlan};
 use outlast_protocol::{
     ErrorCode, EventKind, Failure, FailureCode, JobEvent, JobId, JobSnapshot, JobSpec, JobState,
-    OwnerId, Seq, UploadId,
+    OwnerId, Seq,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, InputFile, JobContext, RestartPolicy};
-use crate::cache::ResultCache;
+use crate::backend::{Backend, InputResolver, JobHandle, RestartPolicy};
+use crate::clock::now_ms;
 use crate::error::AppError;
+use crate::metrics as m;
 use crate::outputs::OutputStore;
-use crate::queue::FairQueue;
-use crate::store::{Created, JobRecord, JobStore, Rejected, now_ms};
-
-/// Resolves a job input (an upload id) to a complete file of the same owner.
-#[async_trait]
-pub trait InputResolver: Send + Sync + std::fmt::Debug + 'static {
-    /// The file of a complete upload; `not_found` for unknown or foreign ids, `input_not_ready`
-    /// for incomplete uploads.
-    async fn resolve(&self, owner: &OwnerId, upload: UploadId) -> Result<InputFile, AppError>;
-}
+use crate::store::{Created, JobRecord, JobStore};
+use cache::ResultCache;
+use scheduler::Scheduler;
 
 /// What a subscriber gets first.
 #[derive(Debug, Clone)]
@@ -55,29 +54,19 @@ pub struct Submitted {
     pub snapshot: JobSnapshot,
 }
 
-#[derive(Debug, Default)]
-struct Sched {
-    queues: HashMap<&'static str, FairQueue>,
-    running: HashMap<JobId, CancellationToken>,
-    running_per_backend: HashMap<&'static str, usize>,
-    /// The position (and waiting reason) last announced per queued job.
-    positions: HashMap<JobId, (u32, Option<String>)>,
-}
-
 /// The job service. One per gateway process.
 #[derive(Debug)]
 pub struct Jobs {
-    pub(crate) store: Arc<dyn JobStore>,
-    pub(crate) outputs: OutputStore,
+    /// The job store; also what runners store through. `handle.stop_token()` fires when the
+    /// shutdown grace period is over: runners stop and leave their jobs `running`, so restart
+    /// recovery applies to them.
+    handle: JobHandle,
     backends: HashMap<&'static str, Arc<dyn Backend>>,
     inputs: Arc<dyn InputResolver>,
     // A std Mutex: only short, synchronous queue operations happen under it.
-    sched: Mutex<Sched>,
+    sched: Mutex<Scheduler>,
     wake: Arc<Notify>,
     tracker: TaskTracker,
-    /// Fired when the shutdown grace period is over: runners stop and leave their jobs
-    /// `running`, so restart recovery applies to them.
-    stop_runners: CancellationToken,
     work_root: PathBuf,
     cache: ResultCache,
 }
@@ -102,14 +91,12 @@ impl Jobs {
             backend.attach_scheduler(Arc::clone(&wake));
         }
         Self {
-            store,
-            outputs,
+            handle: JobHandle::new(store, outputs, CancellationToken::new()),
             backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
             inputs,
-            sched: Mutex::new(Sched::default()),
+            sched: Mutex::new(Scheduler::default()),
             wake,
             tracker,
-            stop_runners: CancellationToken::new(),
             work_root,
             cache: ResultCache::disabled(),
         }
@@ -121,23 +108,28 @@ impl Jobs {
         self
     }
 
-    fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
+    fn sched(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The job store.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.handle.store
+    }
+
+    /// The output store.
+    pub fn outputs(&self) -> &OutputStore {
+        &self.handle.outputs
     }
 
     /// Appends one event; `Ok(None)` when the job is already terminal (the event is dropped).
     pub async fn emit(&self, job: JobId, kind: EventKind) -> Result<Option<JobEvent>, AppError> {
-        let mut results = self.store.append(vec![(job, kind)]).await?;
-        match results.pop() {
-            Some(Ok(event)) => Ok(Some(event)),
-            Some(Err(Rejected::AlreadyTerminal)) => Ok(None),
-            Some(Err(Rejected::UnknownJob)) | None => Err(AppError::not_found("job")),
-        }
+        self.handle.emit(job, kind).await
     }
 
     /// The record of `job` if `owner` owns it; `not_found` otherwise (also for foreign jobs).
     pub async fn owned(&self, owner: &OwnerId, job: JobId) -> Result<JobRecord, AppError> {
-        match self.store.get(job).await? {
+        match self.handle.store.get(job).await? {
             Some(record) if &record.owner == owner => Ok(record),
             _ => Err(AppError::not_found("job")),
         }
@@ -168,17 +160,18 @@ impl Jobs {
         }
         let digest = spec_digest(&spec);
         match self
+            .handle
             .store
             .create(owner.clone(), spec, digest, now_ms())
             .await?
         {
             Created::New(record) => {
                 let job_id = record.snapshot.job_id;
-                metrics::counter!("outlast_jobs_submitted_total", "backend" => backend.name())
-                    .increment(1);
+                metrics::counter!(m::JOBS_SUBMITTED, "backend" => backend.name()).increment(1);
+                let (store, outputs) = (&*self.handle.store, &self.handle.outputs);
                 let cached = self
                     .cache
-                    .answer(&*self.store, &self.outputs, &*backend, &record, &inputs)
+                    .answer(store, outputs, &*backend, &record, &inputs)
                     .await;
                 if let Some(snapshot) = cached {
                     return Ok(Submitted {
@@ -187,11 +180,7 @@ impl Jobs {
                         snapshot,
                     });
                 }
-                self.sched()
-                    .queues
-                    .entry(backend.name())
-                    .or_default()
-                    .push(owner.clone(), job_id);
+                self.sched().enqueue(backend.name(), owner.clone(), job_id);
                 self.wake.notify_one();
                 Ok(Submitted {
                     job_id,
@@ -217,17 +206,8 @@ impl Jobs {
         if record.snapshot.state.is_terminal() {
             return Ok(record.snapshot.state);
         }
-        let backend = record.spec.backend.as_str();
-        {
-            let mut sched = self.sched();
-            if let Some(queue) = sched.queues.get_mut(backend) {
-                queue.remove(owner, job);
-            }
-            sched.positions.remove(&job);
-            if let Some(token) = sched.running.get(&job) {
-                token.cancel();
-            }
-        }
+        self.sched()
+            .cancel(record.spec.backend.as_str(), owner, job);
         self.wake.notify_one();
         match self
             .emit(
@@ -254,6 +234,7 @@ impl Jobs {
         after: Option<Seq>,
     ) -> Result<StreamOpen, AppError> {
         let start = self
+            .handle
             .store
             .stream_start(job, after.unwrap_or(Seq::ZERO))
             .await?
@@ -279,7 +260,7 @@ impl Jobs {
     /// Rebuilds the queue after a start: queued jobs wait again; running jobs are re-run or
     /// failed according to their backend's [`RestartPolicy`].
     pub async fn recover(&self) -> Result<(), AppError> {
-        for record in self.store.unfinished().await? {
+        for record in self.handle.store.unfinished().await? {
             let job = record.snapshot.job_id;
             let Some(backend) = self.backends.get(record.spec.backend.as_str()).cloned() else {
                 let failure = Failure {
@@ -335,11 +316,10 @@ impl Jobs {
                 }
             }
             let mut sched = self.sched();
-            let queue = sched.queues.entry(backend.name()).or_default();
             if first_in_line {
-                queue.push_front(record.owner.clone(), job);
+                sched.enqueue_front(backend.name(), record.owner.clone(), job);
             } else {
-                queue.push(record.owner.clone(), job);
+                sched.enqueue(backend.name(), record.owner.clone(), job);
             }
         }
         Ok(())
@@ -347,12 +327,12 @@ impl Jobs {
 
     /// True once runners are being stopped for shutdown.
     pub fn stopping_runners(&self) -> bool {
-        self.stop_runners.is_cancelled()
+        self.handle.shutting_down()
     }
 
     /// Cancels runners at once (used after the grace period, and by tests).
     pub fn stop_runners_now(&self) {
-        self.stop_runners.cancel();
+        self.handle.stop_token().cancel();
     }
 
     /// Announces queue positions and starts jobs in free slots, until `shutdown`.
@@ -366,10 +346,13 @@ impl Jobs {
             }
             let started = self.take_startable();
             let any = !started.is_empty();
-            for (job, backend, token) in started {
+            for start in started {
+                let Some(backend) = self.backends.get(start.backend).cloned() else {
+                    continue;
+                };
                 let this = Arc::clone(&self);
                 self.tracker
-                    .spawn(async move { this.run_job(job, backend, token).await });
+                    .spawn(async move { this.run_job(start.job, backend, start.token).await });
             }
             if any {
                 continue;
@@ -382,186 +365,32 @@ impl Jobs {
     }
 
     async fn announce_positions(&self) -> Result<(), AppError> {
-        let changes: Vec<(JobId, EventKind)> = {
-            let mut sched = self.sched();
-            let mut changes = Vec::new();
-            let orders: Vec<(&'static str, Vec<JobId>)> =
-                sched.queues.iter().map(|(b, q)| (*b, q.order())).collect();
-            for (backend, order) in orders {
-                metrics::gauge!("outlast_queue_depth", "backend" => backend)
-                    .set(order.len() as f64);
-                let reason = self.backends.get(backend).and_then(|b| b.unavailable());
-                for (i, job) in order.into_iter().enumerate() {
-                    let now = (u32::try_from(i).unwrap_or(u32::MAX), reason.clone());
-                    if sched.positions.get(&job) != Some(&now) {
-                        sched.positions.insert(job, now.clone());
-                        changes.push((
-                            job,
-                            EventKind::Queued {
-                                position: now.0,
-                                reason: now.1,
-                            },
-                        ));
-                    }
-                }
-            }
-            changes
-        };
+        let scheduler::Places {
+            changed: changes,
+            depths,
+        } = self
+            .sched()
+            .place_changes(|b| self.backends.get(b).and_then(|b| b.unavailable()));
+        for (backend, depth) in depths {
+            metrics::gauge!(m::QUEUE_DEPTH, "backend" => backend).set(depth as f64);
+        }
         if !changes.is_empty() {
-            self.store.append(changes).await?;
+            let batch = changes
+                .into_iter()
+                .map(|(job, (position, reason))| (job, EventKind::Queued { position, reason }))
+                .collect();
+            self.handle.store.append(batch).await?;
         }
         Ok(())
     }
 
-    fn take_startable(&self) -> Vec<(JobId, Arc<dyn Backend>, CancellationToken)> {
-        let mut sched = self.sched();
-        let mut started = Vec::new();
-        for backend in self.backends.values() {
-            loop {
-                let running = sched
-                    .running_per_backend
-                    .get(backend.name())
-                    .copied()
-                    .unwrap_or(0);
-                if running >= backend.concurrency() {
-                    break;
-                }
-                let Some((_, job)) = sched
-                    .queues
-                    .get_mut(backend.name())
-                    .and_then(FairQueue::pop)
-                else {
-                    break;
-                };
-                let token = self.stop_runners.child_token();
-                sched.running.insert(job, token.clone());
-                sched.positions.remove(&job);
-                *sched.running_per_backend.entry(backend.name()).or_default() += 1;
-                started.push((job, Arc::clone(backend), token));
-            }
-        }
-        started
-    }
-
-    async fn run_job(
-        self: Arc<Self>,
-        job: JobId,
-        backend: Arc<dyn Backend>,
-        cancel: CancellationToken,
-    ) {
-        let name = backend.name();
-        metrics::gauge!("outlast_jobs_running", "backend" => name).increment(1.0);
-        if let Err(e) = Arc::clone(&self).run_job_inner(job, backend, &cancel).await {
-            tracing::error!(%job, error = %e, "job runner failed");
-        }
-        metrics::gauge!("outlast_jobs_running", "backend" => name).decrement(1.0);
-        {
-            let mut sched = self.sched();
-            sched.running.remove(&job);
-            if let Some(n) = sched.running_per_backend.get_mut(name) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        self.wake.notify_one();
-    }
-
-    async fn run_job_inner(
-        self: Arc<Self>,
-        job: JobId,
-        backend: Arc<dyn Backend>,
-        cancel: &CancellationToken,
-    ) -> Result<(), AppError> {
-        let record = self
-            .store
-            .get(job)
-            .await?
-            .ok_or_else(|| AppError::not_found("job"))?;
-        let attempt = record.snapshot.attempt + 1;
-        if self
-            .emit(job, EventKind::Started { attempt })
-            .await?
-            .is_none()
-        {
-            return Ok(()); // canceled before it started
-        }
-        tracing::info!(%job, backend = backend.name(), attempt, "job started");
-        let mut inputs = BTreeMap::new();
-        for (name, upload) in &record.spec.inputs {
-            match self.inputs.resolve(&record.owner, *upload).await {
-                Ok(file) => {
-                    inputs.insert(name.clone(), file);
-                }
-                Err(e) => {
-                    let failure = Failure {
-                        code: FailureCode::BackendError,
-                        message: format!("input {name:?} is no longer available: {}", e.message),
-                        detail: None,
-                    };
-                    self.emit(job, EventKind::Failed(failure)).await?;
-                    self.finished(&record, JobState::Failed);
-                    return Ok(());
-                }
-            }
-        }
-        let work_dir = self.work_root.join(format!("{job}-{attempt}"));
-        tokio::fs::create_dir_all(&work_dir)
-            .await
-            .map_err(AppError::internal)?;
-        let ctx = JobContext {
-            job_id: job,
-            attempt,
-            spec: Arc::new(record.spec.clone()),
-            inputs,
-            work_dir: work_dir.clone(),
-            existing_outputs: record
-                .snapshot
-                .outputs
-                .iter()
-                .map(|o| o.name.clone())
-                .collect(),
-            jobs: Arc::clone(&self),
-        };
-        let outcome = tokio::select! {
-            r = backend.run(&ctx) => Some(r),
-            // Cancel already stored `canceled`; shutdown leaves the job `running` for recovery.
-            () = cancel.cancelled() => None,
-        };
-        drop(ctx);
-        let _ = tokio::fs::remove_dir_all(&work_dir).await;
-        let (kind, state) = match outcome {
-            None => return Ok(()),
-            Some(Ok(())) => (EventKind::Completed { cached: false }, JobState::Completed),
-            Some(Err(failure)) => (EventKind::Failed(failure), JobState::Failed),
-        };
-        if state == JobState::Completed {
-            let (store, inputs) = (&*self.store, &*self.inputs);
-            self.cache.remember(store, inputs, &*backend, &record).await;
-        }
-        if self.emit(job, kind).await?.is_some() {
-            if let Err(e) = self.store.set_backend_state(job, None).await {
-                tracing::warn!(%job, error = %e, "could not clear the backend state");
-            }
-            tracing::info!(%job, state = state.as_str(), "job finished");
-            self.finished(&record, state);
-        }
-        Ok(())
-    }
-
-    fn finished(&self, record: &JobRecord, state: JobState) {
-        let backend = record.spec.backend.clone();
-        let secs = now_ms().saturating_sub(record.snapshot.created_at_ms) as f64 / 1000.0;
-        metrics::counter!("outlast_jobs_finished_total", "backend" => backend.clone(), "state" => state.as_str()).increment(1);
-        metrics::histogram!("outlast_job_duration_seconds", "backend" => backend).record(secs);
-    }
-}
-
-/// The resolver used until an upload store is configured: no upload exists.
-#[derive(Debug)]
-pub struct NoUploads;
-
-#[async_trait]
-impl InputResolver for NoUploads {
-    async fn resolve(&self, _owner: &OwnerId, _upload: UploadId) -> Result<InputFile, AppError> {
-        Err(AppError::not_found("upload"))
+    fn take_startable(&self) -> Vec<scheduler::Start> {
+        let slots: Vec<(&'static str, usize)> = self
+            .backends
+            .values()
+            .map(|b| (b.name(), b.concurrency()))
+            .collect();
+        let stop = self.handle.stop_token().clone();
+        self.sched().take_startable(&slots, || stop.child_token())
     }
 }

@@ -16,11 +16,12 @@ use outlast_protocol::tus::{self as rules, ChecksumAlgorithm, Concat, Length, Tu
 use outlast_protocol::upload::UploadState;
 use outlast_protocol::{ErrorBody, ErrorCode, OwnerId, UploadId};
 
-use super::store::UploadRecord;
-use super::{CHECKPOINT_BYTES, NewUpload, Uploads, Writer};
-use crate::auth::Owner;
+use super::owner::Owner;
+use super::state::AppState;
 use crate::error::AppError;
-use crate::state::AppState;
+use crate::metrics as m;
+use crate::upload::store::UploadRecord;
+use crate::upload::{CHECKPOINT_BYTES, NewUpload, Uploads, Writer};
 
 /// Bytes collected from the body before one write is handed to the disk thread.
 const WRITE_BATCH: usize = 1 << 20;
@@ -655,7 +656,7 @@ async fn receive_body(
         let got = w.finish_chunk().await.map_err(Reply::from)?;
         if got.as_deref() != Some(expected.as_slice()) {
             w.discard().await.map_err(Reply::from)?;
-            metrics::counter!("outlast_upload_checksum_mismatches_total").increment(1);
+            metrics::counter!(m::UPLOAD_CHECKSUM_MISMATCHES).increment(1);
             return Err(Reply::error(
                 460,
                 ErrorCode::ChecksumMismatch,
@@ -663,7 +664,7 @@ async fn receive_body(
             ));
         }
     }
-    metrics::counter!("outlast_upload_bytes_total", "transport" => "tus")
+    metrics::counter!(m::UPLOAD_BYTES, "transport" => "tus")
         .increment(w.received() - w.record().offset);
     let record = w.commit().await.map_err(Reply::from)?;
     match refused {

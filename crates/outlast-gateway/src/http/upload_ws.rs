@@ -19,9 +19,10 @@ use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{ErrorCode, Offset, OwnerId, UploadId};
 use tokio::time::Instant;
 
-use super::progress::ProgressSubscription;
-use super::{NewUpload, Uploads, Writer};
 use crate::error::AppError;
+use crate::metrics as m;
+use crate::upload::progress::ProgressSubscription;
+use crate::upload::{NewUpload, Uploads, Writer};
 
 /// Acknowledge (fsync + commit) after this many unacknowledged bytes.
 pub const SYNC_BYTES: u64 = 4 << 20;
@@ -207,7 +208,12 @@ impl SessionUploads {
             .ok_or_else(|| AppError::internal("attached upload vanished"))
     }
 
-    fn status(&self, req: Option<u64>, r: &super::store::UploadRecord, dedup: bool) -> ServerMsg {
+    fn status(
+        &self,
+        req: Option<u64>,
+        r: &crate::upload::store::UploadRecord,
+        dedup: bool,
+    ) -> ServerMsg {
         Control::UploadStatus {
             req,
             upload: self.uploads.info(r),
@@ -258,7 +264,7 @@ impl SessionUploads {
         length: Option<u64>,
         metadata: std::collections::BTreeMap<String, String>,
         sha256: Option<String>,
-    ) -> Result<(super::store::UploadRecord, bool), AppError> {
+    ) -> Result<(crate::upload::store::UploadRecord, bool), AppError> {
         let metadata =
             Metadata::from_text(&metadata).map_err(|e| AppError::invalid(e.to_string()))?;
         let declared = match sha256 {
@@ -336,7 +342,7 @@ impl SessionUploads {
             self.attached.remove(&id);
             return out;
         }
-        metrics::counter!("outlast_upload_bytes_total", "transport" => "ws").increment(len);
+        metrics::counter!(m::UPLOAD_BYTES, "transport" => "ws").increment(len);
         let now = Instant::now();
         a.last_chunk = now;
         a.unsynced_since.get_or_insert(now);

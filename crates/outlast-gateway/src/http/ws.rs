@@ -20,10 +20,11 @@ use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::auth::Owner;
+use super::owner::Owner;
+use super::state::AppState;
 use crate::error::AppError;
 use crate::hub::{JobSubscription, Published};
-use crate::state::AppState;
+use crate::metrics as m;
 
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 1024;
@@ -88,10 +89,10 @@ pub async fn handler(
         // The upgraded connection escapes axum's graceful shutdown; this token keeps the
         // shutdown waiting for it.
         let _alive = state.tracker.token();
-        metrics::gauge!("outlast_ws_connections").increment(1.0);
-        metrics::counter!("outlast_ws_connections_total").increment(1);
+        metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
+        metrics::counter!(m::WS_CONNECTIONS_TOTAL).increment(1);
         Session::run(state, owner, codec, socket).await;
-        metrics::gauge!("outlast_ws_connections").decrement(1.0);
+        metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
     })
 }
 
@@ -115,12 +116,12 @@ struct Session {
     /// The newest sequence number sent per subscribed job.
     last_sent: HashMap<JobId, Seq>,
     /// Uploads written over this connection, and the owner's upload progress.
-    uploads: crate::upload::ws::SessionUploads,
+    uploads: super::upload_ws::SessionUploads,
 }
 
 impl Session {
     async fn run(state: AppState, owner: OwnerId, codec: Codec, socket: WebSocket) {
-        let uploads = crate::upload::ws::SessionUploads::new(state.uploads.clone(), owner.clone());
+        let uploads = super::upload_ws::SessionUploads::new(state.uploads.clone(), owner.clone());
         let mut session = Session {
             uploads,
             state,
@@ -191,7 +192,7 @@ impl Session {
                         Some(Ok(Message::Close(_))) => return End::Close(close::NORMAL, ""),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(Message::Text(text))) => Box::pin(self.handle_frame(text.as_bytes(), true)).await,
-                        Some(Ok(Message::Binary(bytes))) if crate::upload::ws::is_data(&bytes) => {
+                        Some(Ok(Message::Binary(bytes))) if super::upload_ws::is_data(&bytes) => {
                             let out = self.uploads.data(bytes).await;
                             self.send_all(out).await
                         }
@@ -207,7 +208,7 @@ impl Session {
                     match keepalive.poll(Instant::now().into_std()) {
                         Some(KeepaliveAction::Ping) => Box::pin(self.ping()).await,
                         Some(KeepaliveAction::TimedOut) => {
-                            metrics::counter!("outlast_ws_ping_timeouts_total").increment(1);
+                            metrics::counter!(m::WS_PING_TIMEOUTS).increment(1);
                             return End::Close(close::PING_TIMEOUT, "no pong received in time");
                         }
                         None => Ok(()),
@@ -215,7 +216,7 @@ impl Session {
                 }
             };
             if step.is_err() {
-                metrics::counter!("outlast_ws_slow_consumers_total").increment(1);
+                metrics::counter!(m::WS_SLOW_CONSUMERS).increment(1);
                 tracing::info!(owner = %self.owner, "closing a connection that does not keep up");
                 return End::Abort;
             }
@@ -282,8 +283,7 @@ impl Session {
         {
             Ok(msg) => msg,
             Err((e, req)) => {
-                metrics::counter!("outlast_ws_bad_messages_total", "code" => e.code().as_str())
-                    .increment(1);
+                metrics::counter!(m::WS_BAD_MESSAGES, "code" => e.code().as_str()).increment(1);
                 return self.error(req, e.code(), e.to_string()).await;
             }
         };
@@ -361,7 +361,7 @@ impl Session {
             Err(e) => return self.error(req, e.code, e.message).await,
         };
         if after.is_some() {
-            metrics::counter!("outlast_ws_resumes_total", "recovered" => if open.recovered { "true" } else { "false" })
+            metrics::counter!(m::WS_RESUMES, "recovered" => if open.recovered { "true" } else { "false" })
                 .increment(1);
         }
         let mut last = open

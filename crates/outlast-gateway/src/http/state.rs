@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,7 +14,7 @@ use crate::jobs::Jobs;
 use crate::upload::Uploads;
 
 /// Shared state of the gateway; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRef)]
 pub struct AppState {
     /// Validated configuration.
     pub config: Arc<Config>,

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use crate::auth::Owner;
+use super::owner::Owner;
+use super::state::AppState;
 use crate::error::AppError;
-use crate::state::AppState;
 
 /// Parses a job id from a path; malformed ids are simply unknown.
 pub fn parse_job(id: &str) -> Result<JobId, AppError> {
@@ -212,7 +212,7 @@ pub async fn output(
         .ok_or_else(|| AppError::not_found("output"))?;
     let path = state
         .jobs
-        .outputs
+        .outputs()
         .path(job, &name)
         .ok_or_else(|| AppError::not_found("output"))?;
     let etag = format!("\"{}\"", info.sha256);

@@ -18,11 +18,11 @@ use futures::{Stream, StreamExt};
 use outlast_protocol::{JobEvent, JobId, JobSnapshot, OwnerId, Seq};
 use serde::Deserialize;
 
-use crate::api::parse_job;
-use crate::auth::Owner;
+use super::api::parse_job;
+use super::owner::Owner;
+use super::state::AppState;
 use crate::error::AppError;
 use crate::hub::JobSubscription;
-use crate::state::AppState;
 
 /// Query of the SSE endpoint.
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,101 @@
+//! The HTTP surface: the router ([`app`]) over an [`AppState`], and one module per endpoint
+//! family. Handlers are thin: they parse, ask the services (`jobs`, `upload`) and answer; the
+//! protocol decisions come from `outlast-protocol`.
+
+pub mod api;
+pub mod owner;
+pub mod sse;
+pub mod state;
+pub mod tus;
+pub mod upload_ws;
+pub mod ws;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower_http::cors::{Any, CorsLayer};
+
+pub use state::AppState;
+
+use crate::metrics as m;
+
+/// The demo page, embedded in the binary.
+const DEMO_PAGE: &str = include_str!("../../../../web/index.html");
+
+/// The router. Tests may call it directly with a state of their own.
+pub fn app(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+        .expose_headers(
+            [header::LOCATION, header::ETAG, header::CONTENT_RANGE]
+                .into_iter()
+                .chain(
+                    tus::EXPOSED_HEADERS
+                        .iter()
+                        .map(|h| header::HeaderName::from_static(h)),
+                )
+                .collect::<Vec<_>>(),
+        );
+    Router::new()
+        .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/ws", get(ws::handler))
+        .route("/v1/jobs", axum::routing::post(api::submit))
+        .route("/v1/jobs/{id}", get(api::get_job).delete(api::cancel))
+        .route("/v1/jobs/{id}/events", get(sse::events))
+        .route("/v1/jobs/{id}/poll", get(api::poll))
+        .route("/v1/jobs/{id}/outputs/{name}", get(api::output))
+        .route("/v1/uploads", axum::routing::any(tus::collection))
+        .route("/v1/uploads/{id}", axum::routing::any(tus::item))
+        .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
+        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tus::plain_options,
+        ))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match state
+        .jobs
+        .store()
+        .get(outlast_protocol::JobId::random())
+        .await
+    {
+        Ok(_) => "ready".into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!(m::LIVE_JOB_CHANNELS).set(state.hub.channel_count() as f64);
+    match &state.metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            let mut r = handle.render().into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,251 @@
+//! The scheduler's state and decisions, without I/O: which jobs wait where (a [`FairQueue`] per
+//! backend), which run, which positions changed since they were last announced, and which jobs
+//! may start in the free slots. The job service drives it under a short std lock and does the
+//! storing and spawning itself.
+
+use std::collections::HashMap;
+
+use outlast_protocol::{JobId, OwnerId};
+use tokio_util::sync::CancellationToken;
+
+use super::queue::FairQueue;
+
+/// A queued job's place as announced to its subscribers: position and waiting reason.
+pub type Place = (u32, Option<String>);
+
+/// What [`Scheduler::place_changes`] found: places to announce, and each queue's depth.
+#[derive(Debug, Default, PartialEq)]
+pub struct Places {
+    /// Jobs whose place changed since it was last announced.
+    pub changed: Vec<(JobId, Place)>,
+    /// Jobs waiting per backend.
+    pub depths: Vec<(&'static str, usize)>,
+}
+
+/// A job the scheduler decided to start.
+#[derive(Debug)]
+pub struct Start {
+    /// The job.
+    pub job: JobId,
+    /// Its backend.
+    pub backend: &'static str,
+    /// Fires when this run must stop (cancel or shutdown).
+    pub token: CancellationToken,
+}
+
+/// Queues, running jobs and announced positions.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    queues: HashMap<&'static str, FairQueue>,
+    running: HashMap<JobId, CancellationToken>,
+    running_per_backend: HashMap<&'static str, usize>,
+    /// The place last announced per queued job.
+    announced: HashMap<JobId, Place>,
+}
+
+impl Scheduler {
+    /// Queues `job` at the end of its owner's line.
+    pub fn enqueue(&mut self, backend: &'static str, owner: OwnerId, job: JobId) {
+        self.queues.entry(backend).or_default().push(owner, job);
+    }
+
+    /// Queues `job` first in line (a job that resumes after a restart).
+    pub fn enqueue_front(&mut self, backend: &'static str, owner: OwnerId, job: JobId) {
+        self.queues
+            .entry(backend)
+            .or_default()
+            .push_front(owner, job);
+    }
+
+    /// True when `job` waits in the queue of `backend`.
+    pub fn is_queued(&self, backend: &str, job: JobId) -> bool {
+        self.queues
+            .get(backend)
+            .is_some_and(|q| q.order().contains(&job))
+    }
+
+    /// True when `job` is running.
+    pub fn is_running(&self, job: JobId) -> bool {
+        self.running.contains_key(&job)
+    }
+
+    /// Takes `job` out of its queue and stops its run, if it has one (cancel).
+    pub fn cancel(&mut self, backend: &str, owner: &OwnerId, job: JobId) {
+        if let Some(queue) = self.queues.get_mut(backend) {
+            queue.remove(owner, job);
+        }
+        self.announced.remove(&job);
+        if let Some(token) = self.running.get(&job) {
+            token.cancel();
+        }
+    }
+
+    /// The places that changed since they were last announced (and marks them announced), and
+    /// the depth of every queue. `reason` says why a backend cannot start anything now.
+    pub fn place_changes(&mut self, reason: impl Fn(&str) -> Option<String>) -> Places {
+        let mut changes = Vec::new();
+        let mut depths = Vec::new();
+        for (backend, queue) in &self.queues {
+            let order = queue.order();
+            depths.push((*backend, order.len()));
+            let why = reason(backend);
+            for (i, job) in order.into_iter().enumerate() {
+                let place = (u32::try_from(i).unwrap_or(u32::MAX), why.clone());
+                if self.announced.get(&job) != Some(&place) {
+                    self.announced.insert(job, place.clone());
+                    changes.push((job, place));
+                }
+            }
+        }
+        Places {
+            changed: changes,
+            depths,
+        }
+    }
+
+    /// Starts as many queued jobs as the backends' free slots allow. `slots` lists each backend
+    /// with its concurrency; `token` makes the stop token of each run.
+    pub fn take_startable(
+        &mut self,
+        slots: &[(&'static str, usize)],
+        mut token: impl FnMut() -> CancellationToken,
+    ) -> Vec<Start> {
+        let mut started = Vec::new();
+        for &(backend, concurrency) in slots {
+            loop {
+                let running = self.running_per_backend.get(backend).copied().unwrap_or(0);
+                if running >= concurrency {
+                    break;
+                }
+                let Some((_, job)) = self.queues.get_mut(backend).and_then(FairQueue::pop) else {
+                    break;
+                };
+                let token = token();
+                self.running.insert(job, token.clone());
+                self.announced.remove(&job);
+                *self.running_per_backend.entry(backend).or_default() += 1;
+                started.push(Start {
+                    job,
+                    backend,
+                    token,
+                });
+            }
+        }
+        started
+    }
+
+    /// A run of `job` on `backend` ended; its slot is free.
+    pub fn finished(&mut self, backend: &str, job: JobId) {
+        self.running.remove(&job);
+        if let Some(n) = self.running_per_backend.get_mut(backend) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(name: &str) -> OwnerId {
+        name.parse().expect("owner")
+    }
+
+    fn jobs(n: usize) -> Vec<JobId> {
+        (0..n).map(|_| JobId::random()).collect()
+    }
+
+    fn started(s: &mut Scheduler, slots: &[(&'static str, usize)]) -> Vec<JobId> {
+        s.take_startable(slots, CancellationToken::new)
+            .into_iter()
+            .map(|st| st.job)
+            .collect()
+    }
+
+    #[test]
+    fn slots_limit_what_starts_and_owners_take_turns() {
+        let mut s = Scheduler::default();
+        let j = jobs(4);
+        s.enqueue("demo", owner("alice"), j[0]);
+        s.enqueue("demo", owner("alice"), j[1]);
+        s.enqueue("demo", owner("bob"), j[2]);
+        s.enqueue("demo", owner("bob"), j[3]);
+        assert_eq!(started(&mut s, &[("demo", 2)]), vec![j[0], j[2]]);
+        assert_eq!(started(&mut s, &[("demo", 2)]), Vec::<JobId>::new(), "full");
+        s.finished("demo", j[0]);
+        assert_eq!(started(&mut s, &[("demo", 2)]), vec![j[1]]);
+        assert!(s.is_running(j[1]) && !s.is_running(j[0]));
+        assert!(s.is_queued("demo", j[3]));
+    }
+
+    #[test]
+    fn places_are_announced_once_per_change() {
+        let mut s = Scheduler::default();
+        let j = jobs(3);
+        for job in &j {
+            s.enqueue("demo", owner("alice"), *job);
+        }
+        let none = |_: &str| None;
+        let Places {
+            changed: changes,
+            depths,
+        } = s.place_changes(none);
+        assert_eq!(
+            changes,
+            vec![(j[0], (0, None)), (j[1], (1, None)), (j[2], (2, None))]
+        );
+        assert_eq!(depths, vec![("demo", 3)]);
+        assert!(s.place_changes(none).changed.is_empty(), "nothing moved");
+        assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
+        let changes = s.place_changes(none).changed;
+        assert_eq!(changes, vec![(j[1], (0, None)), (j[2], (1, None))]);
+        // A reason appearing is a change even where the position stays.
+        let down = |_: &str| Some("no server".to_owned());
+        let changes = s.place_changes(down).changed;
+        assert_eq!(changes.len(), 2);
+        assert!(
+            changes
+                .iter()
+                .all(|(_, p)| p.1.as_deref() == Some("no server"))
+        );
+    }
+
+    #[test]
+    fn cancel_removes_a_queued_job_and_stops_a_running_one() {
+        let mut s = Scheduler::default();
+        let j = jobs(2);
+        s.enqueue("demo", owner("alice"), j[0]);
+        s.enqueue("demo", owner("alice"), j[1]);
+        let run = s.take_startable(&[("demo", 1)], CancellationToken::new);
+        let token = run[0].token.clone();
+        s.cancel("demo", &owner("alice"), j[0]);
+        assert!(token.is_cancelled());
+        s.cancel("demo", &owner("alice"), j[1]);
+        assert!(!s.is_queued("demo", j[1]));
+        s.finished("demo", j[0]);
+        assert!(started(&mut s, &[("demo", 1)]).is_empty());
+    }
+
+    #[test]
+    fn a_resumed_job_goes_first_in_line() {
+        let mut s = Scheduler::default();
+        let j = jobs(2);
+        s.enqueue("comfyui", owner("alice"), j[0]);
+        s.enqueue_front("comfyui", owner("bob"), j[1]);
+        assert_eq!(started(&mut s, &[("comfyui", 1)]), vec![j[1]]);
+    }
+
+    #[test]
+    fn each_backend_has_its_own_slots() {
+        let mut s = Scheduler::default();
+        let j = jobs(3);
+        s.enqueue("demo", owner("alice"), j[0]);
+        s.enqueue("exec", owner("alice"), j[1]);
+        s.enqueue("exec", owner("alice"), j[2]);
+        let mut got = started(&mut s, &[("demo", 1), ("exec", 1)]);
+        got.sort_unstable_by_key(|j| j.to_string());
+        let mut want = vec![j[0], j[1]];
+        want.sort_unstable_by_key(|j| j.to_string());
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,150 @@
+//! Every metric the gateway records: its name as a constant, its kind and labels, and the
+//! description `/metrics` shows (registered once at start-up by [`describe`]). Code records
+//! metrics only through these names, so this file is the complete list (docs/operations.md
+//! mirrors it).
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Counter `{backend}`: jobs accepted (cached answers included).
+pub const JOBS_SUBMITTED: &str = "outlast_jobs_submitted_total";
+/// Counter `{backend, state}`: runs that ended (completed, failed, canceled).
+pub const JOBS_FINISHED: &str = "outlast_jobs_finished_total";
+/// Histogram `{backend}`: seconds from submission to the end of a run.
+pub const JOB_DURATION: &str = "outlast_job_duration_seconds";
+/// Gauge `{backend}`: jobs waiting in the queue.
+pub const QUEUE_DEPTH: &str = "outlast_queue_depth";
+/// Gauge `{backend}`: jobs running now.
+pub const JOBS_RUNNING: &str = "outlast_jobs_running";
+/// Counter `{backend}`: submissions answered from the result cache.
+pub const CACHE_HITS: &str = "outlast_cache_hits_total";
+/// Counter `{backend}`: cache lookups that found nothing usable.
+pub const CACHE_MISSES: &str = "outlast_cache_misses_total";
+/// Gauge: open WebSocket sessions.
+pub const WS_CONNECTIONS: &str = "outlast_ws_connections";
+/// Counter: WebSocket sessions ever opened.
+pub const WS_CONNECTIONS_TOTAL: &str = "outlast_ws_connections_total";
+/// Counter `{recovered}`: subscriptions that resumed a stream from a position.
+pub const WS_RESUMES: &str = "outlast_ws_resumes_total";
+/// Counter: sessions closed because the peer stopped answering pings.
+pub const WS_PING_TIMEOUTS: &str = "outlast_ws_ping_timeouts_total";
+/// Counter: sessions closed because a write could not complete in time.
+pub const WS_SLOW_CONSUMERS: &str = "outlast_ws_slow_consumers_total";
+/// Counter `{code}`: client messages refused as malformed, unknown or invalid.
+pub const WS_BAD_MESSAGES: &str = "outlast_ws_bad_messages_total";
+/// Gauge: jobs with at least one live subscriber.
+pub const LIVE_JOB_CHANNELS: &str = "outlast_live_job_channels";
+/// Counter `{transport}`: upload bytes received and stored (tus, ws).
+pub const UPLOAD_BYTES: &str = "outlast_upload_bytes_total";
+/// Counter: tus chunks refused because their checksum did not match.
+pub const UPLOAD_CHECKSUM_MISMATCHES: &str = "outlast_upload_checksum_mismatches_total";
+/// Counter: uploads refused because the disk would fall below its reserve.
+pub const UPLOAD_DISK_REFUSALS: &str = "outlast_upload_disk_refusals_total";
+/// Counter: uploads answered by an existing upload with the same sha256.
+pub const UPLOAD_DEDUP_HITS: &str = "outlast_upload_dedup_hits_total";
+/// Counter: uploads created.
+pub const UPLOADS_CREATED: &str = "outlast_uploads_created_total";
+/// Counter `{verified}`: uploads completed (`ok`, or `mismatch` with a declared sha256).
+pub const UPLOADS_COMPLETED: &str = "outlast_uploads_completed_total";
+/// Counter: uploads removed by garbage collection after expiry.
+pub const UPLOADS_EXPIRED: &str = "outlast_uploads_expired_total";
+/// Gauge `{server}`: 1 while a ComfyUI server is in rotation, 0 while it is out.
+pub const COMFYUI_SERVER_UP: &str = "outlast_comfyui_server_up";
+/// Counter: ComfyUI WebSocket reconnects.
+pub const COMFYUI_RECONNECTS: &str = "outlast_comfyui_reconnects_total";
+/// Counter: reconciliations of a prompt from ComfyUI's history and queue.
+pub const COMFYUI_RECONCILIATIONS: &str = "outlast_comfyui_reconciliations_total";
+
+/// Every metric: name and description (a test checks the list covers the constants above).
+pub const ALL: &[(&str, &str)] = &[
+    (JOBS_SUBMITTED, "Jobs accepted, cached answers included"),
+    (JOBS_FINISHED, "Job runs that ended, by final state"),
+    (JOB_DURATION, "Seconds from submission to the end of a run"),
+    (QUEUE_DEPTH, "Jobs waiting in the queue"),
+    (JOBS_RUNNING, "Jobs running now"),
+    (CACHE_HITS, "Submissions answered from the result cache"),
+    (
+        CACHE_MISSES,
+        "Result cache lookups that found nothing usable",
+    ),
+    (WS_CONNECTIONS, "Open WebSocket sessions"),
+    (WS_CONNECTIONS_TOTAL, "WebSocket sessions ever opened"),
+    (
+        WS_RESUMES,
+        "Subscriptions that resumed a stream from a position",
+    ),
+    (
+        WS_PING_TIMEOUTS,
+        "Sessions closed because pings went unanswered",
+    ),
+    (
+        WS_SLOW_CONSUMERS,
+        "Sessions closed because a write did not complete in time",
+    ),
+    (WS_BAD_MESSAGES, "Client messages refused, by error code"),
+    (LIVE_JOB_CHANNELS, "Jobs with at least one live subscriber"),
+    (
+        UPLOAD_BYTES,
+        "Upload bytes received and stored, by transport",
+    ),
+    (
+        UPLOAD_CHECKSUM_MISMATCHES,
+        "tus chunks refused for a checksum mismatch",
+    ),
+    (
+        UPLOAD_DISK_REFUSALS,
+        "Uploads refused to keep the disk reserve",
+    ),
+    (
+        UPLOAD_DEDUP_HITS,
+        "Uploads answered by an existing upload with the same sha256",
+    ),
+    (UPLOADS_CREATED, "Uploads created"),
+    (
+        UPLOADS_COMPLETED,
+        "Uploads completed, by sha256 verification",
+    ),
+    (UPLOADS_EXPIRED, "Expired uploads removed"),
+    (COMFYUI_SERVER_UP, "1 while a ComfyUI server is in rotation"),
+    (COMFYUI_RECONNECTS, "ComfyUI WebSocket reconnects"),
+    (
+        COMFYUI_RECONCILIATIONS,
+        "Prompt reconciliations from ComfyUI history and queue",
+    ),
+];
+
+/// Registers every description with the installed recorder (call once after installing it).
+pub fn describe() {
+    for &(name, text) in ALL {
+        if name == JOB_DURATION {
+            describe_histogram!(name, Unit::Seconds, text);
+        } else if name.ends_with("_total") {
+            describe_counter!(name, text);
+        } else {
+            describe_gauge!(name, text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_constant_is_described_once() {
+        let source = include_str!("metrics.rs");
+        let declared: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter(|l| !l.starts_with("ALL"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        let mut described: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
+        described.sort_unstable();
+        described.dedup();
+        assert_eq!(described.len(), ALL.len(), "a metric is described twice");
+        let mut declared_sorted = declared.clone();
+        declared_sorted.sort_unstable();
+        assert_eq!(declared_sorted, described);
+        assert!(declared.iter().all(|n| n.starts_with("outlast_")));
+    }
+}

@@ -1,0 +1,256 @@
+//! The one writer of an upload: appends bytes (batched on a blocking task), checkpoints,
+//! per-chunk checksums, and commits (data fsynced, then the record) before offsets are told.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use outlast_protocol::ErrorCode;
+use outlast_protocol::tus::ChecksumAlgorithm;
+use outlast_protocol::upload::UploadState;
+use tokio::sync::OwnedMutexGuard;
+use tokio::task::JoinHandle;
+
+use super::data::{ChunkHasher, DataFile};
+use super::store::UploadRecord;
+use super::{PROGRESS_EVERY, Uploads, io_err};
+use crate::clock::now_ms;
+use crate::error::AppError;
+use crate::metrics as m;
+
+type Slot = OwnedMutexGuard<DataFile>;
+
+/// The one writer of an upload. Bytes handed to [`Writer::write`] are on disk but not durable
+/// until [`Writer::commit`]; dropping a writer without committing loses them (the next writer
+/// cuts the file back to the durable offset).
+#[derive(Debug)]
+pub struct Writer {
+    pub(super) uploads: Arc<Uploads>,
+    pub(super) record: UploadRecord,
+    pub(super) slot: Option<Slot>,
+    pub(super) inflight: Option<JoinHandle<(Slot, std::io::Result<()>)>>,
+    /// Where the next byte goes (>= the durable `record.offset`).
+    pub(super) received: u64,
+    pub(super) started: Instant,
+    pub(super) session_bytes: u64,
+    pub(super) last_push: Option<Instant>,
+}
+
+impl Writer {
+    /// The record as of the last commit.
+    pub fn record(&self) -> &UploadRecord {
+        &self.record
+    }
+
+    /// Where the next byte goes.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Bytes still allowed (None: length unknown).
+    pub fn remaining(&self) -> Option<u64> {
+        self.record.length.map(|l| l.saturating_sub(self.received))
+    }
+
+    /// Receive rate of this writer.
+    pub fn bytes_per_sec(&self) -> u64 {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        (self.session_bytes as f64 / secs) as u64
+    }
+
+    pub(super) async fn take_slot(&mut self) -> Result<Slot, AppError> {
+        if let Some(job) = self.inflight.take() {
+            let (mut slot, result) = job.await.map_err(AppError::internal)?;
+            if let Err(e) = result {
+                // How much of the failed batch reached the disk is unknown: fall back to the
+                // durable offset; the next write cuts the file back to it.
+                slot.forget();
+                self.received = self.record.offset;
+                self.slot = Some(slot);
+                return Err(io_err(e));
+            }
+            self.slot = Some(slot);
+        }
+        self.slot
+            .take()
+            .ok_or_else(|| AppError::internal("upload writer lost its slot"))
+    }
+
+    /// Waits for the write in flight.
+    pub async fn settle(&mut self) -> Result<(), AppError> {
+        let slot = self.take_slot().await?;
+        self.slot = Some(slot);
+        Ok(())
+    }
+
+    /// Sets the length of a deferred-length upload.
+    pub async fn set_length(&mut self, length: u64) -> Result<(), AppError> {
+        if let Some(known) = self.record.length {
+            if known == length {
+                return Ok(());
+            }
+            return Err(AppError::invalid("the upload's length is already set"));
+        }
+        self.uploads.check_size(length)?;
+        if length < self.received {
+            return Err(AppError::invalid(
+                "Upload-Length is below the current offset",
+            ));
+        }
+        self.record.length = Some(length);
+        let copy = self.record.clone();
+        self.uploads.blocking(move |s| s.put(&copy)).await
+    }
+
+    /// Starts a per-request checksum (tus `Upload-Checksum`).
+    pub async fn begin_chunk(&mut self, algorithm: ChecksumAlgorithm) -> Result<(), AppError> {
+        let mut slot = self.take_slot().await?;
+        slot.chunk = Some(ChunkHasher::new(algorithm));
+        self.slot = Some(slot);
+        Ok(())
+    }
+
+    /// The per-request checksum of the bytes written since [`Writer::begin_chunk`].
+    pub async fn finish_chunk(&mut self) -> Result<Option<Vec<u8>>, AppError> {
+        let mut slot = self.take_slot().await?;
+        let digest = slot.chunk.take().map(ChunkHasher::finish);
+        self.slot = Some(slot);
+        Ok(digest)
+    }
+
+    /// Forgets everything written since the last commit (checksum mismatch, cut checksummed body).
+    pub async fn discard(&mut self) -> Result<(), AppError> {
+        let mut slot = self.take_slot().await?;
+        let offset = self.record.offset;
+        let (slot, r) = tokio::task::spawn_blocking(move || {
+            let r = slot.discard_after(offset);
+            (slot, r)
+        })
+        .await
+        .map_err(AppError::internal)?;
+        self.slot = Some(slot);
+        r.map_err(io_err)?;
+        self.received = offset;
+        Ok(())
+    }
+
+    /// Writes bytes at the current position. The write runs in the background; the next call
+    /// (or `settle`/`commit`) waits for it, so receiving and writing overlap.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), AppError> {
+        self.write_batch(vec![data]).await
+    }
+
+    /// Writes several buffers back to back (one trip to the disk thread).
+    pub async fn write_batch(&mut self, batch: Vec<Bytes>) -> Result<(), AppError> {
+        if self.record.state != UploadState::Open {
+            return Err(AppError::invalid("the upload is already complete"));
+        }
+        let len: u64 = batch.iter().map(|b| b.len() as u64).sum();
+        if self.remaining().is_some_and(|r| len > r) {
+            return Err(AppError::new(
+                ErrorCode::MessageTooLarge,
+                "more bytes than the upload's length",
+            ));
+        }
+        let mut slot = self.take_slot().await?;
+        let mut at = self.received;
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
+            for data in &batch {
+                if let Err(e) = slot.write_at(at, data) {
+                    return (slot, Err(e));
+                }
+                at += data.len() as u64;
+            }
+            (slot, Ok(()))
+        }));
+        self.received += len;
+        self.session_bytes += len;
+        if self.last_push.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            self.push_progress();
+        }
+        Ok(())
+    }
+
+    fn push_progress(&mut self) {
+        self.last_push = Some(Instant::now());
+        self.uploads.progress.publish(
+            &self.record.owner,
+            self.record.id,
+            self.received,
+            self.record.length,
+            self.bytes_per_sec(),
+        );
+    }
+
+    /// Makes everything written durable (fsync, then the record), completing and verifying
+    /// the upload when the last byte is in. Returns the committed record.
+    pub async fn commit(&mut self) -> Result<UploadRecord, AppError> {
+        let mut slot = self.take_slot().await?;
+        let received = self.received;
+        let complete =
+            self.record.state == UploadState::Open && self.record.length == Some(received);
+        if received == self.record.offset && !complete {
+            self.slot = Some(slot);
+            return Ok(self.record.clone());
+        }
+        let (slot, synced) = tokio::task::spawn_blocking(move || {
+            let r = slot.sync().and_then(|()| {
+                if complete {
+                    // Empty uploads never wrote: make the hasher stand at 0.
+                    slot.ensure_at(received)?;
+                }
+                Ok(slot.sha256_at(received))
+            });
+            (slot, r)
+        })
+        .await
+        .map_err(AppError::internal)?;
+        self.slot = Some(slot);
+        let digest = synced.map_err(io_err)?;
+        let mut next = self.record.clone();
+        next.bytes_written += received - next.offset;
+        next.offset = received;
+        next.touched_ms = now_ms();
+        let mut mismatch = false;
+        if complete {
+            let hex = digest.map(|d| super::data::hex(&d));
+            match (&next.declared_sha256, &hex) {
+                (Some(want), Some(got)) if want != got => {
+                    next.state = UploadState::Failed;
+                    next.error = Some(format!("sha256 mismatch: declared {want}, received {got}"));
+                    mismatch = true;
+                }
+                _ => next.state = UploadState::Complete,
+            }
+            next.sha256 = hex;
+        }
+        let copy = next.clone();
+        self.uploads.blocking(move |s| s.put(&copy)).await?;
+        self.record = next;
+        self.push_progress();
+        if complete {
+            self.uploads.release_open(&self.record.owner);
+            metrics::counter!(m::UPLOADS_COMPLETED, "verified" => if mismatch { "mismatch" } else { "ok" })
+                .increment(1);
+        }
+        if mismatch {
+            return Err(AppError::new(
+                ErrorCode::ChecksumMismatch,
+                self.record
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "sha256 mismatch".into()),
+            ));
+        }
+        Ok(self.record.clone())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.record.state != UploadState::Open {
+            // Complete: nobody writes again; the slot (and its open file) can go.
+            self.uploads.drop_slot(self.record.id);
+        }
+    }
+}
