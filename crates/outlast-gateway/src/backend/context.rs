@@ -8,10 +8,23 @@ use std::sync::Arc;
 use outlast_protocol::{Blob, EventKind, Failure, FailureCode, JobEvent, JobId, JobSpec};
 use tokio_util::sync::CancellationToken;
 
-use super::InputFile;
 use crate::error::AppError;
 use crate::outputs::OutputStore;
 use crate::store::{JobStore, Rejected};
+
+/// An input file of a job, resolved from a complete upload.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    /// Where the bytes are.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// The uploader's file name, when known.
+    pub filename: Option<String>,
+    /// SHA-256 of the content (lowercase hex), when the resolver knows it; the result cache
+    /// hashes the file itself otherwise.
+    pub sha256: Option<String>,
+}
 
 /// The small part of the gateway a running job may use: the job store (events, backend
 /// state), the output store, and the token that fires when runners stop for shutdown.

@@ -5,13 +5,12 @@ mod context;
 pub mod demo;
 pub mod exec;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use outlast_protocol::{Failure, JobSpec, OwnerId, UploadId};
 
-pub use context::{JobContext, JobHandle};
+pub use context::{InputFile, JobContext, JobHandle};
 
 use crate::error::AppError;
 
@@ -25,20 +24,6 @@ pub enum RestartPolicy {
     /// Run it again first in line; the backend reattaches to work that went on elsewhere
     /// (a ComfyUI prompt) using its stored [`JobContext::backend_state`].
     Resume,
-}
-
-/// An input file of a job, resolved from a complete upload.
-#[derive(Debug, Clone)]
-pub struct InputFile {
-    /// Where the bytes are.
-    pub path: PathBuf,
-    /// Size in bytes.
-    pub size: u64,
-    /// The uploader's file name, when known.
-    pub filename: Option<String>,
-    /// SHA-256 of the content (lowercase hex), when the resolver knows it; the result cache
-    /// hashes the file itself otherwise.
-    pub sha256: Option<String>,
 }
 
 /// A job backend.

@@ -21,7 +21,8 @@ use super::state::AppState;
 use crate::error::AppError;
 use crate::metrics as m;
 use crate::upload::store::UploadRecord;
-use crate::upload::{CHECKPOINT_BYTES, NewUpload, Uploads, Writer};
+use crate::upload::writer::Writer;
+use crate::upload::{CHECKPOINT_BYTES, NewUpload, Uploads};
 
 /// Bytes collected from the body before one write is handed to the disk thread.
 const WRITE_BATCH: usize = 1 << 20;

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use crate::error::AppError;
 use crate::metrics as m;
 use crate::upload::progress::ProgressSubscription;
-use crate::upload::{NewUpload, Uploads, Writer};
+use crate::upload::writer::Writer;
+use crate::upload::{NewUpload, Uploads};
 
 /// Acknowledge (fsync + commit) after this many unacknowledged bytes.
 pub const SYNC_BYTES: u64 = 4 << 20;

@@ -1,5 +1,5 @@
 //! The data file of one upload and the running sha256 of its bytes. Blocking I/O only: the
-//! owner ([`super::Writer`]) moves it into `spawn_blocking` for every step.
+//! owner ([`super::writer::Writer`]) moves it into `spawn_blocking` for every step.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};

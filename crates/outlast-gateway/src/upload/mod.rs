@@ -4,7 +4,7 @@
 //! Invariants:
 //! - The offset anyone is told (HEAD, 204, acks) is durable: data fsynced first, then the
 //!   record committed to `uploads.redb`, then the answer.
-//! - One writer per upload: a [`Writer`] holds the upload's async mutex for as long as it
+//! - One writer per upload: a [`writer::Writer`] holds the upload's async mutex for as long as it
 //!   writes. A second writer is refused (`upload_locked`) or waits briefly; bytes never
 //!   interleave.
 //! - The sha256 is computed as bytes arrive (no second read); only after a restart or a
@@ -14,12 +14,12 @@ pub mod data;
 mod gc;
 pub mod progress;
 pub mod store;
-mod writer;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use outlast_protocol::tus::Metadata;
@@ -51,8 +51,6 @@ impl From<StoreError> for AppError {
         AppError::internal(e)
     }
 }
-
-pub use writer::Writer;
 
 fn io_err(e: std::io::Error) -> AppError {
     AppError::internal(format!("upload data file: {e}"))
@@ -333,67 +331,6 @@ impl Uploads {
         Ok((record, false))
     }
 
-    /// Concatenates complete partial uploads into a new, complete final upload.
-    pub async fn create_final(
-        self: &Arc<Self>,
-        owner: &OwnerId,
-        parts: Vec<UploadId>,
-        metadata: Metadata,
-    ) -> Result<UploadRecord, AppError> {
-        let mut sources = Vec::with_capacity(parts.len());
-        let mut total = 0u64;
-        for id in &parts {
-            let r = self.owned(owner, *id).await?;
-            if !r.partial {
-                return Err(AppError::invalid(format!("{id} is not a partial upload")));
-            }
-            if r.state != UploadState::Complete {
-                return Err(AppError::invalid(format!(
-                    "partial upload {id} is not complete"
-                )));
-            }
-            let len = r.length.unwrap_or(r.offset);
-            total = total.saturating_add(len);
-            sources.push((self.path(*id), len));
-        }
-        self.check_size(total)?;
-        self.check_disk(total)?;
-        let (mut record, _) = self
-            .create(
-                owner,
-                NewUpload {
-                    length: Some(total),
-                    metadata,
-                    declared_sha256: None,
-                    partial: false,
-                },
-            )
-            .await?;
-        record.final_of = Some(parts);
-        let copy = record.clone();
-        self.blocking(move |s| s.put(&copy)).await?;
-        if total == 0 {
-            return self.owned(owner, record.id).await;
-        }
-        let mut w = self.lock(owner, record.id, None).await?;
-        let mut slot = w.take_slot().await?;
-        let (slot, copied) = tokio::task::spawn_blocking(move || {
-            let mut at = 0u64;
-            for (path, len) in &sources {
-                match slot.append_from(at, path, *len) {
-                    Ok(next) => at = next,
-                    Err(e) => return (slot, Err(e)),
-                }
-            }
-            (slot, Ok(at))
-        })
-        .await
-        .map_err(AppError::internal)?;
-        w.slot = Some(slot);
-        w.received = copied.map_err(io_err)?;
-        w.commit().await
-    }
-
     fn slot(&self, id: UploadId) -> Arc<tokio::sync::Mutex<DataFile>> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
@@ -408,42 +345,6 @@ impl Uploads {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
-    }
-
-    /// Becomes the upload's only writer. Without `wait`, a busy upload is `upload_locked` at
-    /// once; with it, waits up to that long for the other writer to finish.
-    pub async fn lock(
-        self: &Arc<Self>,
-        owner: &OwnerId,
-        id: UploadId,
-        wait: Option<Duration>,
-    ) -> Result<Writer, AppError> {
-        self.owned(owner, id).await?;
-        let slot = self.slot(id);
-        let locked = || {
-            AppError::new(
-                ErrorCode::UploadLocked,
-                "another request is writing this upload; retry shortly",
-            )
-        };
-        let guard = match wait {
-            None => slot.try_lock_owned().map_err(|_| locked())?,
-            Some(d) => tokio::time::timeout(d, slot.lock_owned())
-                .await
-                .map_err(|_| locked())?,
-        };
-        // Read again under the lock: the previous writer may have moved the offset.
-        let record = self.owned(owner, id).await?;
-        Ok(Writer {
-            uploads: Arc::clone(self),
-            received: record.offset,
-            record,
-            slot: Some(guard),
-            inflight: None,
-            started: Instant::now(),
-            session_bytes: 0,
-            last_push: None,
-        })
     }
 
     /// Terminates an upload (tus DELETE).

@@ -2,23 +2,124 @@
 //! per-chunk checksums, and commits (data fsynced, then the record) before offsets are told.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use outlast_protocol::ErrorCode;
 use outlast_protocol::tus::ChecksumAlgorithm;
+use outlast_protocol::tus::Metadata;
 use outlast_protocol::upload::UploadState;
+use outlast_protocol::{ErrorCode, OwnerId, UploadId};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
 use super::data::{ChunkHasher, DataFile};
 use super::store::UploadRecord;
-use super::{PROGRESS_EVERY, Uploads, io_err};
+use super::{NewUpload, PROGRESS_EVERY, Uploads, io_err};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
 
 type Slot = OwnedMutexGuard<DataFile>;
+
+/// Handing out writers: the only way to write an upload's bytes.
+impl Uploads {
+    /// Becomes the upload's only writer. Without `wait`, a busy upload is `upload_locked` at
+    /// once; with it, waits up to that long for the other writer to finish.
+    pub async fn lock(
+        self: &Arc<Self>,
+        owner: &OwnerId,
+        id: UploadId,
+        wait: Option<Duration>,
+    ) -> Result<Writer, AppError> {
+        self.owned(owner, id).await?;
+        let slot = self.slot(id);
+        let locked = || {
+            AppError::new(
+                ErrorCode::UploadLocked,
+                "another request is writing this upload; retry shortly",
+            )
+        };
+        let guard = match wait {
+            None => slot.try_lock_owned().map_err(|_| locked())?,
+            Some(d) => tokio::time::timeout(d, slot.lock_owned())
+                .await
+                .map_err(|_| locked())?,
+        };
+        // Read again under the lock: the previous writer may have moved the offset.
+        let record = self.owned(owner, id).await?;
+        Ok(Writer {
+            uploads: Arc::clone(self),
+            received: record.offset,
+            record,
+            slot: Some(guard),
+            inflight: None,
+            started: Instant::now(),
+            session_bytes: 0,
+            last_push: None,
+        })
+    }
+
+    /// Concatenates complete partial uploads into a new, complete final upload.
+    pub async fn create_final(
+        self: &Arc<Self>,
+        owner: &OwnerId,
+        parts: Vec<UploadId>,
+        metadata: Metadata,
+    ) -> Result<UploadRecord, AppError> {
+        let mut sources = Vec::with_capacity(parts.len());
+        let mut total = 0u64;
+        for id in &parts {
+            let r = self.owned(owner, *id).await?;
+            if !r.partial {
+                return Err(AppError::invalid(format!("{id} is not a partial upload")));
+            }
+            if r.state != UploadState::Complete {
+                return Err(AppError::invalid(format!(
+                    "partial upload {id} is not complete"
+                )));
+            }
+            let len = r.length.unwrap_or(r.offset);
+            total = total.saturating_add(len);
+            sources.push((self.path(*id), len));
+        }
+        self.check_size(total)?;
+        self.check_disk(total)?;
+        let (mut record, _) = self
+            .create(
+                owner,
+                NewUpload {
+                    length: Some(total),
+                    metadata,
+                    declared_sha256: None,
+                    partial: false,
+                },
+            )
+            .await?;
+        record.final_of = Some(parts);
+        let copy = record.clone();
+        self.blocking(move |s| s.put(&copy)).await?;
+        if total == 0 {
+            return self.owned(owner, record.id).await;
+        }
+        let mut w = self.lock(owner, record.id, None).await?;
+        let mut slot = w.take_slot().await?;
+        let (slot, copied) = tokio::task::spawn_blocking(move || {
+            let mut at = 0u64;
+            for (path, len) in &sources {
+                match slot.append_from(at, path, *len) {
+                    Ok(next) => at = next,
+                    Err(e) => return (slot, Err(e)),
+                }
+            }
+            (slot, Ok(at))
+        })
+        .await
+        .map_err(AppError::internal)?;
+        w.slot = Some(slot);
+        w.received = copied.map_err(io_err)?;
+        w.commit().await
+    }
+}
 
 /// The one writer of an upload. Bytes handed to [`Writer::write`] are on disk but not durable
 /// until [`Writer::commit`]; dropping a writer without committing loses them (the next writer
