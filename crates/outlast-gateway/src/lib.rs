@@ -143,9 +143,11 @@ pub async fn run(
     if let Some(exec) = &config.exec {
         backends.push(Arc::new(backend::exec::Exec::new(exec.clone())));
     }
+    // Every task, the ComfyUI backend's prompt cancellations too; waited for at shutdown.
+    let tracker = TaskTracker::new();
     let comfyui = match &config.comfyui {
         Some(c) => Some(Arc::new(
-            backend::comfyui::ComfyUi::new(c.clone())
+            backend::comfyui::ComfyUi::new(c.clone(), tracker.clone())
                 .map_err(|e| anyhow::anyhow!("comfyui backend: {e}"))?,
         )),
         None => None,
@@ -156,7 +158,6 @@ pub async fn run(
     // Leftover scratch directories of runs interrupted by a crash.
     let _ = std::fs::remove_dir_all(data.join("work"));
     std::fs::create_dir_all(data.join("work"))?;
-    let tracker = TaskTracker::new();
     let uploads = upload::Uploads::open(
         config.uploads.clone(),
         data,
