@@ -49,9 +49,12 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
     if let Some(exec) = &config.exec {
         backends.push(Arc::new(backend::exec::Exec::new(exec.clone())));
     }
+    // One tracker for every task: the dispatcher, runners, loops, WebSocket sessions and the
+    // ComfyUI backend's cancel requests; shutdown waits for all of them.
+    let tracker = TaskTracker::new();
     let comfyui = match &config.comfyui {
         Some(c) => Some(Arc::new(
-            backend::comfyui::ComfyUi::new(c.clone())
+            backend::comfyui::ComfyUi::new(c.clone(), tracker.clone())
                 .map_err(|e| anyhow::anyhow!("comfyui backend: {e}"))?,
         )),
         None => None,
@@ -62,7 +65,6 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
     // Leftover scratch directories of runs interrupted by a crash.
     let _ = std::fs::remove_dir_all(data.join("work"));
     std::fs::create_dir_all(data.join("work"))?;
-    let tracker = TaskTracker::new();
     let uploads = Uploads::open(
         config.uploads.clone(),
         data,

@@ -180,25 +180,35 @@ async fn sync_dir(dir: &Path) {
     }
 }
 
-/// A media type from a file name's extension.
-pub fn mime_for(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "wav" => "audio/wav",
-        "mp3" => "audio/mpeg",
-        "flac" => "audio/flac",
-        "ogg" => "audio/ogg",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        "json" => "application/json",
-        "txt" | "log" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
+/// A media type from a file name's extension (`mime_guess`'s table), for outputs whose producer
+/// did not say; text is declared UTF-8. Unknown extensions are `application/octet-stream`.
+pub fn mime_for(name: &str) -> String {
+    match mime_guess::from_path(name).first() {
+        Some(m) if m.type_() == mime_guess::mime::TEXT && m.get_param("charset").is_none() => {
+            format!("{m}; charset=utf-8")
+        }
+        Some(m) => m.to_string(),
+        None => "application/octet-stream".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod mime_tests {
+    use super::mime_for;
+
+    #[test]
+    fn media_types_by_extension() {
+        for (name, want) in [
+            ("a.png", "image/png"),
+            ("a.JPG", "image/jpeg"),
+            ("b.webp", "image/webp"),
+            ("c.mp3", "audio/mpeg"),
+            ("d.mp4", "video/mp4"),
+            ("e.json", "application/json"),
+            ("hello.txt", "text/plain; charset=utf-8"),
+            ("noext", "application/octet-stream"),
+        ] {
+            assert_eq!(mime_for(name), want, "{name}");
+        }
     }
 }

@@ -227,7 +227,7 @@ impl Backend for Exec {
         }
         files.sort();
         for (name, path) in files {
-            ctx.output_file(&name, mime_for(&name), &path).await?;
+            ctx.output_file(&name, &mime_for(&name), &path).await?;
         }
         Ok(())
     }

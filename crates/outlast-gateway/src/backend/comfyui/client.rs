@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::messages::{Incoming, parse_binary, parse_text};
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -331,80 +333,6 @@ impl Server {
     }
 }
 
-/// What arrives on ComfyUI's WebSocket.
-#[derive(Debug)]
-pub enum Incoming {
-    /// A JSON message `{type, data}`.
-    Json {
-        /// `type`.
-        kind: String,
-        /// `data`.
-        data: Value,
-    },
-    /// A binary preview image (type 1, or type 4 with its metadata's prompt id).
-    Preview {
-        /// Media type of `image`.
-        mime: &'static str,
-        /// The encoded image.
-        image: Vec<u8>,
-        /// Set by type 4 frames.
-        prompt_id: Option<String>,
-    },
-    /// An answer to our ping.
-    Pong,
-    /// Anything else (other binary types, unknown frames).
-    Ignored,
-}
-
-/// Parses a binary frame: `[u32 type][payload]`, big-endian.
-pub fn parse_binary(frame: &[u8]) -> Incoming {
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
-    };
-    let mime = |fmt: u32| if fmt == 2 { "image/png" } else { "image/jpeg" };
-    match u32_at(0) {
-        Some(1) => match (u32_at(4), frame.get(8..)) {
-            (Some(fmt), Some(image)) if !image.is_empty() => Incoming::Preview {
-                mime: mime(fmt),
-                image: image.to_vec(),
-                prompt_id: None,
-            },
-            _ => Incoming::Ignored,
-        },
-        Some(4) => {
-            let Some(len) = u32_at(4).and_then(|l| usize::try_from(l).ok()) else {
-                return Incoming::Ignored;
-            };
-            let (Some(meta), Some(image)) = (
-                frame.get(8..8 + len),
-                frame.get(8usize.saturating_add(len)..),
-            ) else {
-                return Incoming::Ignored;
-            };
-            let Ok(meta) = serde_json::from_slice::<Value>(meta) else {
-                return Incoming::Ignored;
-            };
-            if image.is_empty() {
-                return Incoming::Ignored;
-            }
-            let mime = match meta.get("image_type").and_then(Value::as_str) {
-                Some("image/png") => "image/png",
-                Some("image/webp") => "image/webp",
-                _ => "image/jpeg",
-            };
-            Incoming::Preview {
-                mime,
-                image: image.to_vec(),
-                prompt_id: meta
-                    .get("prompt_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            }
-        }
-        _ => Incoming::Ignored,
-    }
-}
-
 /// An open WebSocket to ComfyUI.
 #[derive(Debug)]
 pub struct Socket {
@@ -420,17 +348,7 @@ impl Socket {
                 Err(_) => return None,
             };
             return Some(match msg {
-                Message::Text(text) => match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => Incoming::Json {
-                        kind: v
-                            .get("type")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned(),
-                        data: v.get("data").cloned().unwrap_or(Value::Null),
-                    },
-                    Err(_) => Incoming::Ignored,
-                },
+                Message::Text(text) => parse_text(&text),
                 Message::Binary(b) => parse_binary(&b),
                 Message::Pong(_) => Incoming::Pong,
                 Message::Close(_) => return None,
@@ -458,50 +376,6 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn binary_previews_of_both_types_parse_and_junk_is_ignored() {
-        let mut t1 = vec![0, 0, 0, 1, 0, 0, 0, 1];
-        t1.extend_from_slice(b"\xff\xd8jpeg");
-        match parse_binary(&t1) {
-            Incoming::Preview {
-                mime,
-                image,
-                prompt_id,
-            } => {
-                assert_eq!(mime, "image/jpeg");
-                assert_eq!(image, b"\xff\xd8jpeg");
-                assert_eq!(prompt_id, None);
-            }
-            other => panic!("{other:?}"),
-        }
-        let meta = br#"{"node_id":"3","prompt_id":"p-1","image_type":"image/png"}"#;
-        let mut t4 = vec![0, 0, 0, 4];
-        t4.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-        t4.extend_from_slice(meta);
-        t4.extend_from_slice(b"png!");
-        match parse_binary(&t4) {
-            Incoming::Preview {
-                mime,
-                image,
-                prompt_id,
-            } => {
-                assert_eq!(mime, "image/png");
-                assert_eq!(image, b"png!");
-                assert_eq!(prompt_id.as_deref(), Some("p-1"));
-            }
-            other => panic!("{other:?}"),
-        }
-        for junk in [
-            &b""[..],
-            &[0, 0, 0, 1],
-            &[0, 0, 0, 4, 255, 255, 255, 255, 1],
-            &[0, 0, 0, 3, 0, 0, 0, 1, b'x'],
-            &[0, 0, 0, 4, 0, 0, 0, 2, b'{', b'}'],
-        ] {
-            assert!(matches!(parse_binary(junk), Incoming::Ignored), "{junk:?}");
-        }
-    }
 
     #[test]
     fn queue_positions_count_the_running_prompt() {

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::Server;
+use crate::metrics as m;
 
 #[derive(Debug)]
 struct Slot {
@@ -158,7 +159,8 @@ impl Pool {
                 wake.notify_one(); // queued jobs may need a reason now
             }
             tracing::warn!(server = %self.servers[index].0.base, %why, "ComfyUI server out of rotation");
-            metrics::gauge!("outlast_comfyui_server_up", "server" => self.servers[index].0.base.clone()).set(0.0);
+            metrics::gauge!(m::COMFYUI_SERVER_UP, "server" => self.servers[index].0.base.clone())
+                .set(0.0);
         }
     }
 
@@ -171,7 +173,8 @@ impl Pool {
             }
             self.freed.notify_waiters();
         }
-        metrics::gauge!("outlast_comfyui_server_up", "server" => self.servers[index].0.base.clone()).set(1.0);
+        metrics::gauge!(m::COMFYUI_SERVER_UP, "server" => self.servers[index].0.base.clone())
+            .set(1.0);
     }
 
     /// Probes every server every `interval` (`GET /system_stats`), so a server that went away
