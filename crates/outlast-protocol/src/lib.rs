@@ -7,6 +7,7 @@
 
 pub mod blob;
 pub mod client;
+pub mod close;
 pub mod codec;
 pub mod error;
 pub mod ids;
