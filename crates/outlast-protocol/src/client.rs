@@ -63,10 +63,11 @@ impl StreamTracker {
 
     /// The server answered a subscription with a snapshot: continue after it.
     pub fn handle_snapshot(&mut self, snapshot: &JobSnapshot) {
-        self.cursors
-            .entry(snapshot.job_id)
-            .or_default()
-            .on_snapshot(snapshot.seq);
+        let cursor = self.cursors.entry(snapshot.job_id).or_default();
+        // Never move back: events this client showed stay shown.
+        if snapshot.seq > cursor.position() {
+            cursor.on_snapshot(snapshot.seq);
+        }
         self.positioned.insert(snapshot.job_id);
     }
 

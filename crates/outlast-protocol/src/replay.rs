@@ -120,8 +120,8 @@ pub enum Live {
 ///
 /// Rules: a live `seq` at or below the position is a [`Live::Duplicate`]; exactly the next one
 /// is [`Live::Deliver`]; anything later is a [`Live::Gap`], except that a jump to just past
-/// [`Cursor::allow_gaps_through`] is delivered (the history there was coalesced). Events and
-/// snapshots read back from the store never move the position backwards.
+/// [`Cursor::allow_gaps_through`] is delivered (the history there was coalesced). Events read
+/// back from the store never move the position backwards; a snapshot sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor {
     last: Seq,
@@ -164,9 +164,11 @@ impl Cursor {
         self.last = self.last.max(seq);
     }
 
-    /// A snapshot was delivered in place of history: continue after it.
+    /// A snapshot was delivered in place of history: continue after it. The snapshot is the
+    /// server's word, so this may move the position back (a client that claimed a position the
+    /// server never reached, [`SnapshotReason::Ahead`]).
     pub fn on_snapshot(&mut self, seq: Seq) {
-        self.last = self.last.max(seq);
+        self.last = seq;
     }
 
     /// The history up to `seq` is known to be incomplete (coalesced): a jump from the
@@ -302,8 +304,9 @@ mod tests {
                 8,
             ),
             (Some(3), &[Lagged(gap(3)), Replayed(9)], 9),
-            // Replays and snapshots never move backwards.
-            (Some(9), &[Replayed(5), Snapshot(2)], 9),
+            // Replays never move backwards; a snapshot is the server's word.
+            (Some(9), &[Replayed(5)], 9),
+            (Some(9), &[Snapshot(2), On(3, Live::Deliver)], 3),
             (
                 None,
                 &[Snapshot(6), On(6, Live::Duplicate), On(7, Live::Deliver)],
