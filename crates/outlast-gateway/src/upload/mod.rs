@@ -39,16 +39,16 @@ use data::{ChunkHasher, DataFile};
 use progress::ProgressHub;
 use store::{RecordStore, StoreError, UploadRecord};
 
-/// Unacknowledged bytes a WebSocket client may have in flight.
-pub const WINDOW_BYTES: u64 = 16 << 20;
-/// Largest WebSocket chunk: a whole frame is buffered in memory, so keep it modest. A chunk
-/// frame is also a WebSocket message, so `max_message_bytes` bounds it too.
-pub const WS_MAX_CHUNK: u64 = 8 << 20;
 /// During one long PATCH, make what arrived durable after this many bytes, so a crash loses
 /// little and HEAD moves while a slow chunk is still arriving.
-pub const CHECKPOINT_BYTES: u64 = 16 << 20;
-/// Minimum time between progress pushes of one writer.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+pub use outlast_protocol::upload::CHECKPOINT_BYTES;
+/// Unacknowledged bytes a WebSocket client may have in flight.
+pub use outlast_protocol::upload::WINDOW_BYTES;
+/// Largest WebSocket chunk: a whole frame is buffered in memory, so keep it modest. A chunk
+/// frame is also a WebSocket message, so `max_message_bytes` bounds it too.
+pub use outlast_protocol::upload::WS_MAX_CHUNK;
+// At most one progress push per `outlast_protocol::upload::PROGRESS_EVERY` per writer.
+use outlast_protocol::upload::ProgressThrottle;
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
@@ -444,7 +444,7 @@ impl Uploads {
             inflight: None,
             started: Instant::now(),
             session_bytes: 0,
-            last_push: None,
+            progress_throttle: ProgressThrottle::new(),
         })
     }
 
@@ -585,7 +585,7 @@ pub struct Writer {
     received: u64,
     started: Instant,
     session_bytes: u64,
-    last_push: Option<Instant>,
+    progress_throttle: ProgressThrottle<Instant>,
 }
 
 impl Writer {
@@ -717,14 +717,14 @@ impl Writer {
         }));
         self.received += len;
         self.session_bytes += len;
-        if self.last_push.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+        if self.progress_throttle.due(Instant::now()) {
             self.push_progress();
         }
         Ok(())
     }
 
     fn push_progress(&mut self) {
-        self.last_push = Some(Instant::now());
+        self.progress_throttle.pushed(Instant::now());
         self.uploads.progress.publish(
             &self.record.owner,
             self.record.id,
