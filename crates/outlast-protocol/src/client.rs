@@ -1,10 +1,12 @@
-//! Client-side stream bookkeeping: where to resume, duplicates and gaps, reconnect backoff. Sans-IO.
+//! Client-side stream bookkeeping: where to resume, duplicates and gaps (one
+//! [`crate::replay::Cursor`] per job), reconnect backoff. Sans-IO.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::ids::{JobId, Seq};
 use crate::job::{JobEvent, JobSnapshot};
+use crate::replay::{Cursor, Live};
 
 /// What a client should do with an incoming event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +22,14 @@ pub enum Delivery {
     },
 }
 
-/// Remembers the newest sequence number seen per job, across reconnects.
+/// Remembers the newest sequence number seen per job, across reconnects: one
+/// [`Cursor`] per job, plus which jobs have a position at all.
 #[derive(Debug, Default, Clone)]
 pub struct StreamTracker {
-    last: HashMap<JobId, Seq>,
-    /// Seq values at or below which the server coalesced history (gaps there are expected).
-    coalesced_below: HashMap<JobId, Seq>,
+    cursors: HashMap<JobId, Cursor>,
+    /// Jobs with a position (an event delivered or a snapshot taken); `resume_after` is
+    /// `None` for the others.
+    positioned: HashSet<JobId>,
 }
 
 impl StreamTracker {
@@ -36,43 +40,47 @@ impl StreamTracker {
 
     /// Where to resume `job`: `None` before anything was seen.
     pub fn resume_after(&self, job: JobId) -> Option<Seq> {
-        self.last.get(&job).copied()
+        if !self.positioned.contains(&job) {
+            return None;
+        }
+        self.cursors.get(&job).map(Cursor::position)
     }
 
     /// Classifies an event and, when it is new, advances the position.
     pub fn handle_event(&mut self, event: &JobEvent) -> Delivery {
-        let last = self.last.get(&event.job_id).copied().unwrap_or(Seq::ZERO);
-        if event.seq <= last {
-            return Delivery::Duplicate;
+        let cursor = self.cursors.entry(event.job_id).or_default();
+        match cursor.on_live(event.seq) {
+            Live::Duplicate => Delivery::Duplicate,
+            Live::Gap { after } => Delivery::Gap {
+                resume_after: after,
+            },
+            Live::Deliver => {
+                self.positioned.insert(event.job_id);
+                Delivery::New
+            }
         }
-        let coalesced = self
-            .coalesced_below
-            .get(&event.job_id)
-            .copied()
-            .unwrap_or(Seq::ZERO);
-        if event.seq != last.next() && event.seq > coalesced.next() {
-            return Delivery::Gap { resume_after: last };
-        }
-        self.last.insert(event.job_id, event.seq);
-        Delivery::New
     }
 
     /// The server answered a subscription with a snapshot: continue after it.
     pub fn handle_snapshot(&mut self, snapshot: &JobSnapshot) {
-        let entry = self.last.entry(snapshot.job_id).or_insert(Seq::ZERO);
-        if snapshot.seq > *entry {
-            *entry = snapshot.seq;
+        let cursor = self.cursors.entry(snapshot.job_id).or_default();
+        // Never move back: events this client showed stay shown.
+        if snapshot.seq > cursor.position() {
+            cursor.on_snapshot(snapshot.seq);
         }
+        self.positioned.insert(snapshot.job_id);
     }
 
     /// Marks that the server's history for `job` is incomplete up to `seq`.
     pub fn allow_gaps_through(&mut self, job: JobId, seq: Seq) {
-        self.coalesced_below.insert(job, seq);
+        self.cursors.entry(job).or_default().allow_gaps_through(seq);
     }
 
     /// True when a heartbeat's newest seq for `job` shows events this client has not seen.
     pub fn is_behind(&self, job: JobId, newest: Seq) -> bool {
-        self.last.get(&job).copied().unwrap_or(Seq::ZERO) < newest
+        self.cursors
+            .get(&job)
+            .map_or(Seq::ZERO < newest, |c| c.is_behind(newest))
     }
 }
 

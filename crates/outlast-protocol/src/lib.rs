@@ -1,5 +1,6 @@
 //! Outlast's wire protocol: typed ids, every message, MessagePack/JSON codecs and the sans-IO
-//! logic (sequence replay, keep-alive deadlines, client resume bookkeeping) shared by the
+//! logic (sequence replay and the live cursor, keep-alive deadlines, client resume bookkeeping,
+//! tus request classification, upload ack cadence, close codes) shared by the
 //! gateway and its clients.
 //!
 //! This crate does no I/O, owns no clock and has no async runtime: callers pass `now` in and
@@ -7,6 +8,7 @@
 
 pub mod blob;
 pub mod client;
+pub mod close;
 pub mod codec;
 pub mod error;
 pub mod ids;

@@ -1,4 +1,5 @@
-//! What to send a client that (re)subscribes, and which history may be coalesced.
+//! What to send a client that (re)subscribes, which history may be coalesced, and the live
+//! [`Cursor`] that sorts each incoming event into duplicate / next / gap.
 //!
 //! Sans-IO: the server tells this module what its history holds; the module decides.
 
@@ -99,6 +100,89 @@ pub fn coalesce<'a>(
     (drop, watermark)
 }
 
+/// What to do with a live event (from the broadcast, or a frame a client received).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    /// Already delivered (a replay overlapping live delivery): drop it.
+    Duplicate,
+    /// The next event: deliver it (the cursor has advanced to it).
+    Deliver,
+    /// Events are missing before this one: re-read the store after `after` (server) or
+    /// resubscribe from it (client). The cursor did not move.
+    Gap {
+        /// The last sequence number delivered.
+        after: Seq,
+    },
+}
+
+/// One job stream's position: the last sequence number delivered. Sans-IO; one per
+/// subscription (gateway WebSocket, SSE, long-poll) or per followed job (client).
+///
+/// Rules: a live `seq` at or below the position is a [`Live::Duplicate`]; exactly the next one
+/// is [`Live::Deliver`]; anything later is a [`Live::Gap`], except that a jump to just past
+/// [`Cursor::allow_gaps_through`] is delivered (the history there was coalesced). Events read
+/// back from the store never move the position backwards; a snapshot sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    last: Seq,
+    gaps_through: Seq,
+}
+
+impl Cursor {
+    /// A cursor that has delivered everything up to `after` (`None`: nothing yet).
+    pub fn new(after: Option<Seq>) -> Self {
+        Self {
+            last: after.unwrap_or(Seq::ZERO),
+            gaps_through: Seq::ZERO,
+        }
+    }
+
+    /// The last sequence number delivered (`Seq::ZERO` before any): resume after it.
+    pub fn position(&self) -> Seq {
+        self.last
+    }
+
+    /// Classifies a live event; advances only on [`Live::Deliver`].
+    pub fn on_live(&mut self, seq: Seq) -> Live {
+        if seq <= self.last {
+            return Live::Duplicate;
+        }
+        if seq != self.last.next() && seq > self.gaps_through.next() {
+            return Live::Gap { after: self.last };
+        }
+        self.last = seq;
+        Live::Deliver
+    }
+
+    /// The live feed lost events (a lagged broadcast receiver): re-read after this.
+    pub fn on_lagged(&self) -> Live {
+        Live::Gap { after: self.last }
+    }
+
+    /// An event read back from the store (subscribe or catch-up) was delivered.
+    pub fn on_replayed(&mut self, seq: Seq) {
+        self.last = self.last.max(seq);
+    }
+
+    /// A snapshot was delivered in place of history: continue after it. The snapshot is the
+    /// server's word, so this may move the position back (a client that claimed a position the
+    /// server never reached, [`SnapshotReason::Ahead`]).
+    pub fn on_snapshot(&mut self, seq: Seq) {
+        self.last = seq;
+    }
+
+    /// The history up to `seq` is known to be incomplete (coalesced): a jump from the
+    /// position to just past `seq` is not a gap.
+    pub fn allow_gaps_through(&mut self, seq: Seq) {
+        self.gaps_through = seq;
+    }
+
+    /// True when `newest` (e.g. from a heartbeat) shows events not yet delivered.
+    pub fn is_behind(&self, newest: Seq) -> bool {
+        self.last < newest
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +264,76 @@ mod tests {
         );
         assert_eq!(drop, vec![Seq(1), Seq(4), Seq(5)]);
         assert_eq!(watermark, Seq(5));
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        On(u64, Live),
+        Lagged(Live),
+        Replayed(u64),
+        Snapshot(u64),
+        AllowGaps(u64),
+    }
+
+    #[test]
+    fn cursor_table() {
+        use Step::*;
+        let gap = |after| Live::Gap { after: Seq(after) };
+        // (start, steps, final position)
+        let cases: &[(Option<u64>, &[Step], u64)] = &[
+            (None, &[On(1, Live::Deliver), On(2, Live::Deliver)], 2),
+            (None, &[On(1, Live::Deliver), On(1, Live::Duplicate)], 1),
+            (None, &[On(2, gap(0))], 0),
+            (
+                Some(4),
+                &[On(3, Live::Duplicate), On(4, Live::Duplicate)],
+                4,
+            ),
+            (Some(4), &[On(5, Live::Deliver), On(7, gap(5))], 5),
+            // Gap, then the store is re-read: replay moves forward, live overlap is dropped.
+            (
+                Some(4),
+                &[
+                    On(7, gap(4)),
+                    Replayed(5),
+                    Replayed(6),
+                    Replayed(7),
+                    On(7, Live::Duplicate),
+                    On(8, Live::Deliver),
+                ],
+                8,
+            ),
+            (Some(3), &[Lagged(gap(3)), Replayed(9)], 9),
+            // Replays never move backwards; a snapshot is the server's word.
+            (Some(9), &[Replayed(5)], 9),
+            (Some(9), &[Snapshot(2), On(3, Live::Deliver)], 3),
+            (
+                None,
+                &[Snapshot(6), On(6, Live::Duplicate), On(7, Live::Deliver)],
+                7,
+            ),
+            (None, &[Snapshot(6), On(8, gap(6))], 6),
+            // Coalesced history: the jump to just past the watermark is delivered.
+            (None, &[AllowGaps(5), On(6, Live::Deliver)], 6),
+            (None, &[AllowGaps(5), On(7, gap(0))], 0),
+            (Some(6), &[AllowGaps(5), On(8, gap(6))], 6),
+        ];
+        for (start, steps, end) in cases {
+            let mut c = Cursor::new(start.map(Seq));
+            for (i, step) in steps.iter().enumerate() {
+                match *step {
+                    On(seq, want) => {
+                        assert_eq!(c.on_live(Seq(seq)), want, "{start:?} {steps:?} step {i}")
+                    }
+                    Lagged(want) => assert_eq!(c.on_lagged(), want, "{start:?} step {i}"),
+                    Replayed(seq) => c.on_replayed(Seq(seq)),
+                    Snapshot(seq) => c.on_snapshot(Seq(seq)),
+                    AllowGaps(seq) => c.allow_gaps_through(Seq(seq)),
+                }
+            }
+            assert_eq!(c.position(), Seq(*end), "{start:?} {steps:?}");
+            assert!(!c.is_behind(Seq(*end)));
+            assert!(c.is_behind(Seq(*end + 1)));
+        }
     }
 }

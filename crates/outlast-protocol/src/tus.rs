@@ -11,6 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::ids::UploadId;
 
+pub mod exchange;
+
 /// The only protocol version spoken.
 pub const VERSION: &str = "1.0.0";
 /// `Tus-Extension` as advertised by OPTIONS.

@@ -1,5 +1,6 @@
 //! Uploads on the wire: the upload description shared by HTTP and WebSocket answers, the
-//! binary chunk frame of WebSocket uploads, and the chunk-size rule for slow links.
+//! binary chunk frame of WebSocket uploads, the chunk-size rule for slow links, and the
+//! acknowledgement cadence ([`AckCadence`], [`ProgressThrottle`]) with `now` passed in.
 //!
 //! A chunk travels in one binary WebSocket frame: the tag byte [`DATA_FRAME_TAG`] (0xC1, a byte
 //! MessagePack never uses, so chunk frames and MessagePack messages cannot be confused), the
@@ -142,6 +143,121 @@ impl ChunkSizer {
     }
 }
 
+/// Unacknowledged bytes a WebSocket client may have in flight.
+pub const WINDOW_BYTES: u64 = 16 << 20;
+/// Largest chunk in one WebSocket frame (the configured limit is capped by it).
+pub const WS_MAX_CHUNK: u64 = 8 << 20;
+/// A long tus PATCH without a checksum commits (fsync + record) every this many bytes.
+pub const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// Minimum time between progress pushes of one writer.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// WebSocket: acknowledge (fsync + commit) after this many unacknowledged bytes ...
+pub const SYNC_BYTES: u64 = 4 << 20;
+/// ... or this long after the first unacknowledged byte.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// WebSocket: let go of an upload's writer after this long without chunks.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
+
+/// True when a tus PATCH body without a checksum should commit what it wrote so far:
+/// `pending` bytes were written since the last durable offset.
+pub fn checkpoint_due(pending: u64) -> bool {
+    pending >= CHECKPOINT_BYTES
+}
+
+/// What [`AckCadence`] asks the driver to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckAction {
+    /// Nothing yet; wait until [`AckCadence::poll_timeout`].
+    Wait,
+    /// Commit (fsync + record) and send `upload_ack`, then call [`AckCadence::on_acked`].
+    Ack,
+    /// Idle with nothing unacknowledged: let go of the upload's writer.
+    Release,
+}
+
+/// When to acknowledge the chunks of one upload attached to a WebSocket connection: after
+/// [`SYNC_BYTES`] unacknowledged bytes, at the last byte, or [`FLUSH_DELAY`] after the first
+/// unacknowledged byte, whichever comes first; and release the writer after [`IDLE_RELEASE`]
+/// without chunks. Generic over the instant type so the gateway can pass tokio's and tests a
+/// fake one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckCadence<T> {
+    unacked_since: Option<T>,
+    last_chunk: T,
+}
+
+impl<T: Copy + Ord + std::ops::Add<Duration, Output = T>> AckCadence<T> {
+    /// An upload just attached at `now`, with nothing unacknowledged.
+    pub fn new(now: T) -> Self {
+        Self {
+            unacked_since: None,
+            last_chunk: now,
+        }
+    }
+
+    /// A chunk was written at `now`; `pending` bytes are not yet durable and `done` is true
+    /// when the upload has all its bytes.
+    pub fn on_chunk(&mut self, now: T, pending: u64, done: bool) -> AckAction {
+        self.last_chunk = now;
+        self.unacked_since.get_or_insert(now);
+        if done || pending >= SYNC_BYTES {
+            AckAction::Ack
+        } else {
+            AckAction::Wait
+        }
+    }
+
+    /// An acknowledgement was sent (or the commit was attempted): nothing is unacknowledged.
+    pub fn on_acked(&mut self) {
+        self.unacked_since = None;
+    }
+
+    /// True when some bytes wait for an acknowledgement.
+    pub fn has_unacked(&self) -> bool {
+        self.unacked_since.is_some()
+    }
+
+    /// The next time [`AckCadence::poll`] has something to do.
+    pub fn poll_timeout(&self) -> T {
+        match self.unacked_since {
+            Some(t) => t + FLUSH_DELAY,
+            None => self.last_chunk + IDLE_RELEASE,
+        }
+    }
+
+    /// What is due at `now`.
+    pub fn poll(&self, now: T) -> AckAction {
+        match self.unacked_since {
+            Some(t) if now >= t + FLUSH_DELAY => AckAction::Ack,
+            None if now >= self.last_chunk + IDLE_RELEASE => AckAction::Release,
+            _ => AckAction::Wait,
+        }
+    }
+}
+
+/// At most one progress push per [`PROGRESS_EVERY`] for one writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProgressThrottle<T> {
+    last_push: Option<T>,
+}
+
+impl<T: Copy + Ord + std::ops::Add<Duration, Output = T>> ProgressThrottle<T> {
+    /// Nothing pushed yet.
+    pub fn new() -> Self {
+        Self { last_push: None }
+    }
+
+    /// True when a push is due at `now` (the first always is).
+    pub fn due(&self, now: T) -> bool {
+        self.last_push.is_none_or(|t| now >= t + PROGRESS_EVERY)
+    }
+
+    /// A push was sent at `now` (also for pushes forced by a commit).
+    pub fn pushed(&mut self, now: T) {
+        self.last_push = Some(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +296,117 @@ mod tests {
         // Slow again: shrinks at once.
         s.record(64 << 20, Duration::from_secs(6000));
         assert_eq!(s.next(), 256 << 10);
+    }
+
+    #[test]
+    fn constants_keep_their_values() {
+        assert_eq!(WINDOW_BYTES, 16 * 1024 * 1024);
+        assert_eq!(CHECKPOINT_BYTES, 16 * 1024 * 1024);
+        assert_eq!(WS_MAX_CHUNK, 8 * 1024 * 1024);
+        assert_eq!(SYNC_BYTES, 4 * 1024 * 1024);
+        assert_eq!(PROGRESS_EVERY, Duration::from_millis(250));
+        assert_eq!(FLUSH_DELAY, Duration::from_millis(20));
+        assert_eq!(IDLE_RELEASE, Duration::from_secs(2));
+        assert!(!checkpoint_due(CHECKPOINT_BYTES - 1));
+        assert!(checkpoint_due(CHECKPOINT_BYTES));
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// At ms: a chunk leaving `pending` bytes unacknowledged, `done`, expected action.
+        Chunk(u64, u64, bool, AckAction),
+        /// At ms: poll, expected action.
+        Poll(u64, AckAction),
+        Acked,
+        /// Expected poll_timeout in ms.
+        Timeout(u64),
+    }
+
+    #[test]
+    fn ack_cadence_table() {
+        use AckAction::*;
+        use Step::*;
+        let mib = 1 << 20;
+        let cases: &[&[Step]] = &[
+            // Idle from the start: released after IDLE_RELEASE.
+            &[Timeout(2000), Poll(1999, Wait), Poll(2000, Release)],
+            // Small chunks: acknowledged FLUSH_DELAY after the first one.
+            &[
+                Chunk(0, mib, false, Wait),
+                Timeout(20),
+                Chunk(10, 2 * mib, false, Wait),
+                Timeout(20),
+                Poll(19, Wait),
+                Poll(20, Ack),
+                Acked,
+                Timeout(2010),
+            ],
+            // SYNC_BYTES unacknowledged: at once.
+            &[
+                Chunk(5, 4 * mib - 1, false, Wait),
+                Chunk(6, 4 * mib, false, Ack),
+                Acked,
+                Poll(30, Wait),
+                Timeout(2006),
+            ],
+            // The last byte: at once.
+            &[Chunk(5, 1, true, Ack)],
+            // After an ack the next chunk starts a new flush delay.
+            &[
+                Chunk(0, 1, false, Wait),
+                Acked,
+                Chunk(100, 1, false, Wait),
+                Timeout(120),
+                Poll(119, Wait),
+                Poll(120, Ack),
+            ],
+            // Unacknowledged bytes are never released, however long.
+            &[Chunk(0, 1, false, Wait), Poll(10_000, Ack)],
+        ];
+        for (row, steps) in cases.iter().enumerate() {
+            let t0 = std::time::Instant::now();
+            let at = |ms: u64| t0 + Duration::from_millis(ms);
+            let mut c = AckCadence::new(at(0));
+            for (i, step) in steps.iter().enumerate() {
+                match *step {
+                    Chunk(ms, pending, done, want) => {
+                        assert_eq!(
+                            c.on_chunk(at(ms), pending, done),
+                            want,
+                            "row {row} step {i}"
+                        );
+                        assert!(c.has_unacked());
+                    }
+                    Poll(ms, want) => assert_eq!(c.poll(at(ms)), want, "row {row} step {i}"),
+                    Acked => {
+                        c.on_acked();
+                        assert!(!c.has_unacked());
+                    }
+                    Timeout(ms) => assert_eq!(c.poll_timeout(), at(ms), "row {row} step {i}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn progress_throttle() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = ProgressThrottle::new();
+        for (ms, due, push) in [
+            (0, true, true),
+            (100, false, false),
+            (249, false, false),
+            (250, true, true),
+            (300, false, false),
+            (400, false, true),
+            (649, false, false),
+            (650, true, false),
+        ] {
+            assert_eq!(p.due(at(ms)), due, "{ms}");
+            if push {
+                p.pushed(at(ms));
+            }
+        }
     }
 }

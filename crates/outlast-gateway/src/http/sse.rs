@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use outlast_protocol::replay::{Cursor, Live};
 use outlast_protocol::{JobEvent, JobId, JobSnapshot, OwnerId, Seq};
 use serde::Deserialize;
 
@@ -58,7 +59,7 @@ struct Feed {
     job: JobId,
     pending: VecDeque<Item>,
     live: Option<JobSubscription>,
-    last: Seq,
+    cursor: Cursor,
     done: bool,
 }
 
@@ -66,11 +67,11 @@ impl Feed {
     fn push(&mut self, item: Item) {
         match &item {
             Item::Snapshot(s) => {
-                self.last = s.seq;
+                self.cursor.on_snapshot(s.seq);
                 self.done |= s.state.is_terminal();
             }
             Item::Event(e) => {
-                self.last = e.seq;
+                self.cursor.on_replayed(e.seq);
                 self.done |= e.kind.is_terminal();
             }
         }
@@ -90,27 +91,30 @@ impl Feed {
                 n = live.next() => n,
                 () = self.state.shutdown.cancelled() => return None,
             };
-            match next {
+            let after = match next {
                 None => return None,
-                Some(Ok(event)) if event.seq <= self.last => {}
-                Some(Ok(event)) if event.seq == self.last.next() => {
-                    self.push(Item::Event(event.event.clone()))
-                }
-                // Lagged or a gap: re-read from the store.
-                Some(_) => {
-                    let open = self
-                        .state
-                        .jobs
-                        .open_stream(&self.owner, self.job, Some(self.last))
-                        .await
-                        .ok()?;
-                    if let Some(s) = open.snapshot {
-                        self.push(Item::Snapshot(s));
+                Some(Ok(event)) => match self.cursor.on_live(event.seq) {
+                    Live::Duplicate => continue,
+                    Live::Deliver => {
+                        self.push(Item::Event(event.event.clone()));
+                        continue;
                     }
-                    for e in open.events {
-                        self.push(Item::Event(e));
-                    }
-                }
+                    Live::Gap { after } => after,
+                },
+                Some(Err(_)) => self.cursor.position(),
+            };
+            // Lagged or a gap: re-read from the store.
+            let open = self
+                .state
+                .jobs
+                .open_stream(&self.owner, self.job, Some(after))
+                .await
+                .ok()?;
+            if let Some(s) = open.snapshot {
+                self.push(Item::Snapshot(s));
+            }
+            for e in open.events {
+                self.push(Item::Event(e));
             }
         }
     }
@@ -144,7 +148,7 @@ pub async fn events(
         job,
         pending: VecDeque::new(),
         live: Some(live),
-        last: after.unwrap_or(Seq::ZERO),
+        cursor: Cursor::new(after),
         done: false,
     };
     if let Some(s) = open.snapshot {

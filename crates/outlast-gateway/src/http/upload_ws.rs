@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use outlast_protocol::tus::{Metadata, parse_sha256_hex};
-use outlast_protocol::upload::{DATA_HEADER_LEN, UploadState, parse_data_header};
+use outlast_protocol::upload::{
+    AckAction, AckCadence, DATA_HEADER_LEN, UploadState, parse_data_header,
+};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{ErrorCode, Offset, OwnerId, UploadId};
 use tokio::time::Instant;
@@ -25,12 +27,9 @@ use crate::upload::progress::ProgressSubscription;
 use crate::upload::writer::Writer;
 use crate::upload::{NewUpload, Uploads};
 
-/// Acknowledge (fsync + commit) after this many unacknowledged bytes.
-pub const SYNC_BYTES: u64 = 4 << 20;
-/// ... or this long after the first unacknowledged byte.
-pub const FLUSH_DELAY: Duration = Duration::from_millis(20);
-/// Let go of an upload's writer after this long without chunks.
-pub const IDLE_RELEASE: Duration = Duration::from_secs(2);
+// The ack cadence (`SYNC_BYTES`, `FLUSH_DELAY`, `IDLE_RELEASE`) is decided by
+// `outlast_protocol::upload::AckCadence`.
+pub use outlast_protocol::upload::{FLUSH_DELAY, IDLE_RELEASE, SYNC_BYTES};
 /// How long `upload_resume` (or a chunk) waits for another writer (e.g. the connection that
 /// was just cut, still committing) to let go.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -44,8 +43,7 @@ pub fn is_data(frame: &[u8]) -> bool {
 
 struct Attached {
     writer: Writer,
-    unsynced_since: Option<Instant>,
-    last_chunk: Instant,
+    cadence: AckCadence<Instant>,
 }
 
 impl std::fmt::Debug for Attached {
@@ -99,10 +97,7 @@ impl SessionUploads {
     fn deadline(&self) -> Option<Instant> {
         self.attached
             .values()
-            .map(|a| match a.unsynced_since {
-                Some(t) => t + FLUSH_DELAY,
-                None => a.last_chunk + IDLE_RELEASE,
-            })
+            .map(|a| a.cadence.poll_timeout())
             .min()
     }
 
@@ -147,10 +142,12 @@ impl SessionUploads {
                     let Some(a) = self.attached.get(&id) else {
                         continue;
                     };
-                    if a.unsynced_since.is_some_and(|t| now >= t + FLUSH_DELAY) {
-                        self.flush(id, &mut out).await;
-                    } else if a.unsynced_since.is_none() && now >= a.last_chunk + IDLE_RELEASE {
-                        self.attached.remove(&id);
+                    match a.cadence.poll(now) {
+                        AckAction::Ack => self.flush(id, &mut out).await,
+                        AckAction::Release => {
+                            self.attached.remove(&id);
+                        }
+                        AckAction::Wait => {}
                     }
                 }
                 out
@@ -163,7 +160,7 @@ impl SessionUploads {
         let Some(a) = self.attached.get_mut(&id) else {
             return;
         };
-        a.unsynced_since = None;
+        a.cadence.on_acked();
         match a.writer.commit().await {
             Ok(r) => {
                 let complete = r.state != UploadState::Open;
@@ -199,8 +196,7 @@ impl SessionUploads {
                 id,
                 Attached {
                     writer,
-                    unsynced_since: None,
-                    last_chunk: Instant::now(),
+                    cadence: AckCadence::new(Instant::now()),
                 },
             );
         }
@@ -344,13 +340,10 @@ impl SessionUploads {
             return out;
         }
         metrics::counter!(m::UPLOAD_BYTES, "transport" => "ws").increment(len);
-        let now = Instant::now();
-        a.last_chunk = now;
-        a.unsynced_since.get_or_insert(now);
         let pending = a.writer.received() - a.writer.record().offset;
         let done = a.writer.remaining() == Some(0);
         let mut out = Vec::new();
-        if done || pending >= SYNC_BYTES {
+        if a.cadence.on_chunk(Instant::now(), pending, done) == AckAction::Ack {
             self.flush(id, &mut out).await;
         }
         out

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use outlast_protocol::codec::{DecodeError, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use outlast_protocol::keepalive::{Keepalive, KeepaliveAction};
+use outlast_protocol::replay::{Cursor, Live};
 use outlast_protocol::v1::{ClientMsg, Control, PROTOCOL, ServerMsg};
 use outlast_protocol::{Codec, ErrorCode, Frame, JobId, OwnerId, Seq};
 use tokio::time::Instant;
@@ -38,18 +39,19 @@ const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Close codes the server uses (RFC 6455 and the 4000-4999 private range).
 pub mod close {
+    use outlast_protocol::close::CloseCode;
     /// The client closed, or the server ends a healthy session.
-    pub const NORMAL: u16 = 1000;
+    pub const NORMAL: u16 = CloseCode::Normal.as_u16();
     /// A frame-level protocol violation.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const PROTOCOL_ERROR: u16 = CloseCode::ProtocolError.as_u16();
     /// Text that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const INVALID_PAYLOAD: u16 = CloseCode::InvalidPayload.as_u16();
     /// A frame or message over the size limit.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const MESSAGE_TOO_BIG: u16 = CloseCode::MessageTooBig.as_u16();
     /// The gateway is restarting or shutting down; reconnect.
-    pub const SERVICE_RESTART: u16 = 1012;
+    pub const SERVICE_RESTART: u16 = CloseCode::ServiceRestart.as_u16();
     /// The client answered no ping in time.
-    pub const PING_TIMEOUT: u16 = 4000;
+    pub const PING_TIMEOUT: u16 = CloseCode::PingTimeout.as_u16();
 }
 
 /// The upgrade handler.
@@ -114,7 +116,7 @@ struct Session {
     socket: WebSocket,
     subs: StreamMap<JobId, JobSubscription>,
     /// The newest sequence number sent per subscribed job.
-    last_sent: HashMap<JobId, Seq>,
+    last_sent: HashMap<JobId, Cursor>,
     /// Uploads written over this connection, and the owner's upload progress.
     uploads: super::upload_ws::SessionUploads,
 }
@@ -257,7 +259,11 @@ impl Session {
 
     async fn ping(&mut self) -> Result<(), ()> {
         self.send_raw(Message::Ping(bytes::Bytes::new())).await?;
-        let jobs = self.last_sent.iter().map(|(j, s)| (*j, *s)).collect();
+        let jobs = self
+            .last_sent
+            .iter()
+            .map(|(j, c)| (*j, c.position()))
+            .collect();
         self.send(Control::Heartbeat { jobs }.into()).await
     }
 
@@ -387,7 +393,7 @@ impl Session {
             // Nothing can follow a terminal event (dropping `live` releases the channel).
             return Ok(());
         }
-        self.last_sent.insert(job, last);
+        self.last_sent.insert(job, Cursor::new(Some(last)));
         self.subs.insert(job, live);
         Ok(())
     }
@@ -402,12 +408,15 @@ impl Session {
         job: JobId,
         item: Result<Arc<Published>, BroadcastStreamRecvError>,
     ) -> Result<(), ()> {
-        let last = self.last_sent.get(&job).copied().unwrap_or(Seq::ZERO);
-        match item {
-            Ok(event) if event.seq <= last => Ok(()),
-            Ok(event) if event.seq == last.next() => {
+        let cursor = self.last_sent.entry(job).or_default();
+        let live = match &item {
+            Ok(event) => cursor.on_live(event.seq),
+            Err(_) => cursor.on_lagged(),
+        };
+        match (live, item) {
+            (Live::Duplicate, _) => Ok(()),
+            (Live::Deliver, Ok(event)) => {
                 let terminal = event.kind.is_terminal();
-                self.last_sent.insert(job, event.seq);
                 let bytes = event.encoded(self.codec);
                 let frame = match self.codec {
                     Codec::MsgPack => Message::Binary(bytes),
@@ -422,8 +431,12 @@ impl Session {
                 }
                 Ok(())
             }
-            // A gap (this receiver lagged, or history was coalesced meanwhile): re-read the store.
-            Ok(_) | Err(BroadcastStreamRecvError::Lagged(_)) => self.catch_up(job, last).await,
+            // A gap (this receiver lagged, or history was coalesced meanwhile): re-read the store
+            // after the position, which a gap leaves where it was.
+            _ => {
+                let after = self.last_sent.get(&job).map_or(Seq::ZERO, Cursor::position);
+                self.catch_up(job, after).await
+            }
         }
     }
 
@@ -455,7 +468,7 @@ impl Session {
         if open.state.is_terminal() {
             self.unsubscribe(job);
         } else {
-            self.last_sent.insert(job, newest);
+            self.last_sent.insert(job, Cursor::new(Some(newest)));
         }
         Ok(())
     }

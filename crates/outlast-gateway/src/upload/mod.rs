@@ -35,16 +35,14 @@ use data::DataFile;
 use progress::ProgressHub;
 use store::{RecordStore, StoreError, UploadRecord};
 
-/// Unacknowledged bytes a WebSocket client may have in flight.
-pub const WINDOW_BYTES: u64 = 16 << 20;
-/// Largest WebSocket chunk: a whole frame is buffered in memory, so keep it modest. A chunk
-/// frame is also a WebSocket message, so `max_message_bytes` bounds it too.
-pub const WS_MAX_CHUNK: u64 = 8 << 20;
 /// During one long PATCH, make what arrived durable after this many bytes, so a crash loses
 /// little and HEAD moves while a slow chunk is still arriving.
-pub const CHECKPOINT_BYTES: u64 = 16 << 20;
-/// Minimum time between progress pushes of one writer.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+pub use outlast_protocol::upload::CHECKPOINT_BYTES;
+/// Unacknowledged bytes a WebSocket client may have in flight.
+pub use outlast_protocol::upload::WINDOW_BYTES;
+/// Largest WebSocket chunk: a whole frame is buffered in memory, so keep it modest. A chunk
+/// frame is also a WebSocket message, so `max_message_bytes` bounds it too.
+pub use outlast_protocol::upload::WS_MAX_CHUNK;
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {

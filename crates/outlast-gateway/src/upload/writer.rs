@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use outlast_protocol::tus::ChecksumAlgorithm;
 use outlast_protocol::tus::Metadata;
-use outlast_protocol::upload::UploadState;
+use outlast_protocol::upload::{ProgressThrottle, UploadState};
 use outlast_protocol::{ErrorCode, OwnerId, UploadId};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
 use super::data::{ChunkHasher, DataFile};
 use super::store::UploadRecord;
-use super::{NewUpload, PROGRESS_EVERY, Uploads, io_err};
+use super::{NewUpload, Uploads, io_err};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
@@ -55,7 +55,7 @@ impl Uploads {
             inflight: None,
             started: Instant::now(),
             session_bytes: 0,
-            last_push: None,
+            progress_throttle: ProgressThrottle::new(),
         })
     }
 
@@ -134,7 +134,7 @@ pub struct Writer {
     pub(super) received: u64,
     pub(super) started: Instant,
     pub(super) session_bytes: u64,
-    pub(super) last_push: Option<Instant>,
+    pub(super) progress_throttle: ProgressThrottle<Instant>,
 }
 
 impl Writer {
@@ -266,14 +266,14 @@ impl Writer {
         }));
         self.received += len;
         self.session_bytes += len;
-        if self.last_push.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+        if self.progress_throttle.due(Instant::now()) {
             self.push_progress();
         }
         Ok(())
     }
 
     fn push_progress(&mut self) {
-        self.last_push = Some(Instant::now());
+        self.progress_throttle.pushed(Instant::now());
         self.uploads.progress.publish(
             &self.record.owner,
             self.record.id,
