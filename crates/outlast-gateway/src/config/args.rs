@@ -113,7 +113,7 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub comfyui: Vec<String>,
-    /// Jobs each ComfyUI server given by --comfyui runs at once [comfyui.servers[].concurrency; default 1]
+    /// Jobs each ComfyUI server runs at once; overrides the file's per-server value [comfyui.servers[].concurrency; default 1]
     #[arg(long, env = "OUTLAST_COMFYUI_CONCURRENCY", value_name = "N")]
     pub comfyui_concurrency: Option<usize>,
     /// Ask ComfyUI where a prompt is when its WebSocket was gone or silent this long [comfyui.poll_interval; default 5s]
