@@ -184,60 +184,67 @@ fn help_states_the_real_defaults() {
 fn file_then_environment_then_flag() {
     // (file, environment variable, flag, what to read back); each source sets a different value.
     type Read = fn(&Config) -> String;
-    let cases: [(&str, (&str, &str), [&str; 2], [&str; 3], Read); 9] = [
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        [&'static str; 3],
+        Read,
+    );
+    let cases: [Case; 9] = [
         (
             "ping_interval = \"{}\"",
-            ("OUTLAST_PING_INTERVAL", ""),
-            ["--ping-interval", ""],
+            "OUTLAST_PING_INTERVAL",
+            "--ping-interval",
             ["7s", "8s", "9s"],
             |c| humantime::format_duration(c.ping_interval).to_string(),
         ),
         (
             "listen = \"{}\"",
-            ("OUTLAST_LISTEN", ""),
-            ["--listen", ""],
+            "OUTLAST_LISTEN",
+            "--listen",
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
             |c| c.listen.to_string(),
         ),
         (
             "[demo]\nconcurrency = {}",
-            ("OUTLAST_DEMO_CONCURRENCY", ""),
-            ["--demo-concurrency", ""],
+            "OUTLAST_DEMO_CONCURRENCY",
+            "--demo-concurrency",
             ["3", "4", "5"],
             |c| c.demo_concurrency.to_string(),
         ),
         (
             "[uploads]\nmax_size = {}",
-            ("OUTLAST_UPLOAD_MAX_SIZE", ""),
-            ["--upload-max-size", ""],
+            "OUTLAST_UPLOAD_MAX_SIZE",
+            "--upload-max-size",
             ["100", "200", "300"],
             |c| c.uploads.max_size.to_string(),
         ),
         (
             "[exec]\ncommand = \"true\"\ntimeout = \"{}\"",
-            ("OUTLAST_EXEC_TIMEOUT", ""),
-            ["--exec-timeout", ""],
+            "OUTLAST_EXEC_TIMEOUT",
+            "--exec-timeout",
             ["1m", "2m", "3m"],
             |c| humantime::format_duration(c.exec.as_ref().expect("exec").timeout).to_string(),
         ),
         (
             "[exec]\ncommand = \"{}\"",
-            ("OUTLAST_EXEC_COMMAND", ""),
-            ["--exec-command", ""],
+            "OUTLAST_EXEC_COMMAND",
+            "--exec-command",
             ["a", "b", "c"],
             |c| c.exec.as_ref().expect("exec").command.clone(),
         ),
         (
             "[comfyui]\nservers = [\"http://{}:8188\"]",
-            ("OUTLAST_COMFYUI", ""),
-            ["--comfyui", ""],
+            "OUTLAST_COMFYUI",
+            "--comfyui",
             ["a", "b", "c"],
             |c| c.comfyui.as_ref().expect("comfyui").servers[0].url[7..8].to_owned(),
         ),
         (
             "[comfyui]\nservers = [\"http://a:1\"]\npoll_interval = \"{}\"",
-            ("OUTLAST_COMFYUI_POLL_INTERVAL", ""),
-            ["--comfyui-poll-interval", ""],
+            "OUTLAST_COMFYUI_POLL_INTERVAL",
+            "--comfyui-poll-interval",
             ["1s", "2s", "3s"],
             |c| {
                 humantime::format_duration(c.comfyui.as_ref().expect("comfyui").poll_interval)
@@ -246,13 +253,13 @@ fn file_then_environment_then_flag() {
         ),
         (
             "[auth.tokens]\n{} = \"0123456789abcdef\"",
-            ("OUTLAST_TOKENS", ""),
-            ["--token", ""],
+            "OUTLAST_TOKENS",
+            "--token",
             ["alice", "bob", "carol"],
             |c| c.tokens.values().map(|o| o.as_str().to_owned()).collect(),
         ),
     ];
-    for (file, (var, _), [flag, _], [v_file, v_env, v_flag], read) in cases {
+    for (file, var, flag, [v_file, v_env, v_flag], read) in cases {
         let text = file.replace("{}", v_file);
         // Tokens are OWNER=SECRET and servers URLs on the command line and in the environment.
         let arg = |v: &str| match var {
