@@ -1,0 +1,235 @@
+//! The command line and `OUTLAST_*` environment: every option is optional, with no defaults of
+//! its own, and is laid over the configuration loaded from the defaults and `outlast.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::{
+    ComfyServer, Config, ConfigError, DEFAULT_COMFYUI_CONCURRENCY, LogFormat, err,
+    tokens_from_pairs,
+};
+
+/// Command line and environment. Every option is optional here so that the file can supply it.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "outlast",
+    version,
+    about = "A job gateway for long-running work behind Cloudflare and slow uplinks",
+    long_about = "Outlast accepts resumable uploads, queues jobs on a backend (demo, exec, ...) and \
+streams their progress over one long-lived WebSocket kept alive with pings, with SSE and \
+long-polling fallbacks.\n\nEvery option can also be set in outlast.toml (the key is shown in \
+brackets) or with the OUTLAST_* environment variable shown. Precedence: flag > environment > \
+file > default."
+)]
+pub struct Args {
+    /// Configuration file [default: ./outlast.toml when it exists]
+    #[arg(long, env = "OUTLAST_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [listen; default 127.0.0.1:8080]
+    #[arg(long, env = "OUTLAST_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Allow listening on a non-loopback address without configured auth [allow_public]
+    #[arg(long, env = "OUTLAST_ALLOW_PUBLIC")]
+    pub allow_public: bool,
+    /// Directory for the database, uploads and outputs [data_dir; default ./outlast-data]
+    #[arg(long, env = "OUTLAST_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// WebSocket ping and heartbeat interval, e.g. 25s or 500ms [ping_interval; default 25s]
+    #[arg(long, env = "OUTLAST_PING_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Close a peer that answers no ping within this time [pong_timeout; default 20s]
+    #[arg(long, env = "OUTLAST_PONG_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub pong_timeout: Option<Duration>,
+    /// Largest WebSocket message accepted, in bytes [max_message_bytes; default 1048576]
+    #[arg(long, env = "OUTLAST_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// A WebSocket client that takes no frame for this long is disconnected [slow_consumer_timeout; default 10s]
+    #[arg(long, env = "OUTLAST_SLOW_CONSUMER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub slow_consumer_timeout: Option<Duration>,
+    /// Longest wait of the long-poll endpoint [long_poll_timeout; default 25s]
+    #[arg(long, env = "OUTLAST_LONG_POLL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub long_poll_timeout: Option<Duration>,
+    /// Grace period for draining on SIGTERM/SIGINT [shutdown_grace; default 10s]
+    #[arg(long, env = "OUTLAST_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Events kept per job before progress/preview/queued events are coalesced [history_max_events; default 10000]
+    #[arg(long, env = "OUTLAST_HISTORY_MAX_EVENTS", value_name = "N")]
+    pub history_max_events: Option<u64>,
+    /// Answer a job from an identical job (same owner, backend, workflow and input contents)
+    /// completed within this time; 0s disables the result cache [cache_ttl; default 24h]
+    #[arg(long, env = "OUTLAST_CACHE_TTL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Option<Duration>,
+    /// Concurrent jobs of the demo backend [demo.concurrency; default 2]
+    #[arg(long, env = "OUTLAST_DEMO_CONCURRENCY", value_name = "N")]
+    pub demo_concurrency: Option<usize>,
+    /// Enable the exec backend: a shell command run once per job [exec.command]
+    #[arg(long, env = "OUTLAST_EXEC_COMMAND", value_name = "COMMAND")]
+    pub exec_command: Option<String>,
+    /// Time limit of one exec job [exec.timeout; default 15m]
+    #[arg(long, env = "OUTLAST_EXEC_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub exec_timeout: Option<Duration>,
+    /// Concurrent jobs of the exec backend [exec.concurrency; default 1]
+    #[arg(long, env = "OUTLAST_EXEC_CONCURRENCY", value_name = "N")]
+    pub exec_concurrency: Option<usize>,
+    /// An API token as OWNER=SECRET; repeat for several owners. Enables auth [auth.tokens]
+    #[arg(
+        long = "token",
+        env = "OUTLAST_TOKENS",
+        value_name = "OWNER=SECRET",
+        value_delimiter = ','
+    )]
+    pub tokens: Vec<String>,
+    /// Largest upload in bytes [uploads.max_size; default 10737418240]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_SIZE", value_name = "BYTES")]
+    pub upload_max_size: Option<u64>,
+    /// Largest chunk (PATCH body or WebSocket chunk frame) in bytes; keep it below Cloudflare's
+    /// 100 MB [uploads.max_chunk_bytes; default 67108864]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_CHUNK_BYTES", value_name = "BYTES")]
+    pub upload_max_chunk_bytes: Option<u64>,
+    /// How long one chunk should take; clients size chunks to their rate [uploads.target_chunk; default 5s]
+    #[arg(long, env = "OUTLAST_UPLOAD_TARGET_CHUNK", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upload_target_chunk: Option<Duration>,
+    /// Incomplete uploads untouched this long are removed [uploads.expiry; default 24h]
+    #[arg(long, env = "OUTLAST_UPLOAD_EXPIRY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upload_expiry: Option<Duration>,
+    /// Complete uploads unused this long are removed [uploads.retention; default 7d]
+    #[arg(long, env = "OUTLAST_UPLOAD_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upload_retention: Option<Duration>,
+    /// Incomplete uploads one owner may have at once [uploads.max_open_per_owner; default 100]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_OPEN_PER_OWNER", value_name = "N")]
+    pub upload_max_open_per_owner: Option<usize>,
+    /// Refuse uploads (507) that would leave less free disk than this [uploads.min_free_bytes; default 1073741824]
+    #[arg(long, env = "OUTLAST_UPLOAD_MIN_FREE_BYTES", value_name = "BYTES")]
+    pub upload_min_free_bytes: Option<u64>,
+    /// Enable the comfyui backend on this ComfyUI server, e.g. http://127.0.0.1:8188; repeat
+    /// the flag for a pool [comfyui.servers]
+    #[arg(
+        long = "comfyui",
+        env = "OUTLAST_COMFYUI",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub comfyui: Vec<String>,
+    /// Jobs each ComfyUI server runs at once; overrides the file's per-server value [comfyui.servers[].concurrency; default 1]
+    #[arg(long, env = "OUTLAST_COMFYUI_CONCURRENCY", value_name = "N")]
+    pub comfyui_concurrency: Option<usize>,
+    /// Ask ComfyUI where a prompt is when its WebSocket was gone or silent this long [comfyui.poll_interval; default 5s]
+    #[arg(long, env = "OUTLAST_COMFYUI_POLL_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_poll_interval: Option<Duration>,
+    /// Ping interval of the WebSockets to ComfyUI [comfyui.ping_interval; default 20s]
+    #[arg(long, env = "OUTLAST_COMFYUI_PING_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_ping_interval: Option<Duration>,
+    /// A running job fails when its ComfyUI server stays unreachable this long [comfyui.unreachable_timeout; default 2m]
+    #[arg(long, env = "OUTLAST_COMFYUI_UNREACHABLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_unreachable_timeout: Option<Duration>,
+    /// Probe every ComfyUI server this often; failing ones leave the rotation [comfyui.retry_interval; default 5s]
+    #[arg(long, env = "OUTLAST_COMFYUI_RETRY_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_retry_interval: Option<Duration>,
+    /// Time limit of one ComfyUI job [comfyui.timeout; default 30m]
+    #[arg(long, env = "OUTLAST_COMFYUI_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_timeout: Option<Duration>,
+    /// Longest edge of previews sent to clients, in pixels [comfyui.preview_max_edge; default 256]
+    #[arg(long, env = "OUTLAST_COMFYUI_PREVIEW_MAX_EDGE", value_name = "PX")]
+    pub comfyui_preview_max_edge: Option<u32>,
+    /// At most one preview per job this often [comfyui.preview_interval; default 500ms]
+    #[arg(long, env = "OUTLAST_COMFYUI_PREVIEW_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_preview_interval: Option<Duration>,
+    /// Log format: pretty or json [log_format; default pretty]
+    #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Args {
+    /// Lays every option that was given over `config` (flags and environment beat the file).
+    /// Lists (`--token`, `--comfyui`) replace the file's list rather than extending it.
+    pub(super) fn overlay(self, config: &mut Config) -> Result<(), ConfigError> {
+        fn set<T>(slot: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        set(&mut config.listen, self.listen);
+        config.allow_public |= self.allow_public;
+        set(&mut config.data_dir, self.data_dir);
+        set(&mut config.ping_interval, self.ping_interval);
+        set(&mut config.pong_timeout, self.pong_timeout);
+        set(&mut config.max_message_bytes, self.max_message_bytes);
+        set(
+            &mut config.slow_consumer_timeout,
+            self.slow_consumer_timeout,
+        );
+        set(&mut config.long_poll_timeout, self.long_poll_timeout);
+        set(&mut config.shutdown_grace, self.shutdown_grace);
+        set(&mut config.history_max_events, self.history_max_events);
+        set(&mut config.cache_ttl, self.cache_ttl);
+        set(&mut config.log_format, self.log_format);
+        set(&mut config.demo_concurrency, self.demo_concurrency);
+        if self.exec_command.is_some()
+            || self.exec_timeout.is_some()
+            || self.exec_concurrency.is_some()
+        {
+            let exec = config.exec.get_or_insert_with(Default::default);
+            set(&mut exec.command, self.exec_command);
+            set(&mut exec.timeout, self.exec_timeout);
+            set(&mut exec.concurrency, self.exec_concurrency);
+        }
+        if !self.tokens.is_empty() {
+            let pairs = self
+                .tokens
+                .iter()
+                .map(|t| {
+                    t.split_once('=')
+                        .map(|(o, s)| (o.to_owned(), s.to_owned()))
+                        .ok_or_else(|| err("auth.tokens", "expected OWNER=SECRET"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            config.tokens = tokens_from_pairs(pairs)?;
+        }
+        let u = &mut config.uploads;
+        set(&mut u.max_size, self.upload_max_size);
+        set(&mut u.max_chunk_bytes, self.upload_max_chunk_bytes);
+        set(&mut u.target_chunk, self.upload_target_chunk);
+        set(&mut u.expiry, self.upload_expiry);
+        set(&mut u.retention, self.upload_retention);
+        set(&mut u.max_open_per_owner, self.upload_max_open_per_owner);
+        set(&mut u.min_free_bytes, self.upload_min_free_bytes);
+        let any_comfy = !self.comfyui.is_empty()
+            || self.comfyui_concurrency.is_some()
+            || self.comfyui_poll_interval.is_some()
+            || self.comfyui_ping_interval.is_some()
+            || self.comfyui_unreachable_timeout.is_some()
+            || self.comfyui_retry_interval.is_some()
+            || self.comfyui_timeout.is_some()
+            || self.comfyui_preview_max_edge.is_some()
+            || self.comfyui_preview_interval.is_some();
+        if any_comfy {
+            let c = config.comfyui.get_or_insert_with(Default::default);
+            if !self.comfyui.is_empty() {
+                c.servers = self
+                    .comfyui
+                    .into_iter()
+                    .map(|url| ComfyServer {
+                        url,
+                        concurrency: DEFAULT_COMFYUI_CONCURRENCY,
+                    })
+                    .collect();
+            }
+            if let Some(n) = self.comfyui_concurrency {
+                for s in &mut c.servers {
+                    s.concurrency = n;
+                }
+            }
+            set(&mut c.poll_interval, self.comfyui_poll_interval);
+            set(&mut c.ping_interval, self.comfyui_ping_interval);
+            set(&mut c.unreachable_timeout, self.comfyui_unreachable_timeout);
+            set(&mut c.retry_interval, self.comfyui_retry_interval);
+            set(&mut c.timeout, self.comfyui_timeout);
+            set(&mut c.preview_max_edge, self.comfyui_preview_max_edge);
+            set(&mut c.preview_interval, self.comfyui_preview_interval);
+        }
+        Ok(())
+    }
+}
