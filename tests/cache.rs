@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::bail;
 use common::{Tus, id_of, sha256_hex};
 use outlast_e2e::api::Submitted;
-use outlast_e2e::{Api, Gateway};
 use outlast_e2e::ws::Client;
+use outlast_e2e::{Api, Gateway};
 use outlast_protocol::v1::{ClientMsg, Control};
 use outlast_protocol::{Codec, EventKind, JobSpec, JobState, OutputInfo};
 use serde_json::{Value, json};
@@ -186,10 +186,7 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
     let mut keyed = body.clone();
     keyed["idempotency_key"] = json!("order-17");
     let (_, answer, log) = run(&api, &keyed).await?;
-    assert_eq!(
-        (answer.state, answer.created),
-        (JobState::Completed, true)
-    );
+    assert_eq!((answer.state, answer.created), (JobState::Completed, true));
     assert_cached(&log, &produced);
 
     // The same bytes uploaded again are the same input (upload ids are not compared).

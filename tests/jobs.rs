@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use outlast_e2e::process::{Launch, Process};
-use outlast_e2e::{Api, Gateway};
 use outlast_e2e::ws::{Client, Incoming};
+use outlast_e2e::{Api, Gateway};
 use outlast_protocol::v1::{ClientMsg, Control};
 use outlast_protocol::{Codec, EventKind, FailureCode, JobId, JobSnapshot, JobState};
 

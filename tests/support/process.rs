@@ -147,7 +147,10 @@ impl Process {
     }
 
     /// SIGTERM, then waits up to `within` for the exit status.
-    pub async fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("not running")?;
         let pid = child.id().context("no pid")?;
         nix::sys::signal::kill(
