@@ -199,13 +199,7 @@ async fn a_websocket_without_a_known_subprotocol_is_refused() -> anyhow::Result<
 
 #[tokio::test]
 async fn foreign_jobs_are_indistinguishable_from_unknown_ones() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[
-        "--token",
-        &format!("alice={ALICE}"),
-        "--token",
-        &format!("bob={BOB}"),
-    ])
-    .await?;
+    let gw = Gateway::start_with_tokens(&[("alice", ALICE), ("bob", BOB)], &[]).await?;
     let http = reqwest::Client::new();
     // No or wrong token: 401 with a typed body.
     let r = http

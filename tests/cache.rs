@@ -277,13 +277,7 @@ async fn an_expired_result_runs_again_and_zero_ttl_disables_the_cache() -> anyho
 
 #[tokio::test]
 async fn owners_never_share_results() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[
-        "--token",
-        &format!("alice={ALICE}"),
-        "--token",
-        &format!("bob={BOB}"),
-    ])
-    .await?;
+    let gw = Gateway::start_with_tokens(&[("alice", ALICE), ("bob", BOB)], &[]).await?;
     let (alice, bob) = (api_of(&gw, Some(ALICE)), api_of(&gw, Some(BOB)));
     let image = png(200);
     let alice_body = demo(2, Some(&upload(&alice, &image).await?));

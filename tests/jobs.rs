@@ -166,15 +166,8 @@ async fn canceling_an_exec_job_kills_its_process_group() -> anyhow::Result<()> {
 async fn the_queue_is_fair_across_owners() -> anyhow::Result<()> {
     const A: &str = "alice-secret-0123456789";
     const B: &str = "bob-secret-0123456789";
-    let gw = Gateway::start(&[
-        "--demo-concurrency",
-        "1",
-        "--token",
-        &format!("alice={A}"),
-        "--token",
-        &format!("bob={B}"),
-    ])
-    .await?;
+    let gw = Gateway::start_with_tokens(&[("alice", A), ("bob", B)], &["--demo-concurrency", "1"])
+        .await?;
     let submit = |token: &'static str, steps: u32| {
         let api = gw.api().with_token(token);
         async move {

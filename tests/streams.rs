@@ -126,13 +126,7 @@ async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> any
     let proxy = Proxy::start(gw.addr, Some(Duration::from_millis(450))).await?;
     let mut client = Client::connect(&format!("ws://{}/v1/ws", proxy.addr), Codec::MsgPack).await?;
     let job = submit_ws(&mut client, demo(1, 900)).await?;
-    client
-        .send(&ClientMsg::Subscribe {
-            req: None,
-            job_id: job,
-            after: None,
-        })
-        .await?;
+    subscribe(&mut client, job, &[]).await?;
     let mut log = Vec::new();
     let finished = collect(&mut client, job, &mut log, None).await?;
     assert!(
@@ -169,13 +163,7 @@ async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> any
     let proxy = Proxy::start(quiet.addr, Some(Duration::from_millis(450))).await?;
     let mut client = Client::connect(&format!("ws://{}/v1/ws", proxy.addr), Codec::MsgPack).await?;
     let job = submit_ws(&mut client, demo(1, 900)).await?;
-    client
-        .send(&ClientMsg::Subscribe {
-            req: None,
-            job_id: job,
-            after: None,
-        })
-        .await?;
+    subscribe(&mut client, job, &[]).await?;
     let finished = collect(&mut client, job, &mut Vec::new(), None).await?;
     assert!(
         !finished,

@@ -30,16 +30,15 @@ async fn status_of(r: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderM
 /// One row per rule of the tus table (docs: reference/tus.md): status code and headers.
 #[tokio::test]
 async fn tus_protocol_table() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[
-        "--token",
-        &format!("alice={ALICE}"),
-        "--token",
-        &format!("bob={BOB}"),
-        "--upload-max-size",
-        "10000000",
-        "--upload-max-chunk-bytes",
-        "65536",
-    ])
+    let gw = Gateway::start_with_tokens(
+        &[("alice", ALICE), ("bob", BOB)],
+        &[
+            "--upload-max-size",
+            "10000000",
+            "--upload-max-chunk-bytes",
+            "65536",
+        ],
+    )
     .await?;
     let tus = Tus::with_token(&gw.http(), ALICE);
     let bob = Tus::with_token(&gw.http(), BOB);

@@ -109,6 +109,20 @@ impl Gateway {
         })
     }
 
+    /// Starts a gateway with bearer tokens (`owner`, `token`) and extra flags.
+    pub async fn start_with_tokens(
+        tokens: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let pairs: Vec<String> = tokens.iter().map(|(o, t)| format!("{o}={t}")).collect();
+        let mut all: Vec<&str> = Vec::new();
+        for pair in &pairs {
+            all.extend(["--token", pair.as_str()]);
+        }
+        all.extend_from_slice(args);
+        Gateway::start(&all).await
+    }
+
     /// The process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
