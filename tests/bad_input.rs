@@ -199,13 +199,7 @@ async fn a_websocket_without_a_known_subprotocol_is_refused() -> anyhow::Result<
 
 #[tokio::test]
 async fn foreign_jobs_are_indistinguishable_from_unknown_ones() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[
-        "--token",
-        &format!("alice={ALICE}"),
-        "--token",
-        &format!("bob={BOB}"),
-    ])
-    .await?;
+    let gw = Gateway::start_with_tokens(&[("alice", ALICE), ("bob", BOB)], &[]).await?;
     let http = reqwest::Client::new();
     // No or wrong token: 401 with a typed body.
     let r = http
@@ -221,15 +215,13 @@ async fn foreign_jobs_are_indistinguishable_from_unknown_ones() -> anyhow::Resul
         .await?;
     assert_eq!(r.status(), 401);
 
-    let job: serde_json::Value = http
-        .post(format!("{}/v1/jobs", gw.http()))
-        .bearer_auth(ALICE)
-        .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": 2, "step_ms": 20}}))
-        .send()
+    let job = gw
+        .api()
+        .with_token(ALICE)
+        .submit(&serde_json::json!({"backend": "demo", "workflow": {"steps": 2, "step_ms": 20}}))
         .await?
-        .json()
-        .await?;
-    let job = job["job_id"].as_str().expect("job id").to_owned();
+        .job_id
+        .to_string();
     let unknown = JobId::random().to_string();
     for path in ["", "/events", "/poll?timeout_ms=0", "/outputs/result.png"] {
         let foreign = http

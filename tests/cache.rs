@@ -8,12 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use common::{Tus, id_of, sha256_hex};
-use outlast_e2e::Gateway;
+use outlast_e2e::api::Submitted;
 use outlast_e2e::ws::Client;
+use outlast_e2e::{Api, Gateway};
 use outlast_protocol::v1::{ClientMsg, Control};
-use outlast_protocol::{Codec, EventKind, JobSpec, OutputInfo};
+use outlast_protocol::{Codec, EventKind, JobSpec, JobState, OutputInfo};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -29,101 +30,35 @@ fn png(tone: u8) -> Vec<u8> {
     out.into_inner()
 }
 
-/// The HTTP job API as one owner.
-struct Api {
-    base: String,
-    token: Option<&'static str>,
-    http: reqwest::Client,
+/// The API of `gw` as the owner of `token` (or without one).
+fn api_of(gw: &Gateway, token: Option<&str>) -> Api {
+    match token {
+        Some(t) => gw.api().with_token(t),
+        None => gw.api(),
+    }
 }
 
-impl Api {
-    fn new(gw: &Gateway, token: Option<&'static str>) -> Self {
-        Self {
-            base: gw.http(),
-            token,
-            http: reqwest::Client::new(),
-        }
-    }
+/// Uploads `bytes` over tus as the API's owner; the upload id.
+async fn upload(api: &Api, bytes: &[u8]) -> anyhow::Result<String> {
+    let tus = match api.token() {
+        Some(t) => Tus::with_token(api.base(), t),
+        None => Tus::new(api.base()),
+    };
+    Ok(id_of(&tus.upload(bytes, 4096).await?).to_string())
+}
 
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.get(format!("{}{path}", self.base));
-        match self.token {
-            Some(t) => r.bearer_auth(t),
-            None => r,
-        }
-    }
+/// Long-polls a job's stream until its terminal event; every event, in order.
+async fn finish(api: &Api, job: &str) -> anyhow::Result<Vec<EventKind>> {
+    let log = api.follow_to_end(job, T).await?;
+    Ok(log.into_iter().map(|e| e.kind).collect())
+}
 
-    fn tus(&self) -> Tus {
-        match self.token {
-            Some(t) => Tus::with_token(&self.base, t),
-            None => Tus::new(&self.base),
-        }
-    }
-
-    /// Uploads `bytes` over tus; the upload id.
-    async fn upload(&self, bytes: &[u8]) -> anyhow::Result<String> {
-        Ok(id_of(&self.tus().upload(bytes, 4096).await?).to_string())
-    }
-
-    /// `POST /v1/jobs`: the 202 answer.
-    async fn submit(&self, body: &Value) -> anyhow::Result<Value> {
-        let mut r = self.http.post(format!("{}/v1/jobs", self.base)).json(body);
-        if let Some(t) = self.token {
-            r = r.bearer_auth(t);
-        }
-        let r = r.send().await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        anyhow::ensure!(status == 202, "submit answered {status}: {v}");
-        Ok(v)
-    }
-
-    /// Long-polls a job's stream until its terminal event; every event, in order.
-    async fn finish(&self, job: &str) -> anyhow::Result<Vec<EventKind>> {
-        let deadline = tokio::time::Instant::now() + T;
-        let mut after = 0;
-        let mut log = Vec::new();
-        loop {
-            let v: Value = self
-                .get(&format!(
-                    "/v1/jobs/{job}/poll?after={after}&timeout_ms=5000"
-                ))
-                .send()
-                .await?
-                .json()
-                .await?;
-            for e in v["events"].as_array().context("events")? {
-                log.push(serde_json::from_value::<EventKind>(e.clone())?);
-            }
-            after = v["next_after"].as_u64().context("next_after")?;
-            if log.last().is_some_and(EventKind::is_terminal) {
-                return Ok(log);
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{job} did not finish: {log:?}"
-            );
-        }
-    }
-
-    /// Submits and waits for the end: (job id, submit answer, events).
-    async fn run(&self, body: &Value) -> anyhow::Result<(String, Value, Vec<EventKind>)> {
-        let answer = self.submit(body).await?;
-        let job = answer["job_id"].as_str().context("job_id")?.to_owned();
-        let log = self.finish(&job).await?;
-        Ok((job, answer, log))
-    }
-
-    /// An output's bytes and ETag.
-    async fn download(&self, job: &str, name: &str) -> anyhow::Result<(Vec<u8>, String)> {
-        let r = self
-            .get(&format!("/v1/jobs/{job}/outputs/{name}"))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status() == 200, "output answered {}", r.status());
-        let etag = r.headers()["etag"].to_str()?.to_owned();
-        Ok((r.bytes().await?.to_vec(), etag))
-    }
+/// Submits and waits for the end: (job id, submit answer, events).
+async fn run(api: &Api, body: &Value) -> anyhow::Result<(String, Submitted, Vec<EventKind>)> {
+    let answer = api.submit(body).await?;
+    let job = answer.job_id.to_string();
+    let log = finish(api, &job).await?;
+    Ok((job, answer, log))
 }
 
 fn types(log: &[EventKind]) -> Vec<&'static str> {
@@ -158,14 +93,7 @@ fn assert_cached(log: &[EventKind], expected: &[OutputInfo]) {
 
 /// The value of a counter line such as `outlast_cache_hits_total{backend="demo"} 2`.
 async fn counter(gw: &Gateway, series: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("{}/metrics", gw.http()))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0))
+    gw.api().counter(series).await
 }
 
 fn demo(steps: u32, image: Option<&str>) -> Value {
@@ -179,13 +107,13 @@ fn demo(steps: u32, image: Option<&str>) -> Value {
 #[tokio::test]
 async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyhow::Result<()> {
     let mut gw = Gateway::start(&[]).await?;
-    let api = Api::new(&gw, None);
-    let image = api.upload(&png(128)).await?;
+    let api = api_of(&gw, None);
+    let image = upload(&api, &png(128)).await?;
     let body = demo(2, Some(&image));
 
     // The first run does the work.
-    let (first, answer, log) = api.run(&body).await?;
-    assert_eq!(answer["state"], "queued");
+    let (first, answer, log) = run(&api, &body).await?;
+    assert_eq!(answer.state, JobState::Queued);
     assert_eq!(
         types(&log),
         [
@@ -205,7 +133,7 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
         (produced[0].name.as_str(), produced[0].mime.as_str()),
         ("result.png", "image/png")
     );
-    let (original, etag) = api.download(&first, "result.png").await?;
+    let (original, etag) = api.download_with_etag(&first, "result.png").await?;
     assert_eq!(sha256_hex(&original), produced[0].sha256);
     assert_eq!(etag, format!("\"{}\"", produced[0].sha256));
 
@@ -242,55 +170,43 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
         }
     }
     assert_cached(&streamed, &produced);
-    let (bytes, repeat_etag) = api.download(&repeat.to_string(), "result.png").await?;
+    let (bytes, repeat_etag) = api.download_with_etag(repeat, "result.png").await?;
     assert!(
         bytes == original,
         "the cached output differs from the original"
     );
     assert_eq!(repeat_etag, etag);
-    let snapshot: Value = api
-        .get(&format!("/v1/jobs/{repeat}"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let snapshot = api.snapshot(repeat).await?;
     assert_eq!(
-        (
-            &snapshot["state"],
-            &snapshot["cached"],
-            &snapshot["attempt"]
-        ),
-        (&json!("completed"), &json!(true), &json!(0))
+        (snapshot.state, snapshot.cached, snapshot.attempt),
+        (JobState::Completed, true, 0)
     );
 
     // Over HTTP with an idempotency key (not part of the cache key): 202 and already completed.
     let mut keyed = body.clone();
     keyed["idempotency_key"] = json!("order-17");
-    let (_, answer, log) = api.run(&keyed).await?;
-    assert_eq!(
-        (&answer["state"], &answer["created"]),
-        (&json!("completed"), &json!(true))
-    );
+    let (_, answer, log) = run(&api, &keyed).await?;
+    assert_eq!((answer.state, answer.created), (JobState::Completed, true));
     assert_cached(&log, &produced);
 
     // The same bytes uploaded again are the same input (upload ids are not compared).
-    let again = api.upload(&png(128)).await?;
+    let again = upload(&api, &png(128)).await?;
     assert_ne!(again, image);
-    let (_, _, log) = api.run(&demo(2, Some(&again))).await?;
+    let (_, _, log) = run(&api, &demo(2, Some(&again))).await?;
     assert_cached(&log, &produced);
 
     // Opting out runs it again, and that run does not become the source.
     let mut opt_out = body.clone();
     opt_out["cache"] = json!(false);
-    let (_, _, log) = api.run(&opt_out).await?;
+    let (_, _, log) = run(&api, &opt_out).await?;
     assert_ran(&log);
 
     // Other input content, or another workflow: misses.
-    let other_image = api.upload(&png(7)).await?;
-    let (_, _, log) = api.run(&demo(2, Some(&other_image))).await?;
+    let other_image = upload(&api, &png(7)).await?;
+    let (_, _, log) = run(&api, &demo(2, Some(&other_image))).await?;
     assert_ran(&log);
     assert_ne!(outputs(&log)[0].sha256, produced[0].sha256);
-    let (_, _, log) = api.run(&demo(3, Some(&image))).await?;
+    let (_, _, log) = run(&api, &demo(3, Some(&image))).await?;
     assert_ran(&log);
 
     // Metrics count lookups: three hits; the first run and the two misses; the opt-out is no
@@ -306,17 +222,17 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
 
     // kill -9 and start again: the entry and the files survive.
     gw.restart().await?;
-    let api = Api::new(&gw, None);
-    let (after_restart, _, log) = api.run(&body).await?;
+    let api = api_of(&gw, None);
+    let (after_restart, _, log) = run(&api, &body).await?;
     assert_cached(&log, &produced);
-    assert!(api.download(&after_restart, "result.png").await?.0 == original);
+    assert!(api.download(&after_restart, "result.png").await? == original);
 
     // A source whose files are gone no longer answers: the job runs and becomes the source.
     std::fs::remove_file(gw.data_dir.join("outputs").join(&first).join("result.png"))?;
-    let (_, _, log) = api.run(&body).await?;
+    let (_, _, log) = run(&api, &body).await?;
     assert_ran(&log);
     let fresh = outputs(&log);
-    let (_, _, log) = api.run(&body).await?;
+    let (_, _, log) = run(&api, &body).await?;
     assert_cached(&log, &fresh);
     Ok(())
 }
@@ -325,39 +241,31 @@ async fn a_repeat_is_answered_from_the_first_run_also_after_a_restart() -> anyho
 async fn an_expired_result_runs_again_and_zero_ttl_disables_the_cache() -> anyhow::Result<()> {
     let ttl = Duration::from_secs(2);
     let gw = Gateway::start(&["--cache-ttl", "2s"]).await?;
-    let api = Api::new(&gw, None);
+    let api = api_of(&gw, None);
     let body = demo(1, None);
-    let (first, _, log) = api.run(&body).await?;
+    let (first, _, log) = run(&api, &body).await?;
     assert_ran(&log);
     let produced = outputs(&log);
-    let (_, _, log) = api.run(&body).await?;
+    let (_, _, log) = run(&api, &body).await?;
     assert_cached(&log, &produced);
 
     // Wait until the ttl has passed since the first job's completion (its stored time).
-    let snapshot: Value = api
-        .get(&format!("/v1/jobs/{first}"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let completed_at = snapshot["updated_at_ms"]
-        .as_u64()
-        .context("updated_at_ms")?;
+    let completed_at = api.snapshot(&first).await?.updated_at_ms;
     let expires = std::time::UNIX_EPOCH + Duration::from_millis(completed_at) + ttl;
     if let Ok(left) = expires.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(left + Duration::from_millis(100)).await;
     }
-    let (_, _, log) = api.run(&body).await?;
+    let (_, _, log) = run(&api, &body).await?;
     assert_ran(&log);
     // ...and that run answers the next repeat.
     let renewed = outputs(&log);
-    let (_, _, log) = api.run(&body).await?;
+    let (_, _, log) = run(&api, &body).await?;
     assert_cached(&log, &renewed);
 
     let off = Gateway::start(&["--cache-ttl", "0s"]).await?;
-    let api = Api::new(&off, None);
+    let api = api_of(&off, None);
     for _ in 0..2 {
-        let (_, _, log) = api.run(&body).await?;
+        let (_, _, log) = run(&api, &body).await?;
         assert_ran(&log);
     }
     assert_eq!(
@@ -369,29 +277,23 @@ async fn an_expired_result_runs_again_and_zero_ttl_disables_the_cache() -> anyho
 
 #[tokio::test]
 async fn owners_never_share_results() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[
-        "--token",
-        &format!("alice={ALICE}"),
-        "--token",
-        &format!("bob={BOB}"),
-    ])
-    .await?;
-    let (alice, bob) = (Api::new(&gw, Some(ALICE)), Api::new(&gw, Some(BOB)));
+    let gw = Gateway::start_with_tokens(&[("alice", ALICE), ("bob", BOB)], &[]).await?;
+    let (alice, bob) = (api_of(&gw, Some(ALICE)), api_of(&gw, Some(BOB)));
     let image = png(200);
-    let alice_body = demo(2, Some(&alice.upload(&image).await?));
-    let bob_body = demo(2, Some(&bob.upload(&image).await?));
+    let alice_body = demo(2, Some(&upload(&alice, &image).await?));
+    let bob_body = demo(2, Some(&upload(&bob, &image).await?));
 
-    let (_, _, log) = alice.run(&alice_body).await?;
+    let (_, _, log) = run(&alice, &alice_body).await?;
     assert_ran(&log);
     let alices = outputs(&log);
     // Bob sends the same workflow and the same bytes: his job runs.
-    let (_, _, log) = bob.run(&bob_body).await?;
+    let (_, _, log) = run(&bob, &bob_body).await?;
     assert_ran(&log);
     let bobs = outputs(&log);
     // Each owner's repeat is answered from their own run.
-    let (_, _, log) = alice.run(&alice_body).await?;
+    let (_, _, log) = run(&alice, &alice_body).await?;
     assert_cached(&log, &alices);
-    let (_, _, log) = bob.run(&bob_body).await?;
+    let (_, _, log) = run(&bob, &bob_body).await?;
     assert_cached(&log, &bobs);
     Ok(())
 }
@@ -405,10 +307,10 @@ async fn exec_jobs_are_never_cached() -> anyhow::Result<()> {
         runs.display()
     );
     let gw = Gateway::start(&["--exec-command", &script]).await?;
-    let api = Api::new(&gw, None);
+    let api = api_of(&gw, None);
     let body = json!({"backend": "exec", "workflow": {"mode": "same"}});
     for _ in 0..2 {
-        let (_, _, log) = api.run(&body).await?;
+        let (_, _, log) = run(&api, &body).await?;
         assert_ran(&log);
         assert_eq!(outputs(&log)[0].sha256, sha256_hex(b"same"));
     }
@@ -423,53 +325,34 @@ async fn exec_jobs_are_never_cached() -> anyhow::Result<()> {
 #[tokio::test]
 async fn failed_and_canceled_jobs_are_not_sources() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let api = Api::new(&gw, None);
+    let api = api_of(&gw, None);
 
     let failing =
         json!({"backend": "demo", "workflow": {"steps": 2, "step_ms": 10, "fail_at_step": 2}});
     for _ in 0..2 {
-        let (_, _, log) = api.run(&failing).await?;
+        let (_, _, log) = run(&api, &failing).await?;
         assert!(types(&log).contains(&"started"), "{log:?}");
         assert_eq!(log.last().map(EventKind::name), Some("failed"));
     }
 
     let slow = json!({"backend": "demo", "workflow": {"steps": 300, "step_ms": 20}});
     for _ in 0..2 {
-        let job = api.submit(&slow).await?["job_id"]
-            .as_str()
-            .context("job_id")?
-            .to_owned();
+        let job = api.submit(&slow).await?.job_id;
         // Wait for its first progress (it really runs), then cancel it.
-        let deadline = tokio::time::Instant::now() + T;
-        let mut after = 0;
-        loop {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "{job} never ran");
-            let v: Value = api
-                .get(&format!(
-                    "/v1/jobs/{job}/poll?after={after}&timeout_ms=5000"
-                ))
-                .send()
-                .await?
-                .json()
-                .await?;
-            after = v["next_after"].as_u64().context("next_after")?;
-            let events = v["events"].as_array().context("events")?;
-            assert!(
-                !events.iter().any(|e| e["type"] == "completed"),
-                "answered from a canceled job: {events:?}"
-            );
-            if events.iter().any(|e| e["type"] == "progress") {
-                break;
-            }
-        }
-        let r: Value = reqwest::Client::new()
-            .delete(format!("{}/v1/jobs/{job}", gw.http()))
-            .send()
-            .await?
-            .json()
+        let first = api
+            .wait_for_event(job, T, |e| {
+                matches!(
+                    e.kind,
+                    EventKind::Progress { .. } | EventKind::Completed { .. }
+                )
+            })
             .await?;
-        assert_eq!(r["state"], "canceled");
-        let log = api.finish(&job).await?;
+        assert!(
+            !matches!(first.kind, EventKind::Completed { .. }),
+            "answered from a canceled job: {first:?}"
+        );
+        assert_eq!(api.cancel(job).await?, JobState::Canceled);
+        let log = finish(&api, &job.to_string()).await?;
         assert_eq!(log.last().map(EventKind::name), Some("canceled"));
     }
     assert_eq!(

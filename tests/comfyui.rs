@@ -65,37 +65,25 @@ async fn gateway(standins: &[&StandIn], extra: &[&str]) -> anyhow::Result<Gatewa
     Gateway::start(&refs).await
 }
 
-/// Long-polls until `pick` finds an event of the job; returns it.
+/// Long-polls until `pick` finds an event of the job; returns it (as JSON).
 async fn wait_event(
     gw: &Gateway,
     job: &str,
     within: Duration,
     pick: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(e) = gw.full_log(job).await?.into_iter().find(|e| pick(e)) {
-            return Ok(e);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no such event of {job} within {within:?}; log: {:?}",
-            gw.full_log(job).await?
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let e = gw
+        .api()
+        .wait_for_event(job, within, |e| {
+            serde_json::to_value(e).is_ok_and(|v| pick(&v))
+        })
+        .await?;
+    Ok(serde_json::to_value(e)?)
 }
 
-fn terminal(e: &Value) -> bool {
-    matches!(
-        e["type"].as_str(),
-        Some("completed" | "failed" | "canceled")
-    )
-}
-
-/// Waits for the job to end; returns its whole log.
+/// Waits for the job to end; returns its whole stored log as JSON (wire format).
 async fn finished(gw: &Gateway, job: &str, within: Duration) -> anyhow::Result<Vec<Value>> {
-    wait_event(gw, job, within, terminal).await?;
+    gw.api().follow_to_end(job, within).await?;
     gw.full_log(job).await
 }
 
@@ -121,9 +109,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 async fn download(gw: &Gateway, job: &str, name: &str) -> anyhow::Result<Vec<u8>> {
-    let r = reqwest::get(format!("{}/v1/jobs/{job}/outputs/{name}", gw.http())).await?;
-    anyhow::ensure!(r.status() == 200, "download answered {}", r.status());
-    Ok(r.bytes().await?.to_vec())
+    gw.api().download(job, name).await
 }
 
 /// The stand-in's history entry for every prompt it has.
@@ -144,12 +130,7 @@ async fn executed(s: &StandIn) -> anyhow::Result<usize> {
 
 /// Cancels a job over HTTP.
 async fn cancel(gw: &Gateway, id: &str) -> anyhow::Result<()> {
-    let r = reqwest::Client::new()
-        .delete(format!("{}/v1/jobs/{id}", gw.http()))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().is_success(), "cancel answered {}", r.status());
-    Ok(())
+    gw.api().cancel(id).await.map(drop)
 }
 
 fn png(width: u32, height: u32) -> Vec<u8> {
@@ -431,10 +412,7 @@ async fn comfyui_dropping_its_websocket_or_stalling_loses_nothing() -> anyhow::R
     ));
     // The prompt ran once in ComfyUI, and the adapter reconnected.
     assert_eq!(executed(&comfy).await?, 1);
-    let metrics = reqwest::get(format!("{}/metrics", gw.http()))
-        .await?
-        .text()
-        .await?;
+    let metrics = gw.api().metrics().await?;
     let reconnects = metrics
         .lines()
         .find(|l| l.starts_with("outlast_comfyui_reconnects_total"))
@@ -642,10 +620,7 @@ async fn a_server_that_goes_down_leaves_the_rotation_and_comes_back() -> anyhow:
         );
     }
     assert_eq!(executed(&a).await?, 3);
-    let metrics = reqwest::get(format!("{}/metrics", gw.http()))
-        .await?
-        .text()
-        .await?;
+    let metrics = gw.api().metrics().await?;
     assert!(
         metrics
             .lines()
@@ -655,20 +630,12 @@ async fn a_server_that_goes_down_leaves_the_rotation_and_comes_back() -> anyhow:
         "{metrics}"
     );
     b.restart().await?;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let metrics = reqwest::get(format!("{}/metrics", gw.http()))
-            .await?
-            .text()
-            .await?;
-        if metrics.lines().any(|l| {
+    gw.api()
+        .wait_for_metric(T, |l| {
             l.starts_with("outlast_comfyui_server_up") && l.contains(&b.url()) && l.ends_with(" 1")
-        }) {
-            break;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "b never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        })
+        .await
+        .context("b never came back")?;
     // Back in rotation: two slow jobs at once use both servers.
     let x = gw.submit(job(txt2img(40, 300))).await?;
     let y = gw.submit(job(txt2img(40, 301))).await?;
@@ -837,20 +804,11 @@ async fn with_every_server_down_jobs_wait_queued_with_a_reason_and_run_when_one_
             "outlast_comfyui_server_up{{server=\"{}\"}} {v}",
             comfy.url()
         );
-        let http = gw.http();
+        let api = gw.api();
         async move {
-            let deadline = tokio::time::Instant::now() + T;
-            loop {
-                let m = reqwest::get(format!("{http}/metrics"))
-                    .await?
-                    .text()
-                    .await?;
-                if m.lines().any(|l| l == line) {
-                    return anyhow::Ok(());
-                }
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "never saw {line}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            api.wait_for_metric(T, |l| l == line)
+                .await
+                .with_context(|| format!("never saw {line}"))
         }
     };
     up("0").await?;

@@ -3,57 +3,32 @@
 
 use std::time::Duration;
 
-use outlast_e2e::Gateway;
+use outlast_e2e::process::{Launch, Process};
 use outlast_e2e::ws::{Client, Incoming};
+use outlast_e2e::{Api, Gateway};
 use outlast_protocol::v1::{ClientMsg, Control};
 use outlast_protocol::{Codec, EventKind, FailureCode, JobId, JobSnapshot, JobState};
 
 const T: Duration = Duration::from_secs(20);
 
-async fn snapshot(gw: &Gateway, job: &str, token: Option<&str>) -> anyhow::Result<JobSnapshot> {
-    let mut req = reqwest::Client::new().get(format!("{}/v1/jobs/{job}", gw.http()));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    Ok(req.send().await?.json().await?)
-}
-
-/// Polls the snapshot until `done` holds (bounded).
+/// Polls the snapshot until `done` holds (bounded; long-polls between looks).
 async fn wait_for(
     gw: &Gateway,
     job: &str,
     token: Option<&str>,
     done: impl Fn(&JobSnapshot) -> bool,
 ) -> anyhow::Result<JobSnapshot> {
-    let http = reqwest::Client::new();
-    let mut after = 0u64;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let s = snapshot(gw, job, token).await?;
-        if done(&s) {
-            return Ok(s);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out; last snapshot {s:?}"
-        );
-        // Long-poll for the next event instead of sleeping.
-        let mut req = http.get(format!(
-            "{}/v1/jobs/{job}/poll?after={after}&timeout_ms=1000",
-            gw.http()
-        ));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let v: serde_json::Value = req.send().await?.json().await?;
-        after = v["next_after"].as_u64().unwrap_or(after);
-    }
+    let api = match token {
+        Some(t) => gw.api().with_token(t),
+        None => gw.api(),
+    };
+    api.wait_for_snapshot(job, T, done).await
 }
 
 #[tokio::test]
 async fn cancel_queued_and_running_jobs() -> anyhow::Result<()> {
     let gw = Gateway::start(&["--demo-concurrency", "1"]).await?;
-    let http = reqwest::Client::new();
+    let api = gw.api();
     let running = gw
         .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 100, "step_ms": 100}}))
         .await?;
@@ -64,28 +39,16 @@ async fn cancel_queued_and_running_jobs() -> anyhow::Result<()> {
     let s = wait_for(&gw, &queued, None, |s| s.position.is_some()).await?;
     assert_eq!(s.position, Some(0));
     for job in [&queued, &running] {
-        let r: serde_json::Value = http
-            .delete(format!("{}/v1/jobs/{job}", gw.http()))
-            .send()
-            .await?
-            .json()
-            .await?;
-        assert_eq!(r["state"], "canceled");
+        assert_eq!(api.cancel(job).await?, JobState::Canceled);
     }
     // Canceling again is not an error and changes nothing.
-    let r: serde_json::Value = http
-        .delete(format!("{}/v1/jobs/{running}", gw.http()))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(r["state"], "canceled");
+    assert_eq!(api.cancel(&running).await?, JobState::Canceled);
     for job in [&queued, &running] {
-        let log = gw.full_log(job).await?;
+        let log = api.events(job).await?;
         let terminal: Vec<&str> = log
             .iter()
-            .filter_map(|e| e["type"].as_str())
-            .filter(|t| matches!(*t, "completed" | "failed" | "canceled"))
+            .filter(|e| e.kind.is_terminal())
+            .map(|e| e.kind.name())
             .collect();
         assert_eq!(terminal, ["canceled"], "{job}");
     }
@@ -126,15 +89,12 @@ async fn exec_backend_runs_a_command_with_inputs_progress_outputs_and_failures()
     assert_eq!(s.state, JobState::Completed, "{s:?}");
     let names: Vec<&str> = s.outputs.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["hello.txt", "job.json"]);
-    let log = gw.full_log(&ok).await?;
+    let log = gw.api().events(&ok).await?;
     let progress: Vec<(u64, u64)> = log
         .iter()
-        .filter(|e| e["type"] == "progress")
-        .map(|e| {
-            (
-                e["value"].as_u64().unwrap_or(0),
-                e["max"].as_u64().unwrap_or(0),
-            )
+        .filter_map(|e| match e.kind {
+            EventKind::Progress { value, max, .. } => Some((value, max)),
+            _ => None,
         })
         .collect();
     assert_eq!(progress, [(1, 2), (2, 2)]);
@@ -189,13 +149,7 @@ async fn canceling_an_exec_job_kills_its_process_group() -> anyhow::Result<()> {
         .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "victim"}}))
         .await?;
     wait_for(&gw, &job, None, |s| s.state == JobState::Running).await?;
-    let r: serde_json::Value = reqwest::Client::new()
-        .delete(format!("{}/v1/jobs/{job}", gw.http()))
-        .send()
-        .await?
-        .json()
-        .await?;
-    assert_eq!(r["state"], "canceled");
+    assert_eq!(gw.api().cancel(&job).await?, JobState::Canceled);
     let probe = gw
         .submit(serde_json::json!({"backend": "exec", "workflow": {"mode": "probe"}}))
         .await?;
@@ -212,29 +166,13 @@ async fn canceling_an_exec_job_kills_its_process_group() -> anyhow::Result<()> {
 async fn the_queue_is_fair_across_owners() -> anyhow::Result<()> {
     const A: &str = "alice-secret-0123456789";
     const B: &str = "bob-secret-0123456789";
-    let gw = Gateway::start(&[
-        "--demo-concurrency",
-        "1",
-        "--token",
-        &format!("alice={A}"),
-        "--token",
-        &format!("bob={B}"),
-    ])
-    .await?;
-    let http = reqwest::Client::new();
+    let gw = Gateway::start_with_tokens(&[("alice", A), ("bob", B)], &["--demo-concurrency", "1"])
+        .await?;
     let submit = |token: &'static str, steps: u32| {
-        let http = http.clone();
-        let url = format!("{}/v1/jobs", gw.http());
+        let api = gw.api().with_token(token);
         async move {
-            let v: serde_json::Value = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": steps, "step_ms": 100}}))
-                .send()
-                .await?
-                .json()
-                .await?;
-            Ok::<String, anyhow::Error>(v["job_id"].as_str().unwrap_or_default().to_owned())
+            let body = serde_json::json!({"backend": "demo", "workflow": {"steps": steps, "step_ms": 100}});
+            Ok::<String, anyhow::Error>(api.submit(&body).await?.job_id.to_string())
         }
     };
     let first = submit(A, 3).await?;
@@ -313,28 +251,27 @@ async fn sigterm_tells_clients_to_reconnect_and_a_running_demo_job_resumes_after
     let s = wait_for(&gw, &job, None, |s| s.state.is_terminal()).await?;
     assert_eq!(s.state, JobState::Completed);
     assert_eq!(s.attempt, 2);
-    let log = gw.full_log(&job).await?;
-    assert_eq!(log.iter().filter(|e| e["type"] == "completed").count(), 1);
+    let log = gw.api().events(&job).await?;
+    assert_eq!(outlast_e2e::api::count(&log, "completed"), 1);
     Ok(())
 }
 
 #[tokio::test]
 async fn starts_with_embedded_defaults_and_no_setup() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(outlast_e2e::binary())
-        .current_dir(dir.path())
-        .env_remove("OUTLAST_LISTEN")
-        .env_remove("OUTLAST_DATA_DIR")
-        .env_remove("OUTLAST_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let line = tokio::time::timeout(T, lines.next_line())
-        .await??
-        .unwrap_or_default();
+    let mut launch = Launch::new(
+        "gateway",
+        outlast_e2e::binary(),
+        dir.path().join("gateway.log"),
+    );
+    launch.listen_flag = None;
+    launch.env_remove = ["OUTLAST_LISTEN", "OUTLAST_DATA_DIR", "OUTLAST_CONFIG"]
+        .map(Into::into)
+        .to_vec();
+    launch.current_dir = Some(dir.path().to_path_buf());
+    launch.start_within = T;
+    let mut child = Process::start(launch).await?;
+    let line = child.first_line();
     assert_eq!(
         line, "outlast: listening on http://127.0.0.1:8080/ (demo page)",
         "port 8080 must be free for this test"
@@ -347,14 +284,10 @@ async fn starts_with_embedded_defaults_and_no_setup() -> anyhow::Result<()> {
     );
     let page = reqwest::get("http://127.0.0.1:8080/").await?.text().await?;
     assert!(page.contains("Outlast"));
-    let v: serde_json::Value = reqwest::Client::new()
-        .post("http://127.0.0.1:8080/v1/jobs")
-        .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
-        .send()
-        .await?
-        .json()
+    let v = Api::new("http://127.0.0.1:8080")
+        .submit(&serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
         .await?;
-    assert_eq!(v["state"], "queued");
+    assert_eq!(v.state, JobState::Queued);
     let ready = reqwest::get("http://127.0.0.1:8080/readyz").await?;
     assert_eq!(ready.status(), 200);
     let metrics = reqwest::get("http://127.0.0.1:8080/metrics")
@@ -365,8 +298,7 @@ async fn starts_with_embedded_defaults_and_no_setup() -> anyhow::Result<()> {
         metrics.contains("outlast_jobs_submitted_total"),
         "{metrics}"
     );
-    child.start_kill()?;
-    child.wait().await?;
+    child.kill9().await?;
     // Refuses a public address without auth, naming the key.
     let out = tokio::process::Command::new(outlast_e2e::binary())
         .args(["--listen", "0.0.0.0:0"])

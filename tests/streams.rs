@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use outlast_e2e::Gateway;
+use outlast_e2e::api::Submitted;
 use outlast_e2e::proxy::Proxy;
 use outlast_e2e::ws::{Client, Incoming};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
@@ -102,11 +103,7 @@ async fn subscribe(client: &mut Client, job: JobId, log: &[JobEvent]) -> anyhow:
 
 /// The stored log as the server has it, for comparing with what a client collected.
 async fn stored_log(gw: &Gateway, job: JobId) -> anyhow::Result<Vec<JobEvent>> {
-    let events = gw.full_log(&job.to_string()).await?;
-    Ok(events
-        .into_iter()
-        .map(serde_json::from_value)
-        .collect::<Result<_, _>>()?)
+    gw.api().events(job).await
 }
 
 fn assert_one_terminal(log: &[JobEvent]) {
@@ -129,13 +126,7 @@ async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> any
     let proxy = Proxy::start(gw.addr, Some(Duration::from_millis(450))).await?;
     let mut client = Client::connect(&format!("ws://{}/v1/ws", proxy.addr), Codec::MsgPack).await?;
     let job = submit_ws(&mut client, demo(1, 900)).await?;
-    client
-        .send(&ClientMsg::Subscribe {
-            req: None,
-            job_id: job,
-            after: None,
-        })
-        .await?;
+    subscribe(&mut client, job, &[]).await?;
     let mut log = Vec::new();
     let finished = collect(&mut client, job, &mut log, None).await?;
     assert!(
@@ -172,13 +163,7 @@ async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> any
     let proxy = Proxy::start(quiet.addr, Some(Duration::from_millis(450))).await?;
     let mut client = Client::connect(&format!("ws://{}/v1/ws", proxy.addr), Codec::MsgPack).await?;
     let job = submit_ws(&mut client, demo(1, 900)).await?;
-    client
-        .send(&ClientMsg::Subscribe {
-            req: None,
-            job_id: job,
-            after: None,
-        })
-        .await?;
+    subscribe(&mut client, job, &[]).await?;
     let finished = collect(&mut client, job, &mut Vec::new(), None).await?;
     assert!(
         !finished,
@@ -306,51 +291,35 @@ async fn exec_jobs_interrupted_by_kill_9_fail_with_a_clear_reason() -> anyhow::R
 #[tokio::test]
 async fn same_idempotency_key_is_one_job_over_http_and_websocket() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
-    let http = reqwest::Client::new();
+    let api = gw.api();
     let body = serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}, "idempotency_key": "order-17"});
-    let first: serde_json::Value = http
-        .post(format!("{}/v1/jobs", gw.http()))
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let second = http
-        .post(format!("{}/v1/jobs", gw.http()))
-        .json(&body)
-        .send()
-        .await?;
-    assert_eq!(second.status(), 202);
-    let second: serde_json::Value = second.json().await?;
-    assert_eq!(first["job_id"], second["job_id"]);
-    assert_eq!(
-        (first["created"].as_bool(), second["created"].as_bool()),
-        (Some(true), Some(false))
-    );
+    let first = api.submit(&body).await?;
+    let (status, second) = api.try_submit(&body).await?;
+    assert_eq!(status, 202);
+    let second: Submitted = serde_json::from_value(second)?;
+    assert_eq!(first.job_id, second.job_id);
+    assert_eq!((first.created, second.created), (true, false));
     // The header form names the same job.
-    let third: serde_json::Value = http
-        .post(format!("{}/v1/jobs", gw.http()))
+    let third: Submitted = api
+        .request(reqwest::Method::POST, "/v1/jobs")
         .header("Idempotency-Key", "order-17")
         .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}}))
         .send()
         .await?
         .json()
         .await?;
-    assert_eq!(third["job_id"], first["job_id"]);
+    assert_eq!(third.job_id, first.job_id);
     // Over the WebSocket too.
     let mut client = Client::connect(&gw.ws_url(), Codec::MsgPack).await?;
     let mut spec = demo(1, 1);
     spec.idempotency_key = Some("order-17".parse()?);
     let id = submit_ws(&mut client, spec).await?;
-    assert_eq!(serde_json::json!(id), first["job_id"]);
+    assert_eq!(id, first.job_id);
     // The same key with a different job is a conflict, not a silent reuse.
-    let conflict = http
-        .post(format!("{}/v1/jobs", gw.http()))
-        .json(&serde_json::json!({"backend": "demo", "workflow": {"steps": 2}, "idempotency_key": "order-17"}))
-        .send()
+    let (status, body) = api
+        .try_submit(&serde_json::json!({"backend": "demo", "workflow": {"steps": 2}, "idempotency_key": "order-17"}))
         .await?;
-    assert_eq!(conflict.status(), 409);
-    let body: serde_json::Value = conflict.json().await?;
+    assert_eq!(status, 409);
     assert_eq!(body["code"], "idempotency_conflict");
     Ok(())
 }
@@ -511,16 +480,13 @@ async fn a_client_whose_history_was_coalesced_gets_told_and_gets_a_snapshot() ->
         "queued, started, 40 progress, preview, output, completed"
     );
     // The long poll from the start cannot replay exactly either: it answers with a snapshot.
-    let v: serde_json::Value = reqwest::get(format!(
-        "{}/v1/jobs/{job}/poll?after=0&timeout_ms=0",
-        gw.http()
-    ))
-    .await?
-    .json()
-    .await?;
-    assert_eq!(v["recovered"], false);
-    assert_eq!(v["snapshot"]["state"], "completed");
-    assert_eq!(v["done"], true);
+    let v = gw.api().poll(job, Seq::ZERO, Duration::ZERO).await?;
+    assert!(!v.recovered);
+    assert_eq!(
+        v.snapshot.map(|s| s.state),
+        Some(outlast_protocol::JobState::Completed)
+    );
+    assert!(v.done);
     // Resuming from an early position cannot be exact: the server says so and sends a snapshot.
     client
         .send(&ClientMsg::Subscribe {
@@ -586,25 +552,9 @@ async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() -> anyh
     let job = gw.submit(serde_json::json!({"backend": "exec"})).await?;
     let job: JobId = job.parse()?;
     // Wait (long-poll) for the job to finish so its whole history is replayed at once.
-    let http = reqwest::Client::new();
-    loop {
-        let v: serde_json::Value = http
-            .get(format!("{}/v1/jobs/{job}", gw.http()))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if v["state"] == "completed" {
-            break;
-        }
-        let seq = v["seq"].as_u64().unwrap_or(0);
-        http.get(format!(
-            "{}/v1/jobs/{job}/poll?after={seq}&timeout_ms=2000",
-            gw.http()
-        ))
-        .send()
+    gw.api()
+        .wait_for_snapshot(job, T, |s| s.state == outlast_protocol::JobState::Completed)
         .await?;
-    }
     // A client with a tiny receive window that subscribes and then does not read.
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(2048)?;

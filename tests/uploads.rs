@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Tus, content, header, id_of, sha256_hex, wait_for, ws_upload};
@@ -14,7 +16,7 @@ use outlast_e2e::Gateway;
 use outlast_e2e::proxy::Proxy;
 use outlast_e2e::ws::Client;
 use outlast_protocol::v1::{ClientMsg, Control};
-use outlast_protocol::{Codec, Offset};
+use outlast_protocol::{Codec, EventKind, Offset};
 use sha1::Digest as _;
 
 const ALICE: &str = "alice-secret-0123456789";
@@ -28,16 +30,15 @@ async fn status_of(r: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderM
 /// One row per rule of the tus table (docs: reference/tus.md): status code and headers.
 #[tokio::test]
 async fn tus_protocol_table() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[
-        "--token",
-        &format!("alice={ALICE}"),
-        "--token",
-        &format!("bob={BOB}"),
-        "--upload-max-size",
-        "10000000",
-        "--upload-max-chunk-bytes",
-        "65536",
-    ])
+    let gw = Gateway::start_with_tokens(
+        &[("alice", ALICE), ("bob", BOB)],
+        &[
+            "--upload-max-size",
+            "10000000",
+            "--upload-max-chunk-bytes",
+            "65536",
+        ],
+    )
     .await?;
     let tus = Tus::with_token(&gw.http(), ALICE);
     let bob = Tus::with_token(&gw.http(), BOB);
@@ -680,24 +681,18 @@ async fn uploads_are_job_inputs() -> anyhow::Result<()> {
             "inputs": {"image": id},
         }))
         .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = format!("{}/v1/jobs/{job}/poll?after=0&timeout_ms=5000", gw.http());
-        let v: serde_json::Value = reqwest::get(url).await?.json().await?;
-        let events = v["events"].as_array().cloned().unwrap_or_default();
-        if let Some(last) = events
+    let events = gw
+        .api()
+        .follow_to_end(&job, Duration::from_secs(30))
+        .await?;
+    let last = events.last().context("job did not finish")?;
+    assert_eq!(last.kind.name(), "completed", "{last:?}");
+    assert!(
+        events
             .iter()
-            .find(|e| e["type"] == "completed" || e["type"] == "failed")
-        {
-            assert_eq!(last["type"], "completed", "{last}");
-            assert!(
-                events.iter().any(|e| e["type"] == "output"),
-                "no output: {events:?}"
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job did not finish");
-    }
+            .any(|e| matches!(e.kind, EventKind::Output(_))),
+        "no output: {events:?}"
+    );
 
     let partial = tus.create(image.len() as u64, &[]).await?;
     assert_eq!(
@@ -706,17 +701,15 @@ async fn uploads_are_job_inputs() -> anyhow::Result<()> {
             .status(),
         204
     );
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/jobs", gw.http()))
-        .json(&serde_json::json!({
+    let (status, body) = gw
+        .api()
+        .try_submit(&serde_json::json!({
             "backend": "demo",
             "workflow": {"steps": 1, "step_ms": 10},
             "inputs": {"image": id_of(&partial).to_string()},
         }))
-        .send()
         .await?;
-    assert_eq!(r.status(), 409);
-    let body: serde_json::Value = r.json().await?;
+    assert_eq!(status, 409);
     assert_eq!(body["code"], "input_not_ready");
     Ok(())
 }

@@ -2,19 +2,22 @@
 //! port, talks to it with real clients (tokio-tungstenite, reqwest), and puts a TCP proxy in
 //! between that can cut connections (idle timeouts like Cloudflare's, or on command).
 
+pub mod api;
+pub mod process;
 pub mod proxy;
 pub mod standin;
 pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use anyhow::Context;
+
+pub use api::Api;
+pub use process::listening_addr;
+use process::{Launch, Process};
 
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
@@ -76,14 +79,12 @@ pub fn set_binary(path: PathBuf) {
 /// A running gateway process with its own data directory.
 #[derive(Debug)]
 pub struct Gateway {
-    child: Option<Child>,
-    /// Where it listens.
+    process: Process,
+    /// Where it listens (kept across restarts).
     pub addr: SocketAddr,
     /// Its data directory (kept across restarts).
     pub data_dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-    args: Vec<String>,
-    log: PathBuf,
+    _tmp: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -91,46 +92,40 @@ impl Gateway {
     pub async fn start(args: &[&str]) -> anyhow::Result<Gateway> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
-        let mut gw = Gateway {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        let mut launch = Launch::new("gateway", binary(), tmp.path().join("gateway.log"))
+            .args(["--data-dir".as_ref(), data_dir.as_os_str()])
+            .args(args.iter().copied());
+        launch
+            .env
+            .push(("OUTLAST_LOG".into(), "info,outlast_gateway=debug".into()));
+        launch.env_remove.push("OUTLAST_CONFIG".into());
+        launch.current_dir = Some(tmp.path().to_path_buf());
+        let process = Process::start(launch).await?;
+        Ok(Gateway {
+            addr: process.addr(),
+            process,
             data_dir,
-            log: tmp.path().join("gateway.log"),
-            _tmp: Some(tmp),
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        gw.spawn().await?;
-        Ok(gw)
+            _tmp: tmp,
+        })
     }
 
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut child = Command::new(binary())
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.args)
-            .env("OUTLAST_LOG", "info,outlast_gateway=debug")
-            .env_remove("OUTLAST_CONFIG")
-            .current_dir(self.data_dir.parent().unwrap_or(Path::new(".")))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning outlast")?;
-        self.addr =
-            listening_addr(&mut child, "gateway", Duration::from_secs(60), &self.log).await?;
-        self.child = Some(child);
-        Ok(())
+    /// Starts a gateway with bearer tokens (`owner`, `token`) and extra flags.
+    pub async fn start_with_tokens(
+        tokens: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let pairs: Vec<String> = tokens.iter().map(|(o, t)| format!("{o}={t}")).collect();
+        let mut all: Vec<&str> = Vec::new();
+        for pair in &pairs {
+            all.extend(["--token", pair.as_str()]);
+        }
+        all.extend_from_slice(args);
+        Gateway::start(&all).await
     }
 
     /// The process id while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.process.pid()
     }
 
     /// `http://addr`
@@ -138,111 +133,59 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// `http://addr` (the same as [`Gateway::http`]).
+    pub fn url(&self) -> String {
+        self.http()
+    }
+
     /// `ws://addr/v1/ws`
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
 
+    /// The HTTP job API without a token.
+    pub fn api(&self) -> Api {
+        Api::new(self.http())
+    }
+
     /// The gateway's log so far (for assertion messages).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// `kill -9`: no chance to flush or clean up.
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill()?;
-            child.wait().await?;
-        }
-        Ok(())
+        self.process.kill9().await
     }
 
     /// SIGTERM and wait for the exit status.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        let pid = child.id().context("no pid")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+        self.process.terminate(Duration::from_secs(30)).await
     }
 
-    /// Starts the gateway again on the same address and data directory.
+    /// Starts the gateway again on the same address and data directory (`kill -9` first if it
+    /// still runs).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9().await?;
-        self.spawn().await
+        self.process.restart().await
     }
 
     /// Waits (bounded, polling `/metrics`) until the counter `name` is above zero.
     pub async fn wait_for_counter(&self, name: &str, within: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let metrics = reqwest::get(format!("{}/metrics", self.http()))
-                .await?
-                .text()
-                .await?;
-            if metrics
-                .lines()
-                .any(|l| l.starts_with(name) && !l.ends_with(" 0"))
-            {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{name} stayed at zero"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.api()
+            .wait_for_metric(within, |l| l.starts_with(name) && !l.ends_with(" 0"))
+            .await
+            .with_context(|| format!("{name} stayed at zero"))
     }
 
     /// Submits a job over HTTP and returns its id.
     pub async fn submit(&self, body: serde_json::Value) -> anyhow::Result<String> {
-        let r = reqwest::Client::new()
-            .post(format!("{}/v1/jobs", self.http()))
-            .json(&body)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: serde_json::Value = r.json().await?;
-        anyhow::ensure!(status == 202, "submit answered {status}: {v}");
-        Ok(v["job_id"].as_str().context("job_id")?.to_owned())
+        Ok(self.api().submit(&body).await?.job_id.to_string())
     }
 
-    /// Every stored event of a job from the long-poll endpoint (job must be finished).
+    /// Every stored event of a job as raw JSON (for wire-format comparisons).
     pub async fn full_log(&self, job: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         let url = format!("{}/v1/jobs/{job}/poll?after=0&timeout_ms=0", self.http());
         let v: serde_json::Value = reqwest::get(url).await?.json().await?;
         Ok(v["events"].as_array().context("events")?.clone())
     }
-}
-
-/// Reads a child's first stdout line, which names its URL (`... http://ADDR/...`), and keeps
-/// draining stdout so the child never blocks on a full pipe. `log` is shown if it exits.
-pub async fn listening_addr(
-    child: &mut tokio::process::Child,
-    what: &str,
-    within: Duration,
-    log: &Path,
-) -> anyhow::Result<SocketAddr> {
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(within, lines.next_line())
-        .await
-        .with_context(|| format!("{what} did not start within {within:?}"))??;
-    let Some(line) = line else {
-        bail!(
-            "{what} exited at start; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-    };
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .trim()
-        .parse()?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(addr)
 }

@@ -4,13 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+
+use crate::process::{Launch, Process};
 
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
@@ -66,14 +66,12 @@ pub fn build() -> anyhow::Result<PathBuf> {
 /// A running stand-in ComfyUI process.
 #[derive(Debug)]
 pub struct StandIn {
-    child: Option<Child>,
+    process: Process,
     /// Where it listens (kept across restarts).
     pub addr: SocketAddr,
     /// Its data directory with input/, output/, temp/ (kept across restarts).
     pub data_dir: PathBuf,
     _tmp: tempfile::TempDir,
-    args: Vec<String>,
-    log: PathBuf,
     http: reqwest::Client,
 }
 
@@ -82,44 +80,19 @@ impl StandIn {
     /// (`--step-ms`, `--preview-method`).
     pub async fn start(args: &[&str]) -> anyhow::Result<StandIn> {
         let tmp = tempfile::tempdir()?;
-        let mut s = StandIn {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: tmp.path().join("data"),
-            log: tmp.path().join("standin.log"),
+        let data_dir = tmp.path().join("data");
+        let mut launch = Launch::new("comfy-standin", binary()?, tmp.path().join("standin.log"))
+            .args(["--data".as_ref(), data_dir.as_os_str()])
+            .args(args.iter().copied());
+        launch.start_within = Duration::from_secs(30);
+        let process = Process::start(launch).await?;
+        Ok(StandIn {
+            addr: process.addr(),
+            process,
+            data_dir,
             _tmp: tmp,
-            args: args.iter().map(|a| a.to_string()).collect(),
             http: reqwest::Client::new(),
-        };
-        s.spawn().await?;
-        Ok(s)
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut child = Command::new(binary()?)
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .arg("--data")
-            .arg(&self.data_dir)
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning comfy-standin")?;
-        self.addr = crate::listening_addr(
-            &mut child,
-            "comfy-standin",
-            Duration::from_secs(30),
-            &self.log,
-        )
-        .await?;
-        self.child = Some(child);
-        Ok(())
+        })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -134,38 +107,23 @@ impl StandIn {
 
     /// The process id while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.process.pid()
     }
 
     /// Its stderr so far (for assertion messages).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// `kill -9`: queue, history and cache are lost; files on disk stay.
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill()?;
-            child.wait().await?;
-        }
-        Ok(())
+        self.process.kill9().await
     }
 
     /// `kill -9`, then starts again on the same port and data directory (retrying the bind
     /// for a few seconds).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill9().await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.spawn().await {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    eprintln!("comfy-standin restart: {e:#}; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.process.restart().await
     }
 
     async fn control(&self, path: &str, body: Value) -> anyhow::Result<reqwest::Response> {
