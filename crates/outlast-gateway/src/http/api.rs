@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use outlast_protocol::replay::Cursor;
 use outlast_protocol::{IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, Seq};
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -177,12 +178,16 @@ pub async fn poll(
     .await;
     drop(live);
     let open = result?;
-    let next_after = open
-        .events
-        .last()
-        .map(|e| e.seq)
-        .or(open.snapshot.as_ref().map(|s| s.seq))
-        .unwrap_or(after.unwrap_or(Seq::ZERO));
+    // The same cursor rules as the WebSocket and SSE: a snapshot sets the position, replayed
+    // events move it forward; the client continues after it.
+    let mut cursor = Cursor::new(after);
+    if let Some(s) = &open.snapshot {
+        cursor.on_snapshot(s.seq);
+    }
+    for e in &open.events {
+        cursor.on_replayed(e.seq);
+    }
+    let next_after = cursor.position();
     let done = open.state.is_terminal() && open.events.last().is_none_or(|e| e.kind.is_terminal());
     Ok(Json(PollAnswer {
         job_id: job,
