@@ -460,3 +460,56 @@ async fn a_peer_that_never_answers_pings_is_closed_with_4000() -> anyhow::Result
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_submits_each_job_once_with_its_own_answer() -> anyhow::Result<()> {
+    let gw = Gateway::start(&[]).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/jobs/batch", gw.http());
+    let body = serde_json::json!({"jobs": [
+        {"backend": "demo", "workflow": {"steps": 1, "step_ms": 10}, "idempotency_key": "b-1"},
+        {"backend": "nope", "idempotency_key": "b-2"},
+        {"backend": "demo", "workflow": {"steps": 2, "step_ms": 10}, "idempotency_key": "b-3"},
+        {"backend": "demo", "surprise": true},
+    ]});
+    let first: serde_json::Value = {
+        let r = http.post(&url).json(&body).send().await?;
+        assert_eq!(r.status(), 202);
+        r.json().await?
+    };
+    let jobs = first["jobs"].as_array().expect("jobs array");
+    assert_eq!(jobs.len(), 4, "one answer per job, in order: {first}");
+    assert_eq!(jobs[0]["created"], true);
+    assert_eq!(jobs[1]["error"]["code"], "unknown_backend");
+    assert_eq!(jobs[2]["created"], true);
+    assert_eq!(jobs[3]["error"]["code"], "invalid_request");
+    // The same batch again: the same jobs, none created twice.
+    let again: serde_json::Value = http.post(&url).json(&body).send().await?.json().await?;
+    for i in [0, 2] {
+        assert_eq!(again["jobs"][i]["job_id"], jobs[i]["job_id"]);
+        assert_eq!(again["jobs"][i]["created"], false);
+    }
+    let api = gw.api();
+    for i in [0, 2] {
+        let id: JobId = jobs[i]["job_id"].as_str().expect("id").parse()?;
+        let events = api.follow_to_end(id, Duration::from_secs(20)).await?;
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Completed { .. }))
+            .count();
+        assert_eq!(completed, 1);
+    }
+    // Empty and oversized batches are refused whole.
+    for n in [0usize, 101] {
+        let spec = serde_json::json!({"backend": "demo"});
+        let r = http
+            .post(&url)
+            .json(&serde_json::json!({"jobs": vec![spec; n]}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 400, "{n} jobs");
+        let e: serde_json::Value = r.json().await?;
+        assert_eq!(e["code"], "invalid_request");
+    }
+    Ok(())
+}

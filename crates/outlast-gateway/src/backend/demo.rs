@@ -1,5 +1,6 @@
 //! The built-in `demo` backend: N steps of M milliseconds with progress, a preview and a real
-//! PNG output (derived from the `image` input when one is given). Needs no external service.
+//! PNG output (derived from the one input when given: an image's picture, or any other file's
+//! bytes and name). Needs no external service.
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use async_trait::async_trait;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, imageops::FilterType};
 use outlast_protocol::{Failure, FailureCode, JobSpec};
 use serde::Deserialize;
+use sha2::Digest as _;
 
-use super::{Backend, JobContext, RestartPolicy};
+use super::{Backend, InputFile, JobContext, RestartPolicy};
 use crate::error::AppError;
 
 /// Largest input image the demo decodes, in pixels (decompression-bomb guard).
@@ -93,24 +95,25 @@ impl Backend for Demo {
 
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
         parse(spec)?;
-        if let Some(other) = spec.inputs.keys().find(|k| k.as_str() != "image") {
-            return Err(AppError::invalid(format!(
-                "demo workflow: unknown input {other:?}; only \"image\" is used"
-            )));
+        if spec.inputs.len() > 1 {
+            return Err(AppError::invalid(
+                "demo workflow: at most one input (any name, any file)",
+            ));
         }
         Ok(())
     }
 
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure> {
         let wf = parse(&ctx.spec).map_err(|e| failure(FailureCode::InvalidWorkflow, e.message))?;
-        let source = match ctx.inputs.get("image") {
-            Some(input) => Some(load_input(input.path.clone()).await?),
+        // Any one input: an image gives a picture derived from it, any other file (audio, text,
+        // ...) a pattern derived from its bytes and name.
+        let source = match ctx.inputs.iter().next() {
+            Some((name, input)) => Some(load_input(name, input).await?),
             None => None,
         };
         // Derived from the workflow, not the job: the same submission renders the same picture,
         // which is what makes the demo backend cacheable.
         let seed = {
-            use sha2::Digest;
             let workflow = serde_json::to_vec(&ctx.spec.workflow).unwrap_or_default();
             sha2::Sha256::digest(workflow)[0]
         };
@@ -153,25 +156,23 @@ fn failure(code: FailureCode, message: impl Into<String>) -> Failure {
     }
 }
 
-async fn load_input(path: std::path::PathBuf) -> Result<DynamicImage, Failure> {
+/// What the demo renders from: the input's picture, or a seed taken from a non-image file.
+enum Source {
+    Picture(DynamicImage),
+    Bytes([u8; 32]),
+}
+
+async fn load_input(name: &str, input: &InputFile) -> Result<Source, Failure> {
     use image::ImageDecoder as _;
-    let unsupported = |e: image::ImageError| {
-        failure(
-            FailureCode::BackendError,
-            format!("input is not a supported image: {e}"),
-        )
-    };
-    tokio::task::spawn_blocking(move || {
-        let decoder = image::ImageReader::open(&path)
+    let path = input.path.clone();
+    let picture = tokio::task::spawn_blocking(move || {
+        let Ok(decoder) = image::ImageReader::open(&path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|e| {
-                failure(
-                    FailureCode::BackendError,
-                    format!("cannot read input image: {e}"),
-                )
-            })?
+            .map_err(|e| failure(FailureCode::BackendError, format!("cannot read input: {e}")))?
             .into_decoder()
-            .map_err(unsupported)?;
+        else {
+            return Ok(None); // not an image: rendered from its bytes
+        };
         // The header's dimensions are checked before any pixel memory is allocated.
         let (w, h) = decoder.dimensions();
         if u64::from(w) * u64::from(h) > MAX_INPUT_PIXELS {
@@ -180,17 +181,43 @@ async fn load_input(path: std::path::PathBuf) -> Result<DynamicImage, Failure> {
                 format!("input image of {w}x{h} pixels is too large"),
             ));
         }
-        DynamicImage::from_decoder(decoder).map_err(unsupported)
+        Ok(DynamicImage::from_decoder(decoder).ok())
     })
     .await
-    .map_err(|e| failure(FailureCode::Internal, e.to_string()))?
+    .map_err(|e| failure(FailureCode::Internal, e.to_string()))??;
+    if let Some(picture) = picture {
+        return Ok(Source::Picture(picture));
+    }
+    // The content digest is known from the upload; the file name is part of the seed too.
+    let digest = match &input.sha256 {
+        Some(hex) => hex.clone(),
+        None => {
+            let path = input.path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .map_err(|e| failure(FailureCode::Internal, e.to_string()))?
+                .map(|bytes| hex::encode(sha2::Sha256::digest(&bytes)))
+                .map_err(|e| {
+                    failure(FailureCode::BackendError, format!("cannot read input: {e}"))
+                })?
+        }
+    };
+    let filename = input.filename.as_deref().unwrap_or(name);
+    let mut h = sha2::Sha256::new();
+    h.update(digest.as_bytes());
+    h.update(filename.as_bytes());
+    Ok(Source::Bytes(h.finalize().into()))
 }
 
 /// The demo's "generated" image: a gradient pattern, or the input turned into a tinted negative.
 /// `done` (0..=1) fades the preview in, so previews visibly differ from the result.
-fn render(source: Option<&DynamicImage>, seed: u8, edge: u32, done: f32) -> DynamicImage {
+fn render(source: Option<&Source>, seed: u8, edge: u32, done: f32) -> DynamicImage {
+    let (seed, bands) = match source {
+        Some(Source::Bytes(d)) => (seed ^ d[0], 4.0 + f32::from(d[1] % 16)),
+        _ => (seed, 9.0),
+    };
     match source {
-        Some(img) => {
+        Some(Source::Picture(img)) => {
             let mut small = img.resize(edge, edge, FilterType::Triangle).to_rgb8();
             for p in small.pixels_mut() {
                 let l = (0.299 * f32::from(p[0])
@@ -201,17 +228,20 @@ fn render(source: Option<&DynamicImage>, seed: u8, edge: u32, done: f32) -> Dyna
             }
             DynamicImage::ImageRgb8(small)
         }
-        None => DynamicImage::ImageRgb8(RgbImage::from_fn(edge, edge, |x, y| {
-            let fx = x as f32 / edge as f32;
-            let fy = y as f32 / edge as f32;
-            let wave =
-                ((fx * 12.0 + f32::from(seed) / 20.0).sin() * (fy * 9.0).cos() * 0.5 + 0.5) * done;
-            Rgb([
-                (fx * 255.0 * done) as u8,
-                (wave * 255.0) as u8,
-                (fy * 255.0 * done) as u8 ^ seed,
-            ])
-        })),
+        Some(Source::Bytes(_)) | None => {
+            DynamicImage::ImageRgb8(RgbImage::from_fn(edge, edge, |x, y| {
+                let fx = x as f32 / edge as f32;
+                let fy = y as f32 / edge as f32;
+                let wave = ((fx * 12.0 + f32::from(seed) / 20.0).sin() * (fy * bands).cos() * 0.5
+                    + 0.5)
+                    * done;
+                Rgb([
+                    (fx * 255.0 * done) as u8,
+                    (wave * 255.0) as u8,
+                    (fy * 255.0 * done) as u8 ^ seed,
+                ])
+            }))
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use outlast_protocol::replay::Cursor;
-use outlast_protocol::{IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, Seq};
+use outlast_protocol::{
+    ErrorBody, ErrorCode, IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, Seq,
+};
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -17,6 +19,7 @@ use tower_http::services::ServeFile;
 use super::owner::Owner;
 use super::state::AppState;
 use crate::error::AppError;
+use crate::jobs::Submitted;
 
 /// Parses a job id from a path; malformed ids are simply unknown.
 pub fn parse_job(id: &str) -> Result<JobId, AppError> {
@@ -65,22 +68,87 @@ pub async fn submit(
         spec.idempotency_key = Some(key);
     }
     let submitted = state.jobs.submit(&owner, spec).await?;
-    let this = format!("/v1/jobs/{}", submitted.job_id);
-    let answer = SubmitAnswer {
-        job_id: submitted.job_id,
-        created: submitted.created,
-        state: submitted.snapshot.state,
-        links: Links {
-            events: format!("{this}/events"),
-            poll: format!("{this}/poll"),
-            this: this.clone(),
-        },
-    };
+    let answer = SubmitAnswer::from(&submitted);
+    let location = answer.links.this.clone();
     let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&this) {
+    if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
+}
+
+impl From<&Submitted> for SubmitAnswer {
+    fn from(submitted: &Submitted) -> Self {
+        let this = format!("/v1/jobs/{}", submitted.job_id);
+        SubmitAnswer {
+            job_id: submitted.job_id,
+            created: submitted.created,
+            state: submitted.snapshot.state,
+            links: Links {
+                events: format!("{this}/events"),
+                poll: format!("{this}/poll"),
+                this,
+            },
+        }
+    }
+}
+
+/// Most jobs in one batch submission.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    jobs: Vec<serde_json::Value>,
+}
+
+/// One job's answer in a batch: its submission, or why it was refused.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItem {
+    Submitted(SubmitAnswer),
+    Refused { error: ErrorBody },
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    jobs: Vec<BatchItem>,
+}
+
+/// `POST /v1/jobs/batch`: `{"jobs": [spec, ...]}` (1 to [`MAX_BATCH`]), one round trip for a
+/// folder of files. Each job is submitted on its own, in order, with its own idempotency key
+/// and its own answer; one refused job does not refuse the others. 202 with the answers in
+/// request order.
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let batch: BatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| AppError::invalid(format!("invalid batch JSON: {e}")))?;
+    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+        return Err(AppError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a batch holds 1 to {MAX_BATCH} jobs, not {}",
+                batch.jobs.len()
+            ),
+        ));
+    }
+    let mut answers = Vec::with_capacity(batch.jobs.len());
+    for (i, value) in batch.jobs.into_iter().enumerate() {
+        let outcome = match serde_json::from_value::<JobSpec>(value) {
+            Ok(spec) => state.jobs.submit(&owner, spec).await,
+            Err(e) => Err(AppError::invalid(format!(
+                "invalid job JSON at jobs[{i}]: {e}"
+            ))),
+        };
+        answers.push(match outcome {
+            Ok(submitted) => BatchItem::Submitted(SubmitAnswer::from(&submitted)),
+            Err(e) => BatchItem::Refused { error: e.body() },
+        });
+    }
+    Ok((StatusCode::ACCEPTED, Json(BatchAnswer { jobs: answers })).into_response())
 }
 
 /// `GET /v1/jobs/{id}`: the job's snapshot.

@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/ws", get(ws::handler))
         .route("/v1/jobs", axum::routing::post(api::submit))
+        .route("/v1/jobs/batch", axum::routing::post(api::submit_batch))
         .route("/v1/jobs/{id}", get(api::get_job).delete(api::cancel))
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/jobs/{id}/poll", get(api::poll))
