@@ -490,7 +490,8 @@ async fn upload_inner(ctx: &Ctx, input: &Input, fi: usize, file_idx: &[usize]) -
         let f = &s.files[fi];
         (f.prepared.clone(), f.upload_id, f.uploaded)
     });
-    let prepared = match prepared.filter(|p| p.path.exists()) {
+    // A finished upload needs no local copy any more.
+    let prepared = match prepared.filter(|p| p.path.exists() || (uploaded && upload_id.is_some())) {
         Some(p) => p,
         None => {
             let path = input.path.clone();
@@ -523,7 +524,6 @@ async fn upload_inner(ctx: &Ctx, input: &Input, fi: usize, file_idx: &[usize]) -
             }
         }
     };
-    let _ = (upload_id, uploaded);
     let (upload_id, uploaded) = ctx.store.read(|s| (s.files[fi].upload_id, s.files[fi].uploaded));
     ctx.report.emit(Event::FilePrepared {
         file: input.rel.clone(),
