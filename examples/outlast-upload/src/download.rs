@@ -110,13 +110,18 @@ async fn fetch(
     path: &Path,
 ) -> Result<Result<u64, (String, String)>, Stop> {
     let part = part_path(path);
-    if let Some(dir) = path.parent() {
-        if let Err(e) = tokio::fs::create_dir_all(dir).await {
-            return Ok(Err(("download_failed".into(), format!("{}: {e}", dir.display()))));
-        }
+    if let Some(dir) = path.parent()
+        && let Err(e) = tokio::fs::create_dir_all(dir).await
+    {
+        return Ok(Err((
+            "download_failed".into(),
+            format!("{}: {e}", dir.display()),
+        )));
     }
     // A complete file from an earlier run whose state write was lost.
-    if tokio::fs::metadata(path).await.is_ok_and(|m| m.len() == info.size)
+    if tokio::fs::metadata(path)
+        .await
+        .is_ok_and(|m| m.len() == info.size)
         && hash(path).await.as_deref() == Some(info.sha256.as_str())
     {
         return Ok(Ok(0));
@@ -125,7 +130,10 @@ async fn fetch(
     let mut fetched = 0u64;
     let url = ctx.url(&format!("/v1/jobs/{job}/outputs/{}", info.name));
     loop {
-        let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        let have = tokio::fs::metadata(&part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         if have < info.size || info.size == 0 {
             match get(ctx, &url, info, &part, have, &mut fetched).await {
                 Ok(()) => retry.ok(),
@@ -135,7 +143,10 @@ async fn fetch(
                 }
             }
         }
-        let len = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+        let len = tokio::fs::metadata(&part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         let sha = hash(&part).await;
         if len == info.size && sha.as_deref() == Some(info.sha256.as_str()) {
             if let Err(e) = tokio::fs::rename(&part, path).await {

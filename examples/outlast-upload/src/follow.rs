@@ -208,28 +208,37 @@ impl Follower<'_> {
                 file,
                 attempt,
             }),
-            EventKind::Progress { value, max, label } => {
-                self.ctx.report.emit(Event::JobProgress {
-                    job_id,
-                    file,
-                    value,
-                    max,
-                    label,
-                })
-            }
+            EventKind::Progress { value, max, label } => self.ctx.report.emit(Event::JobProgress {
+                job_id,
+                file,
+                value,
+                max,
+                label,
+            }),
             EventKind::Preview { .. } => {}
             EventKind::Output(info) => self.ctx.store.update(|s| {
                 let outs = &mut s.jobs[idx].outputs;
                 outs.retain(|o| o.name != info.name);
                 outs.push(info);
             }),
-            EventKind::Completed { .. } => self.finish(idx, e.job_id, JobState::Completed, None).await,
+            EventKind::Completed { .. } => {
+                self.finish(idx, e.job_id, JobState::Completed, None).await
+            }
             EventKind::Failed(f) => {
-                let msg = format!("{}: {}", serde_json::to_value(f.code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(), f.message);
-                self.finish(idx, e.job_id, JobState::Failed, Some(msg)).await
+                let msg = format!(
+                    "{}: {}",
+                    serde_json::to_value(f.code)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    f.message
+                );
+                self.finish(idx, e.job_id, JobState::Failed, Some(msg))
+                    .await
             }
             EventKind::Canceled { reason } => {
-                self.finish(idx, e.job_id, JobState::Canceled, Some(reason)).await
+                self.finish(idx, e.job_id, JobState::Canceled, Some(reason))
+                    .await
             }
         }
     }
@@ -262,7 +271,10 @@ impl Follower<'_> {
             let rec = &mut s.jobs[idx];
             rec.state = Some(state);
             rec.error = error.clone();
-            rec.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>()
+            rec.outputs
+                .iter()
+                .map(|o| o.name.clone())
+                .collect::<Vec<_>>()
         });
         let _ = self.ctx.store.save().await;
         self.ctx.report.emit(Event::JobDone {

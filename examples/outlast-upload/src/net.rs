@@ -76,10 +76,8 @@ impl Ctx {
             self.base.clone()
         };
         let mut req = format!("{ws_base}/v1/ws").into_client_request()?;
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            Codec::Json.subprotocol().parse()?,
-        );
+        req.headers_mut()
+            .insert("sec-websocket-protocol", Codec::Json.subprotocol().parse()?);
         if let Some(t) = &self.args.token {
             req.headers_mut()
                 .insert("authorization", format!("Bearer {t}").parse()?);
@@ -204,4 +202,3 @@ impl Retry {
         }
     }
 }
-

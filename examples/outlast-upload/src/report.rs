@@ -357,11 +357,16 @@ impl Reporter {
         match self.mode {
             Mode::Quiet => {}
             Mode::Json => {
-                if let Event::UploadProgress { file, offset, length, .. } = &event {
+                if let Event::UploadProgress {
+                    file,
+                    offset,
+                    length,
+                    ..
+                } = &event
+                {
                     let now = Instant::now();
                     let last = totals.last_progress_json.get(file).copied();
-                    if offset < length
-                        && last.is_some_and(|t| now - t < Duration::from_millis(250))
+                    if offset < length && last.is_some_and(|t| now - t < Duration::from_millis(250))
                     {
                         return;
                     }
@@ -435,9 +440,7 @@ fn draw(b: &mut Bars, totals: &Totals, event: &Event) {
             ..
         } => {
             let bar = b.files.entry(file.clone()).or_insert_with(|| {
-                let bar = b
-                    .multi
-                    .insert_before(&b.total, ProgressBar::new(*length));
+                let bar = b.multi.insert_before(&b.total, ProgressBar::new(*length));
                 bar.set_style(file_style());
                 bar.set_prefix(short(file));
                 bar
@@ -452,7 +455,12 @@ fn draw(b: &mut Bars, totals: &Totals, event: &Event) {
                 let _ = b.multi.println(line);
             }
         }
-        Event::JobQueued { job_id, file, position, .. } => {
+        Event::JobQueued {
+            job_id,
+            file,
+            position,
+            ..
+        } => {
             job_bar(b, job_id, file).set_message(format!("queued, position {position}"));
         }
         Event::JobStarted { job_id, file, .. } => {
@@ -492,9 +500,11 @@ fn job_bar<'a>(b: &'a mut Bars, job_id: &str, file: &str) -> &'a ProgressBar {
     b.jobs.entry(job_id.to_string()).or_insert_with(|| {
         let bar = b.multi.add(ProgressBar::new(1));
         bar.set_style(
-            ProgressStyle::with_template("{prefix:.bold} job [{bar:20.yellow/white}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:.bold} job [{bar:20.yellow/white}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(short(file));
         bar

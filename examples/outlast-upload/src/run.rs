@@ -96,7 +96,8 @@ pub async fn run(args: Args) -> i32 {
         args,
     };
     if let Err(e) = ctx.store.save().await {
-        ctx.report.error(&format!("cannot write the state file: {e:#}"));
+        ctx.report
+            .error(&format!("cannot write the state file: {e:#}"));
         return exit::USAGE;
     }
     ctx.report.emit(Event::RunStart {
@@ -268,7 +269,10 @@ pub async fn run(args: Args) -> i32 {
     finish(&ctx, code, completed, failed, downloads.saved)
 }
 
-fn unreachable_exit() -> ((usize, (Vec<usize>, usize), (), Downloaded), ()) {
+/// What the pipeline's parts return: (uploads, (job records, refused), follower, downloads).
+type Outcome = (usize, (Vec<usize>, usize), (), Downloaded);
+
+fn unreachable_exit() -> (Outcome, ()) {
     std::process::exit(exit::INTERRUPTED)
 }
 
@@ -371,11 +375,11 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
 fn placeholders(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     match v {
         serde_json::Value::Object(m) => {
-            if m.len() == 1 {
-                if let Some(serde_json::Value::String(name)) = m.get("$input") {
-                    out.insert(name.clone());
-                    return;
-                }
+            if m.len() == 1
+                && let Some(serde_json::Value::String(name)) = m.get("$input")
+            {
+                out.insert(name.clone());
+                return;
             }
             m.values().for_each(|x| placeholders(x, out));
         }
@@ -482,7 +486,12 @@ async fn upload_one(
     (me, upload_inner(ctx, input, fi, file_idx).await)
 }
 
-async fn upload_inner(ctx: &Ctx, input: &Input, fi: usize, file_idx: &[usize]) -> Result<bool, Stop> {
+async fn upload_inner(
+    ctx: &Ctx,
+    input: &Input,
+    fi: usize,
+    file_idx: &[usize],
+) -> Result<bool, Stop> {
     if ctx.cancel.is_cancelled() {
         return Err(Stop::Interrupted);
     }
@@ -497,10 +506,11 @@ async fn upload_inner(ctx: &Ctx, input: &Input, fi: usize, file_idx: &[usize]) -
             let path = input.path.clone();
             let preset = ctx.args.preset;
             let cache = ctx.args.out.join(".outlast-upload").join("prepared");
-            let made = tokio::task::spawn_blocking(move || crate::prepare::prepare(&path, preset, &cache))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
+            let made =
+                tokio::task::spawn_blocking(move || crate::prepare::prepare(&path, preset, &cache))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
             match made {
                 Ok(p) => {
                     ctx.store.update(|s| {
@@ -524,7 +534,9 @@ async fn upload_inner(ctx: &Ctx, input: &Input, fi: usize, file_idx: &[usize]) -
             }
         }
     };
-    let (upload_id, uploaded) = ctx.store.read(|s| (s.files[fi].upload_id, s.files[fi].uploaded));
+    let (upload_id, uploaded) = ctx
+        .store
+        .read(|s| (s.files[fi].upload_id, s.files[fi].uploaded));
     ctx.report.emit(Event::FilePrepared {
         file: input.rel.clone(),
         how: prepared.how.clone(),
@@ -661,7 +673,9 @@ async fn submit_ready(
         for ((rec, _), answer) in to_submit.into_iter().zip(answers) {
             let files = ctx.store.read(|s| s.jobs[rec].files.clone());
             match answer {
-                Answer::Accepted { job_id, created, .. } => {
+                Answer::Accepted {
+                    job_id, created, ..
+                } => {
                     ctx.store.update(|s| s.jobs[rec].job_id = Some(job_id));
                     ctx.report.emit(Event::JobSubmitted {
                         job_id: job_id.to_string(),
@@ -672,7 +686,8 @@ async fn submit_ready(
                 }
                 Answer::Refused { code, message } => {
                     refused += 1;
-                    ctx.store.update(|s| s.jobs[rec].error = Some(format!("{code}: {message}")));
+                    ctx.store
+                        .update(|s| s.jobs[rec].error = Some(format!("{code}: {message}")));
                     ctx.report.emit(Event::JobDone {
                         job_id: None,
                         file: files.first().cloned().unwrap_or_default(),
@@ -727,12 +742,18 @@ fn job_for(
                 let f = &s.files[file_idx[i]];
                 (
                     inputs[i].rel.clone(),
-                    f.prepared.as_ref().map(|p| p.sha256.clone()).unwrap_or_default(),
+                    f.prepared
+                        .as_ref()
+                        .map(|p| p.sha256.clone())
+                        .unwrap_or_default(),
                     f.upload_id,
                 )
             })
             .collect();
-        let pairs: Vec<(&str, &str)> = files.iter().map(|(r, h, _)| (r.as_str(), h.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(r, h, _)| (r.as_str(), h.as_str()))
+            .collect();
         let key = job_key(&s.nonce, &pairs);
         let rec = match s.jobs.iter().position(|j| j.key == key) {
             Some(r) => r,

@@ -73,11 +73,12 @@ impl Submitter {
     pub async fn submit(&self, ctx: &Ctx, specs: &[JobSpec]) -> Result<Vec<Answer>, Stop> {
         let mut answers = Vec::with_capacity(specs.len());
         for chunk in specs.chunks(MAX_BATCH) {
-            if chunk.len() > 1 && !self.no_batch.load(Ordering::Relaxed) {
-                if let Some(batch) = self.batch(ctx, chunk).await? {
-                    answers.extend(batch);
-                    continue;
-                }
+            if chunk.len() > 1
+                && !self.no_batch.load(Ordering::Relaxed)
+                && let Some(batch) = self.batch(ctx, chunk).await?
+            {
+                answers.extend(batch);
+                continue;
             }
             for spec in chunk {
                 answers.push(self.one(ctx, spec).await?);

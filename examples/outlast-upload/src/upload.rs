@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use outlast_protocol::upload::{ChunkSizer, UploadInfo, UploadLimits, UploadState, encode_data_header};
+use outlast_protocol::upload::{
+    ChunkSizer, UploadInfo, UploadLimits, UploadState, encode_data_header,
+};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{ErrorCode, Offset, UploadId};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -83,10 +85,30 @@ pub async fn upload(
         }
         let result = match ctx.args.transport {
             Transport::Ws => {
-                ws_attempt(ctx, rel, prepared, &mut existing, &created, &mut sizer, &mut sent, &mut retry).await
+                ws_attempt(
+                    ctx,
+                    rel,
+                    prepared,
+                    &mut existing,
+                    &created,
+                    &mut sizer,
+                    &mut sent,
+                    &mut retry,
+                )
+                .await
             }
             Transport::Tus => {
-                tus_attempt(ctx, rel, prepared, &mut existing, &created, &mut sizer, &mut sent, &mut retry).await
+                tus_attempt(
+                    ctx,
+                    rel,
+                    prepared,
+                    &mut existing,
+                    &created,
+                    &mut sizer,
+                    &mut sent,
+                    &mut retry,
+                )
+                .await
             }
         };
         match result {
@@ -103,7 +125,11 @@ pub async fn upload(
     }
 }
 
-async fn read_chunk(file: &mut tokio::fs::File, offset: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+async fn read_chunk(
+    file: &mut tokio::fs::File,
+    offset: u64,
+    len: usize,
+) -> anyhow::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset)).await?;
     let mut buf = vec![0u8; len];
     file.read_exact(&mut buf).await?;
@@ -144,9 +170,7 @@ async fn status(
                     ErrorCode::LimitExceeded
                     | ErrorCode::ShuttingDown
                     | ErrorCode::Internal
-                    | ErrorCode::UploadLocked => {
-                        anyhow::anyhow!("{message}").into()
-                    }
+                    | ErrorCode::UploadLocked => anyhow::anyhow!("{message}").into(),
                     other => Attempt::Refused(other.as_str().into(), message),
                 });
             }
@@ -212,7 +236,9 @@ async fn ws_attempt(
     }
     let max_chunk = limits.max_chunk_bytes.clamp(MIN_CHUNK, MAX_CHUNK);
     *sizer = resized(*sizer, limits.target_chunk_ms, max_chunk);
-    let mut file = tokio::fs::File::open(&prepared.path).await.map_err(anyhow::Error::from)?;
+    let mut file = tokio::fs::File::open(&prepared.path)
+        .await
+        .map_err(anyhow::Error::from)?;
     let (mut sink, mut stream) = ws.split();
     let mut acked = info.offset.0;
     let mut next = acked;
@@ -220,9 +246,7 @@ async fn ws_attempt(
     let mut rate = 0u64;
     progress(ctx, rel, id, acked, length, 0);
     loop {
-        let window = limits
-            .window_bytes
-            .min((sizer.next() * 4).max(1 << 20));
+        let window = limits.window_bytes.min((sizer.next() * 4).max(1 << 20));
         // Send while the window has room.
         while next < length && next - acked < window {
             if ctx.cancel.is_cancelled() {
@@ -357,7 +381,11 @@ async fn tus_attempt(
                     .header("upload-length", length)
                     .header(
                         "upload-metadata",
-                        format!("filename {},sha256 {}", b64(&file_name(rel)), b64(&prepared.sha256)),
+                        format!(
+                            "filename {},sha256 {}",
+                            b64(&file_name(rel)),
+                            b64(&prepared.sha256)
+                        ),
                     )
                     .send()
                     .await
@@ -375,7 +403,9 @@ async fn tus_attempt(
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| anyhow::anyhow!("tus creation without a usable Location"))?;
                 let dedup = header(&r, "outlast-deduplicated") == Some("1");
-                let offset = header(&r, "upload-offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let offset = header(&r, "upload-offset")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 created(id).await?;
                 *existing = Some(id);
                 break (id, offset, dedup);
@@ -402,7 +432,9 @@ async fn tus_attempt(
                         "the upload failed its checksum".into(),
                     ));
                 }
-                let offset = header(&r, "upload-offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let offset = header(&r, "upload-offset")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 break (*id, offset, false);
             }
         }
@@ -415,7 +447,9 @@ async fn tus_attempt(
             sent: 0,
         });
     }
-    let mut file = tokio::fs::File::open(&prepared.path).await.map_err(anyhow::Error::from)?;
+    let mut file = tokio::fs::File::open(&prepared.path)
+        .await
+        .map_err(anyhow::Error::from)?;
     while offset < length {
         if ctx.cancel.is_cancelled() {
             return Err(Attempt::Stop(Stop::Interrupted));
@@ -445,7 +479,8 @@ async fn tus_attempt(
                 let new = server_offset.unwrap_or(offset + n as u64);
                 let elapsed = started.elapsed();
                 sizer.record(new.saturating_sub(offset), elapsed);
-                let rate = (new.saturating_sub(offset) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
+                let rate =
+                    (new.saturating_sub(offset) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
                 offset = new;
                 progress(ctx, rel, id, offset, length, rate);
             }

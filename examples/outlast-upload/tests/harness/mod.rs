@@ -99,7 +99,11 @@ async fn pipe(
         let mut buf = vec![0u8; 4096];
         loop {
             let r = *rate.borrow();
-            let max = if r == 0 { buf.len() } else { buf.len().min((r / 20).max(1) as usize) };
+            let max = if r == 0 {
+                buf.len()
+            } else {
+                buf.len().min((r / 20).max(1) as usize)
+            };
             let n = match cr.read(&mut buf[..max]).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
@@ -160,12 +164,21 @@ pub fn spawn(args: &[&str]) -> anyhow::Result<Run> {
 
 impl Run {
     /// Reads lines until `pred` matches one (bounded).
-    pub async fn until(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
                 .await
-                .with_context(|| format!("no matching line within {within:?}; saw:\n{}", self.seen.join("\n")))??
+                .with_context(|| {
+                    format!(
+                        "no matching line within {within:?}; saw:\n{}",
+                        self.seen.join("\n")
+                    )
+                })??
                 .with_context(|| format!("stdout ended; saw:\n{}", self.seen.join("\n")))?;
             self.seen.push(line.clone());
             if pred(&line) {
@@ -179,7 +192,12 @@ impl Run {
         let deadline = tokio::time::Instant::now() + within;
         while let Some(line) = tokio::time::timeout_at(deadline, self.lines.next_line())
             .await
-            .with_context(|| format!("did not end within {within:?}; saw:\n{}", self.seen.join("\n")))??
+            .with_context(|| {
+                format!(
+                    "did not end within {within:?}; saw:\n{}",
+                    self.seen.join("\n")
+                )
+            })??
         {
             self.seen.push(line);
         }
@@ -211,10 +229,14 @@ pub async fn run(args: &[&str], within: Duration) -> anyhow::Result<(Option<i32>
 
 /// Deterministic noise, so PNGs do not compress much.
 fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) as u8
         })
         .collect()
@@ -229,7 +251,9 @@ pub fn noisy_png(path: &Path, w: u32, h: u32, seed: u64) -> anyhow::Result<()> {
 
 /// A smooth PNG (small file).
 pub fn smooth_png(path: &Path, w: u32, h: u32) -> anyhow::Result<()> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
     img.save_with_format(path, image::ImageFormat::Png)?;
     Ok(())
 }
@@ -299,7 +323,10 @@ pub fn wav(path: &Path, samples: usize) -> anyhow::Result<()> {
 
 /// The gateway's description of an upload (`GET /v1/uploads/{id}`).
 pub async fn upload_info(gw: &Gateway, id: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(reqwest::get(format!("{}/v1/uploads/{id}", gw.http())).await?.json().await?)
+    Ok(reqwest::get(format!("{}/v1/uploads/{id}", gw.http()))
+        .await?
+        .json()
+        .await?)
 }
 
 /// The stored bytes of an upload, read from the gateway's data directory.
@@ -310,10 +337,16 @@ pub fn stored_upload(gw: &Gateway, id: &str) -> anyhow::Result<Vec<u8>> {
 
 /// A counter's value from `/metrics` (summed over labels).
 pub async fn metric(gw: &Gateway, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("{}/metrics", gw.http())).await?.text().await?;
+    let text = reqwest::get(format!("{}/metrics", gw.http()))
+        .await?
+        .text()
+        .await?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
