@@ -50,8 +50,8 @@ EXIT STATUS (never renumbered):
   When several apply, the first of 130, 2, 3, 4, 1 wins.
 
 NDJSON EVENTS (--json; one object per line, field \"event\"):
-  run.start, file.skipped, file.prepared, upload.progress, upload.done, upload.failed,
-  job.submitted, job.queued, job.started, job.progress, job.done, output.saved, output.failed,
+  run.start, file.prepared, upload.progress, upload.done, upload.failed, job.submitted,
+  job.queued, job.started, job.progress, job.done, output.saved, output.failed,
   connection.retry, run.interrupted, run.done. See examples/outlast-upload/README.md.";
 
 /// Upload files and folders to an Outlast gateway, run a job per file, wait and download results.

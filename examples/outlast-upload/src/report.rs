@@ -355,7 +355,18 @@ impl Reporter {
             _ => {}
         }
         match self.mode {
-            Mode::Quiet => {}
+            // The way to continue is shown even when nothing else is.
+            Mode::Quiet => {
+                if let Event::RunInterrupted { hint, .. } = &event {
+                    eprintln!("interrupted: {hint}");
+                }
+            }
+            // After the bars are gone: plain lines.
+            Mode::Bars if matches!(event, Event::RunInterrupted { .. } | Event::RunDone { .. }) => {
+                if let Some(line) = plain_line(&event) {
+                    println!("{line}");
+                }
+            }
             Mode::Json => {
                 if let Event::UploadProgress {
                     file,
