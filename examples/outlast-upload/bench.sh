@@ -11,11 +11,13 @@ photos=${1:-20}
 rate=${2:-250000}
 work=${BENCH_DIR:-/tmp/outlast-upload-bench}
 mkdir -p "$work/photos"
-# outlast-image optimised even in the dev profile (the binary is otherwise a debug build).
-opt=(--config 'profile.dev.package.outlast-image.opt-level=3')
+# Dev builds (the line is the bottleneck). BENCH_OPT=1 builds outlast-image at opt-level 3
+# inside the dev profile (faster preparation; rebuilds the dependencies once, needs disk).
+opt=()
+[[ ${BENCH_OPT:-0} == 1 ]] && opt=(--config 'profile.dev.package.outlast-image.opt-level=3')
 cargo build -q -p outlast-gateway --bin outlast
-cargo build -q -p outlast-upload "${opt[@]}"
-cargo build -q -p outlast-image --example bench_tools "${opt[@]}"
+cargo build -q -p outlast-upload ${opt[@]+"${opt[@]}"}
+cargo build -q -p outlast-image --example bench_tools ${opt[@]+"${opt[@]}"}
 [[ -d tests/clients/node_modules/tus-js-client ]] || (cd tests/clients && npm ci --no-audit --no-fund)
 for i in $(seq 1 "$photos"); do
   f=$work/photos/p$(printf %02d "$i").jpg

@@ -241,6 +241,8 @@ struct Totals {
     jobs_running: usize,
     last_progress_json: HashMap<String, Instant>,
     rate: u64,
+    /// A summary line was printed.
+    summarised: bool,
 }
 
 #[derive(Debug)]
@@ -411,10 +413,11 @@ impl Reporter {
         }
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let first = now - self.started < Duration::from_millis(1500);
-        if !first && now - g.2 < Duration::from_secs(5) {
+        let first = !g.0.summarised && now - self.started >= Duration::from_secs(1);
+        if !first && (!g.0.summarised || now - g.2 < Duration::from_secs(5)) {
             return;
         }
+        g.0.summarised = true;
         g.2 = now;
         let t = &g.0;
         let done: u64 = t.done.values().sum();

@@ -152,6 +152,7 @@ pub async fn run(args: Args) -> i32 {
         ready_rx,
         follow_tx,
         done_tx.clone(),
+        &stop,
     );
     let follower = async {
         if ctx.args.no_wait {
@@ -606,6 +607,7 @@ async fn submit_ready(
     mut ready: mpsc::UnboundedReceiver<(usize, bool)>,
     follow: mpsc::Sender<crate::follow::Follow>,
     done: mpsc::UnboundedSender<usize>,
+    stop: &dyn Fn(Stop),
 ) -> (Vec<usize>, usize) {
     let submitter = Submitter::default();
     let mut uploaded = HashSet::new();
@@ -668,7 +670,10 @@ async fn submit_ready(
         let specs: Vec<JobSpec> = to_submit.iter().map(|(_, s)| s.clone()).collect();
         let answers = match submitter.submit(ctx, &specs).await {
             Ok(a) => a,
-            Err(_) => break,
+            Err(s) => {
+                stop(s);
+                break;
+            }
         };
         for ((rec, _), answer) in to_submit.into_iter().zip(answers) {
             let files = ctx.store.read(|s| s.jobs[rec].files.clone());
