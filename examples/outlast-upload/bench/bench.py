@@ -65,6 +65,8 @@ async def ours(url):
     last, sent, submitted = 0.0, 0, set()
     async for line in p.stdout:
         e = json.loads(line)
+        if e["event"] in ("upload.failed", "job.done", "connection.retry", "run.done"):
+            print("  ", json.dumps(e), flush=True)
         if e["event"] == "job.submitted":
             submitted.add(e["job_id"]); last = time.monotonic() - t0
         if e["event"] == "upload.done":
