@@ -245,7 +245,6 @@ async fn mixed_folder_photos_arrive_downscaled_upright_stripped_and_outputs_veri
 }
 
 #[tokio::test]
-#[ignore = "needs demo any-input (lead)"]
 async fn mixed_folder_non_image_files_get_jobs_too() -> anyhow::Result<()> {
     let gw = gateway().await?;
     let tmp = tempfile::tempdir()?;
