@@ -271,37 +271,12 @@ impl Jobs {
                 self.emit(job, EventKind::Failed(failure)).await?;
                 continue;
             };
-            let mut first_in_line = false;
-            if record.snapshot.state == JobState::Running {
-                match backend.restart_policy() {
-                    RestartPolicy::Resume => {
-                        let reason = Some(
-                            "the gateway restarted while the job was running; it resumes where it was"
-                                .into(),
-                        );
-                        self.emit(
-                            job,
-                            EventKind::Queued {
-                                position: 0,
-                                reason,
-                            },
-                        )
-                        .await?;
-                        first_in_line = true;
-                    }
-                    RestartPolicy::Rerun => {
-                        let reason = Some(
-                            "the gateway restarted while the job was running; it runs again".into(),
-                        );
-                        self.emit(
-                            job,
-                            EventKind::Queued {
-                                position: 0,
-                                reason,
-                            },
-                        )
-                        .await?;
-                    }
+            let running = record.snapshot.state == JobState::Running;
+            let policy = backend.restart_policy();
+            if running {
+                let how = match policy {
+                    RestartPolicy::Resume => "it resumes where it was",
+                    RestartPolicy::Rerun => "it runs again",
                     RestartPolicy::Fail => {
                         let failure = Failure {
                             code: FailureCode::Interrupted,
@@ -313,8 +288,15 @@ impl Jobs {
                         self.finished(&record, JobState::Failed);
                         continue;
                     }
-                }
+                };
+                let reason = format!("the gateway restarted while the job was running; {how}");
+                let queued = EventKind::Queued {
+                    position: 0,
+                    reason: Some(reason),
+                };
+                self.emit(job, queued).await?;
             }
+            let first_in_line = running && policy == RestartPolicy::Resume;
             let mut sched = self.sched();
             if first_in_line {
                 sched.enqueue_front(backend.name(), record.owner.clone(), job);
