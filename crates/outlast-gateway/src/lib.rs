@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod cache;
+pub mod client_assets;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -71,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/outputs/{name}", get(api::output))
         .route("/v1/uploads", axum::routing::any(upload::tus::collection))
         .route("/v1/uploads/{id}", axum::routing::any(upload::tus::item))
+        .merge(client_assets::router())
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(
