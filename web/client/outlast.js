@@ -1145,12 +1145,13 @@ export class Outlast extends EventTarget {
   }
 
   async submitJob(job) {
-    await job.save();
     let waitAll = !job.early;
     const backoff = new Backoff(this.opts.backoffMinMs, this.opts.backoffMaxMs);
     for (;;) {
       const inputs = await this.resolveInputs(job, waitAll);
-      if (waitAll) await job.save();
+      // Saved once the inputs' uploads exist (their content hash is known), so restore()
+      // can link the job to the same upload after a reload.
+      await job.save();
       const body = { ...job.spec };
       if (inputs) body.inputs = inputs;
       else delete body.inputs;
