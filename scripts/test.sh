@@ -38,4 +38,5 @@ if [ -f crates/outlast-image/test.sh ]; then
   echo "== outlast-image: WebAssembly build and Node test"
   bash crates/outlast-image/test.sh
 fi
+bash tests/browser/run.sh  # client library unit tests + headless-Chromium browser suite
 echo "== all tests passed"

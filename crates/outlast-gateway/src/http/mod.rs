@@ -3,6 +3,7 @@
 //! protocol decisions come from `outlast-protocol`.
 
 pub mod api;
+pub mod client_assets;
 pub mod owner;
 pub mod sse;
 pub mod state;
@@ -42,6 +43,7 @@ pub fn app(state: AppState) -> Router {
         );
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
+        .merge(client_assets::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,170 @@
+// Unit tests of the browser client's pure parts (node --test web/test/): backoff, chunk sizing,
+// stream tracking, chunk frame header, sha256, tus metadata and the IndexedDB store (with a
+// small in-memory fake of the IndexedDB API).
+import test from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { Backoff, ChunkSizer, StreamTracker, chunkHeader, Sha256, sha256Blob, tusMetadata, Store, isPreparable, newKey } from "../client/outlast.js";
+
+test("backoff: full jitter between 0.5 s and 20 s, doubling, reset", () => {
+  const b = new Backoff();
+  assert.equal(b.next(0), 500);
+  assert.equal(b.next(1), 1500); // min + span(1000)
+  assert.equal(b.next(1), 2500);
+  for (let i = 0; i < 40; i++) assert.ok(b.next(1) <= 20000);
+  assert.equal(b.next(1), 20000);
+  b.reset();
+  assert.equal(b.next(0.5), 750); // the protocol crate's own test values
+  const spread = new Set(Array.from({ length: 50 }, () => new Backoff().next()));
+  assert.ok(spread.size > 40, "jitter spreads reconnects");
+});
+
+test("chunk sizer: starts small, at most doubles, shrinks at once, stays in bounds", () => {
+  const s = new ChunkSizer(256 << 10, 64 << 20, 5000);
+  assert.equal(s.next(), 256 << 10);
+  s.record(256 << 10, 10); // very fast: capped at double
+  assert.equal(s.next(), 512 << 10);
+  s.record(512 << 10, 10);
+  assert.equal(s.next(), 1 << 20);
+  s.record(1 << 20, 100000); // very slow: shrinks at once to the floor
+  assert.equal(s.next(), 256 << 10);
+  for (let i = 0; i < 30; i++) s.record(s.next(), 1);
+  assert.equal(s.next(), 64 << 20);
+  const dsl = new ChunkSizer(64 << 10, 64 << 20, 5000);
+  for (let i = 0; i < 20; i++) dsl.record(dsl.next(), (dsl.next() / 100000) * 1000); // 100 kB/s
+  assert.ok(Math.abs(dsl.next() - 500000) < 2, "aims at target_ms at the measured rate: " + dsl.next());
+});
+
+test("stream tracker: every event once, in order, resumes from the last seq", () => {
+  const t = new StreamTracker();
+  const ev = (seq, job = "job_a") => ({ job_id: job, seq });
+  assert.equal(t.lastSeq("job_a"), 0);
+  assert.ok(t.accept(ev(1)));
+  assert.ok(t.accept(ev(2)));
+  assert.ok(!t.accept(ev(2)), "a repeat after a resubscribe is dropped");
+  assert.ok(!t.accept(ev(1)));
+  assert.ok(t.accept(ev(5)), "coalesced history may skip");
+  assert.ok(t.accept(ev(1, "job_b")), "jobs are independent");
+  assert.equal(t.lastSeq("job_a"), 5);
+  t.set("job_a", 3);
+  assert.equal(t.lastSeq("job_a"), 5, "set never moves backwards");
+  t.set("job_c", 9);
+  assert.deepEqual(t.behind({ job_a: 7, job_b: 1, job_c: 9, job_x: 4 }), ["job_a"]);
+});
+
+test("chunk frame header: 0xC1, 16 id bytes, u64 big-endian offset", () => {
+  const h = chunkHeader("upl_000102030405060708090a0b0c0d0e0f", 0x0102030405);
+  assert.equal(h.length, 25);
+  assert.equal(h[0], 0xc1);
+  assert.deepEqual([...h.subarray(1, 17)], [...Array(16).keys()]);
+  assert.deepEqual([...h.subarray(17)], [0, 0, 0, 1, 2, 3, 4, 5]);
+  assert.throws(() => chunkHeader("job_000102030405060708090a0b0c0d0e0f", 0));
+});
+
+test("sha256: the JS digest equals node's for many sizes and split points", async () => {
+  for (const n of [0, 1, 55, 56, 63, 64, 65, 119, 120, 1000, 70000]) {
+    const data = new Uint8Array(n).map((_, i) => (i * 31 + 7) & 255);
+    const want = createHash("sha256").update(data).digest("hex");
+    assert.equal(new Sha256().update(data).hex(), want, "size " + n);
+    const cut = Math.floor(n / 3);
+    assert.equal(new Sha256().update(data.subarray(0, cut)).update(data.subarray(cut)).hex(), want, "split " + n);
+    assert.equal(await sha256Blob(new Blob([data])), want);
+  }
+});
+
+test("tus metadata, keys, preparable types", () => {
+  assert.equal(tusMetadata({ filename: "ä.jpg", sha256: "ab" }), "filename " + Buffer.from("ä.jpg").toString("base64") + ",sha256 YWI=");
+  const k = newKey();
+  assert.match(k, /^ol-[0-9a-f]{32}$/);
+  assert.notEqual(k, newKey());
+  assert.ok(isPreparable("image/jpeg") && isPreparable("image/png") && isPreparable("image/webp"));
+  assert.ok(!isPreparable("image/heic") && !isPreparable("audio/mpeg"));
+});
+
+// ---- a minimal in-memory IndexedDB: open/upgrade, transactions, put/get/getAll/delete ----
+function fakeIndexedDB() {
+  const dbs = new Map();
+  const later = (f) => setTimeout(f, 0);
+  const request = (fn) => {
+    const r = { onsuccess: null, onerror: null };
+    later(() => {
+      try {
+        r.result = fn();
+        r.onsuccess?.();
+      } catch (e) {
+        r.error = e;
+        r.onerror?.();
+      }
+    });
+    return r;
+  };
+  const clone = (v) => structuredClone(v);
+  class DB {
+    constructor() {
+      this.stores = new Map();
+      this.objectStoreNames = { contains: (n) => this.stores.has(n) };
+    }
+    createObjectStore(name, { keyPath }) {
+      this.stores.set(name, { keyPath, rows: new Map() });
+    }
+    transaction(names) {
+      const tx = { oncomplete: null, onerror: null, onabort: null, pending: 0 };
+      const done = () => later(() => tx.pending === 0 && tx.oncomplete?.());
+      tx.objectStore = (n) => {
+        const s = this.stores.get(n);
+        const op = (fn) => {
+          tx.pending++;
+          const r = request(() => {
+            const v = fn();
+            tx.pending--;
+            done();
+            return v;
+          });
+          return r;
+        };
+        return {
+          put: (v) => op(() => void s.rows.set(v[s.keyPath], clone(v))),
+          get: (k) => op(() => clone(s.rows.get(k))),
+          getAll: () => op(() => [...s.rows.values()].map(clone)),
+          delete: (k) => op(() => void s.rows.delete(k)),
+        };
+      };
+      void names;
+      return tx;
+    }
+  }
+  return {
+    open(name) {
+      const r = { onsuccess: null, onerror: null, onupgradeneeded: null };
+      later(() => {
+        let db = dbs.get(name);
+        if (!db) {
+          db = new DB();
+          dbs.set(name, db);
+          r.result = db;
+          r.onupgradeneeded?.();
+        }
+        r.result = db;
+        r.onsuccess?.();
+      });
+      return r;
+    },
+  };
+}
+
+test("store: uploads keyed by content hash (blob included) and jobs by key survive a new Store", async () => {
+  const idb = fakeIndexedDB();
+  const a = new Store("t", idb);
+  await a.put("uploads", { hash: "h1", id: "upl_1", blob: new Uint8Array([1, 2, 3]), name: "a.jpg" });
+  await a.put("jobs", { key: "k1", id: "job_1", lastSeq: 4, spec: { backend: "demo", inputs: { image: { $upload: "h1" } } } });
+  await a.put("jobs", { key: "k1", id: "job_1", lastSeq: 7, spec: { backend: "demo" } });
+  const b = new Store("t", idb); // "after a reload"
+  assert.deepEqual([...(await b.get("uploads", "h1")).blob], [1, 2, 3]);
+  assert.equal((await b.all("jobs")).length, 1);
+  assert.equal((await b.get("jobs", "k1")).lastSeq, 7);
+  await b.delete("uploads", "h1");
+  assert.equal(await b.get("uploads", "h1"), undefined);
+  const mem = new Store("m", undefined); // no IndexedDB at all: memory
+  await mem.put("jobs", { key: "x", id: "job_x" });
+  assert.equal((await mem.get("jobs", "x")).id, "job_x");
+});
