@@ -16,7 +16,7 @@ use outlast_e2e::Gateway;
 use outlast_e2e::proxy::Proxy;
 use outlast_e2e::ws::Client;
 use outlast_protocol::v1::{ClientMsg, Control};
-use outlast_protocol::{Codec, EventKind, Offset};
+use outlast_protocol::{Codec, EventKind, FailureCode, JobState, Offset};
 use sha1::Digest as _;
 
 const ALICE: &str = "alice-secret-0123456789";
@@ -666,7 +666,8 @@ fn png(w: u32, h: u32) -> Vec<u8> {
     out.into_inner()
 }
 
-/// A complete upload is a job input; an incomplete one is `input_not_ready` at submission.
+/// A complete upload is a job input; a job naming an upload still in progress waits for it
+/// (and fails with `input_unavailable` if the upload is deleted).
 #[tokio::test]
 async fn uploads_are_job_inputs() -> anyhow::Result<()> {
     let gw = Gateway::start(&[]).await?;
@@ -701,15 +702,62 @@ async fn uploads_are_job_inputs() -> anyhow::Result<()> {
             .status(),
         204
     );
-    let (status, body) = gw
-        .api()
-        .try_submit(&serde_json::json!({
+    // Submitted before its upload finished: accepted, waiting in the queue with a reason, and
+    // run as soon as the upload completes.
+    let partial_id = id_of(&partial).to_string();
+    let early = gw
+        .submit(serde_json::json!({
             "backend": "demo",
             "workflow": {"steps": 1, "step_ms": 10},
-            "inputs": {"image": id_of(&partial).to_string()},
+            "inputs": {"image": partial_id},
         }))
         .await?;
-    assert_eq!(status, 409);
-    assert_eq!(body["code"], "input_not_ready");
+    let api = gw.api();
+    let waiting = api
+        .wait_for_event(&early, Duration::from_secs(10), |e| {
+            matches!(&e.kind, EventKind::Queued { reason: Some(r), .. } if r.contains(&partial_id))
+        })
+        .await?;
+    assert!(
+        matches!(&waiting.kind, EventKind::Queued { reason: Some(r), .. } if r == &format!("waiting for input {partial_id}")),
+        "{waiting:?}"
+    );
+    let snapshot = api.snapshot(&early).await?;
+    assert_eq!(
+        snapshot.state,
+        JobState::Queued,
+        "not started without its input"
+    );
+    assert_eq!(
+        tus.patch(&partial, 100, image[100..].to_vec())
+            .await?
+            .status(),
+        204
+    );
+    let events = api.follow_to_end(&early, Duration::from_secs(30)).await?;
+    let last = events.last().context("job did not finish")?;
+    assert_eq!(last.kind.name(), "completed", "{events:?}");
+
+    // An upload deleted while its job waits fails the job with `input_unavailable`.
+    let doomed = tus.create(image.len() as u64, &[]).await?;
+    let orphan = gw
+        .submit(serde_json::json!({
+            "backend": "demo",
+            "workflow": {"steps": 1, "step_ms": 10},
+            "inputs": {"image": id_of(&doomed).to_string()},
+        }))
+        .await?;
+    assert_eq!(tus.request("DELETE", &doomed).send().await?.status(), 204);
+    let events = api.follow_to_end(&orphan, Duration::from_secs(30)).await?;
+    match &events.last().context("no events")?.kind {
+        EventKind::Failed(f) => assert_eq!(f.code, FailureCode::InputUnavailable, "{f:?}"),
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Started { .. })),
+        "never started"
+    );
     Ok(())
 }

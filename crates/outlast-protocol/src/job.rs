@@ -117,6 +117,9 @@ pub enum FailureCode {
     BackendUnavailable,
     /// An unexpected gateway error; details are in the gateway's log.
     Internal,
+    /// A job submitted before its input upload finished lost that input (deleted, expired or
+    /// failed verification) before it could start.
+    InputUnavailable,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,

@@ -63,12 +63,36 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure>;
 }
 
+/// Whether a job input can be used now.
+#[derive(Debug, Clone)]
+pub enum Readiness {
+    /// The upload is complete: here is its file.
+    Ready(InputFile),
+    /// The upload is still receiving bytes; a job may wait for it.
+    Pending {
+        /// Bytes durable so far.
+        offset: u64,
+        /// Total size, when known.
+        length: Option<u64>,
+    },
+}
+
 /// Resolves a job input (an upload id) to a complete file of the same owner.
 #[async_trait]
 pub trait InputResolver: Send + Sync + std::fmt::Debug + 'static {
     /// The file of a complete upload; `not_found` for unknown or foreign ids, `input_not_ready`
     /// for incomplete uploads.
     async fn resolve(&self, owner: &OwnerId, upload: UploadId) -> Result<InputFile, AppError>;
+
+    /// Like [`InputResolver::resolve`], but an upload still in progress is `Pending` instead of
+    /// an error (a job may be submitted before its upload finishes).
+    async fn check(&self, owner: &OwnerId, upload: UploadId) -> Result<Readiness, AppError> {
+        self.resolve(owner, upload).await.map(Readiness::Ready)
+    }
+
+    /// Called once with the scheduler's wake-up: notify it whenever an upload completes, fails
+    /// or goes away, so jobs waiting for inputs are looked at again.
+    fn watch(&self, _wake: Arc<tokio::sync::Notify>) {}
 }
 
 /// The resolver used until an upload store is configured: no upload exists.

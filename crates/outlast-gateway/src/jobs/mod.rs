@@ -14,21 +14,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use outlast_protocol::replay::{self, ReplayPlan};
 use outlast_protocol::{
     ErrorCode, EventKind, Failure, FailureCode, JobEvent, JobId, JobSnapshot, JobSpec, JobState,
-    OwnerId, Seq,
+    OwnerId, Seq, UploadId,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, InputResolver, JobHandle, RestartPolicy};
+use crate::backend::{Backend, InputResolver, JobHandle, Readiness, RestartPolicy};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
 use crate::outputs::OutputStore;
 use crate::store::{Created, JobRecord, JobStore};
 use cache::ResultCache;
-use scheduler::Scheduler;
+use scheduler::{Scheduler, Waiting};
 
 /// What a subscriber gets first.
 #[derive(Debug, Clone)]
@@ -90,6 +90,7 @@ impl Jobs {
         for backend in &backends {
             backend.attach_scheduler(Arc::clone(&wake));
         }
+        inputs.watch(Arc::clone(&wake));
         Self {
             handle: JobHandle::new(store, outputs, CancellationToken::new()),
             backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
@@ -154,9 +155,16 @@ impl Jobs {
                 )
             })?;
         backend.validate(&spec)?;
+        // Inputs still uploading do not refuse the job: it waits for them in the queue.
         let mut inputs = BTreeMap::new();
+        let mut pending = Vec::new();
         for (name, upload) in &spec.inputs {
-            inputs.insert(name.clone(), self.inputs.resolve(owner, *upload).await?);
+            match self.inputs.check(owner, *upload).await? {
+                Readiness::Ready(file) => {
+                    inputs.insert(name.clone(), file);
+                }
+                Readiness::Pending { .. } => pending.push(*upload),
+            }
         }
         let digest = spec_digest(&spec);
         match self
@@ -169,10 +177,14 @@ impl Jobs {
                 let job_id = record.snapshot.job_id;
                 metrics::counter!(m::JOBS_SUBMITTED, "backend" => backend.name()).increment(1);
                 let (store, outputs) = (&*self.handle.store, &self.handle.outputs);
-                let cached = self
-                    .cache
-                    .answer(store, outputs, &*backend, &record, &inputs)
-                    .await;
+                let cached = match pending.is_empty() {
+                    true => {
+                        self.cache
+                            .answer(store, outputs, &*backend, &record, &inputs)
+                            .await
+                    }
+                    false => None,
+                };
                 if let Some(snapshot) = cached {
                     return Ok(Submitted {
                         job_id,
@@ -180,7 +192,15 @@ impl Jobs {
                         snapshot,
                     });
                 }
-                self.sched().enqueue(backend.name(), owner.clone(), job_id);
+                {
+                    let mut sched = self.sched();
+                    sched.enqueue(backend.name(), owner.clone(), job_id);
+                    let waiting = Waiting {
+                        owner: owner.clone(),
+                        uploads: pending,
+                    };
+                    sched.set_waiting(job_id, Some(waiting));
+                }
                 self.wake.notify_one();
                 Ok(Submitted {
                     job_id,
@@ -297,12 +317,18 @@ impl Jobs {
                 self.emit(job, queued).await?;
             }
             let first_in_line = running && policy == RestartPolicy::Resume;
+            let pending = self.pending_inputs(&record.owner, &record.spec).await;
             let mut sched = self.sched();
             if first_in_line {
                 sched.enqueue_front(backend.name(), record.owner.clone(), job);
             } else {
                 sched.enqueue(backend.name(), record.owner.clone(), job);
             }
+            let waiting = Waiting {
+                owner: record.owner.clone(),
+                uploads: pending,
+            };
+            sched.set_waiting(job, Some(waiting));
         }
         Ok(())
     }
@@ -317,9 +343,66 @@ impl Jobs {
         self.handle.stop_token().cancel();
     }
 
+    /// The inputs of `spec` whose uploads are still in progress (errors count as not pending:
+    /// the run then reports them).
+    async fn pending_inputs(&self, owner: &OwnerId, spec: &JobSpec) -> Vec<UploadId> {
+        let mut pending = Vec::new();
+        for upload in spec.inputs.values() {
+            if let Ok(Readiness::Pending { .. }) = self.inputs.check(owner, *upload).await {
+                pending.push(*upload);
+            }
+        }
+        pending
+    }
+
+    /// Looks again at jobs waiting for uploads: ready ones may start, and one whose upload was
+    /// deleted, expired or failed verification fails with `input_unavailable`.
+    async fn recheck_waiting(&self) -> Result<(), AppError> {
+        let waiting = self.sched().waiting();
+        for (job, w) in waiting {
+            let mut still = Vec::new();
+            let mut lost = None;
+            for upload in &w.uploads {
+                match self.inputs.check(&w.owner, *upload).await {
+                    Ok(Readiness::Ready(_)) => {}
+                    Ok(Readiness::Pending { .. }) => still.push(*upload),
+                    Err(e) => {
+                        lost = Some((*upload, e));
+                        break;
+                    }
+                }
+            }
+            let Some((upload, e)) = lost else {
+                self.sched().refresh_waiting(job, still);
+                continue;
+            };
+            let Some(record) = self.handle.store.get(job).await? else {
+                continue;
+            };
+            self.sched()
+                .cancel(record.spec.backend.as_str(), &record.owner, job);
+            let failure = Failure {
+                code: FailureCode::InputUnavailable,
+                message: format!(
+                    "input {upload} is no longer available ({}): {}",
+                    e.code.as_str(),
+                    e.message
+                ),
+                detail: None,
+            };
+            if self.emit(job, EventKind::Failed(failure)).await?.is_some() {
+                self.finished(&record, JobState::Failed);
+            }
+        }
+        Ok(())
+    }
+
     /// Announces queue positions and starts jobs in free slots, until `shutdown`.
     pub async fn dispatch_loop(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            if let Err(e) = self.recheck_waiting().await {
+                tracing::error!(error = %e, "could not look at jobs waiting for uploads");
+            }
             if let Err(e) = self.announce_positions().await {
                 tracing::error!(error = %e, "could not store queue positions");
             }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use outlast_protocol::{JobId, OwnerId};
+use outlast_protocol::{JobId, OwnerId, UploadId};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::FairQueue;
@@ -41,6 +41,26 @@ pub struct Scheduler {
     running_per_backend: HashMap<&'static str, usize>,
     /// The place last announced per queued job.
     announced: HashMap<JobId, Place>,
+    /// Queued jobs whose inputs are still uploading: they keep their place in the queue but
+    /// are passed over when slots free up.
+    waiting: HashMap<JobId, Waiting>,
+}
+
+/// A queued job waiting for uploads to complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Its owner (whose uploads they are).
+    pub owner: OwnerId,
+    /// The uploads still in progress.
+    pub uploads: Vec<UploadId>,
+}
+
+impl Waiting {
+    /// The reason its place shows.
+    pub fn reason(&self) -> String {
+        let ids: Vec<String> = self.uploads.iter().map(ToString::to_string).collect();
+        format!("waiting for input {}", ids.join(", "))
+    }
 }
 
 impl Scheduler {
@@ -69,8 +89,35 @@ impl Scheduler {
         self.running.contains_key(&job)
     }
 
+    /// Marks a queued job as waiting for uploads (or, with none, as ready again).
+    pub fn set_waiting(&mut self, job: JobId, waiting: Option<Waiting>) {
+        match waiting {
+            Some(w) if !w.uploads.is_empty() => {
+                self.waiting.insert(job, w);
+            }
+            _ => {
+                self.waiting.remove(&job);
+            }
+        }
+    }
+
+    /// Updates the uploads a job still waits for, if it still waits (none left: it is ready).
+    pub fn refresh_waiting(&mut self, job: JobId, uploads: Vec<UploadId>) {
+        if uploads.is_empty() {
+            self.waiting.remove(&job);
+        } else if let Some(w) = self.waiting.get_mut(&job) {
+            w.uploads = uploads;
+        }
+    }
+
+    /// The jobs waiting for uploads.
+    pub fn waiting(&self) -> Vec<(JobId, Waiting)> {
+        self.waiting.iter().map(|(j, w)| (*j, w.clone())).collect()
+    }
+
     /// Takes `job` out of its queue and stops its run, if it has one (cancel).
     pub fn cancel(&mut self, backend: &str, owner: &OwnerId, job: JobId) {
+        self.waiting.remove(&job);
         if let Some(queue) = self.queues.get_mut(backend) {
             queue.remove(owner, job);
         }
@@ -90,7 +137,11 @@ impl Scheduler {
             depths.push((*backend, order.len()));
             let why = reason(backend);
             for (i, job) in order.into_iter().enumerate() {
-                let place = (u32::try_from(i).unwrap_or(u32::MAX), why.clone());
+                let reason = match self.waiting.get(&job) {
+                    Some(w) => Some(w.reason()),
+                    None => why.clone(),
+                };
+                let place = (u32::try_from(i).unwrap_or(u32::MAX), reason);
                 if self.announced.get(&job) != Some(&place) {
                     self.announced.insert(job, place.clone());
                     changes.push((job, place));
@@ -112,14 +163,21 @@ impl Scheduler {
     ) -> Vec<Start> {
         let mut started = Vec::new();
         for &(backend, concurrency) in slots {
+            // Jobs waiting for uploads are passed over and put back where they were.
+            let mut passed_over = Vec::new();
             loop {
                 let running = self.running_per_backend.get(backend).copied().unwrap_or(0);
                 if running >= concurrency {
                     break;
                 }
-                let Some((_, job)) = self.queues.get_mut(backend).and_then(FairQueue::pop) else {
+                let Some((owner, job)) = self.queues.get_mut(backend).and_then(FairQueue::pop)
+                else {
                     break;
                 };
+                if self.waiting.contains_key(&job) {
+                    passed_over.push((owner, job));
+                    continue;
+                }
                 let token = token();
                 self.running.insert(job, token.clone());
                 self.announced.remove(&job);
@@ -129,6 +187,11 @@ impl Scheduler {
                     backend,
                     token,
                 });
+            }
+            if let Some(queue) = self.queues.get_mut(backend) {
+                for (owner, job) in passed_over.into_iter().rev() {
+                    queue.push_front(owner, job);
+                }
             }
         }
         started
@@ -224,6 +287,30 @@ mod tests {
         assert!(!s.is_queued("demo", j[1]));
         s.finished("demo", j[0]);
         assert!(started(&mut s, &[("demo", 1)]).is_empty());
+    }
+
+    #[test]
+    fn a_job_waiting_for_its_upload_keeps_its_place_without_a_slot() {
+        let mut s = Scheduler::default();
+        let j = jobs(2);
+        let upload = UploadId::random();
+        s.enqueue("demo", owner("alice"), j[0]);
+        s.enqueue("demo", owner("alice"), j[1]);
+        let waiting = Waiting {
+            owner: owner("alice"),
+            uploads: vec![upload],
+        };
+        s.set_waiting(j[0], Some(waiting));
+        let changes = s.place_changes(|_| None).changed;
+        assert_eq!(
+            changes[0],
+            (j[0], (0, Some(format!("waiting for input {upload}"))))
+        );
+        assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[1]], "passed over");
+        assert!(s.is_queued("demo", j[0]), "still queued, first in line");
+        s.finished("demo", j[1]);
+        s.set_waiting(j[0], None);
+        assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use outlast_protocol::tus::Metadata;
 use outlast_protocol::upload::{DATA_HEADER_LEN, UploadInfo, UploadLimits, UploadState};
 use outlast_protocol::{ErrorCode, Offset, OwnerId, UploadId};
 
-use crate::backend::{InputFile, InputResolver};
+use crate::backend::{InputFile, InputResolver, Readiness};
 use crate::clock::now_ms;
 use crate::config::UploadConfig;
 use crate::error::AppError;
@@ -80,6 +80,8 @@ pub struct Uploads {
     open_counts: Mutex<HashMap<OwnerId, usize>>,
     /// Owner-level fan-out of progress to WebSocket connections.
     pub progress: ProgressHub,
+    /// Woken when an upload completes, fails or goes away (jobs may wait for one).
+    changes: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl Uploads {
@@ -107,6 +109,7 @@ impl Uploads {
             slots: Mutex::new(HashMap::new()),
             open_counts: Mutex::new(counts),
             progress: ProgressHub::default(),
+            changes: std::sync::OnceLock::new(),
         }))
     }
 
@@ -370,12 +373,43 @@ impl Uploads {
         if open {
             self.release_open(&owner);
         }
+        self.changed();
         Ok(())
+    }
+}
+
+impl Uploads {
+    /// Tells whoever watches (the job scheduler) that an upload's state changed.
+    fn changed(&self) {
+        if let Some(wake) = self.changes.get() {
+            wake.notify_one();
+        }
     }
 }
 
 #[async_trait]
 impl InputResolver for Uploads {
+    async fn check(&self, owner: &OwnerId, upload: UploadId) -> Result<Readiness, AppError> {
+        let r = match self.owned(owner, upload).await {
+            Ok(r) => r,
+            Err(e) if e.code == ErrorCode::UploadExpired => {
+                return Err(AppError::not_found("upload"));
+            }
+            Err(e) => return Err(e),
+        };
+        match r.state {
+            UploadState::Open => Ok(Readiness::Pending {
+                offset: r.offset,
+                length: r.length,
+            }),
+            _ => self.resolve(owner, upload).await.map(Readiness::Ready),
+        }
+    }
+
+    fn watch(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = self.changes.set(wake);
+    }
+
     async fn resolve(&self, owner: &OwnerId, upload: UploadId) -> Result<InputFile, AppError> {
         let mut r = match self.owned(owner, upload).await {
             Ok(r) => r,

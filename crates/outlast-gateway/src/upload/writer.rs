@@ -331,6 +331,7 @@ impl Writer {
         self.push_progress();
         if complete {
             self.uploads.release_open(&self.record.owner);
+            self.uploads.changed();
             metrics::counter!(m::UPLOADS_COMPLETED, "verified" => if mismatch { "mismatch" } else { "ok" })
                 .increment(1);
         }
