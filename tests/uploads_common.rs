@@ -202,6 +202,8 @@ pub async fn ws_upload(
             "upload did not finish in time"
         );
         let Ok(mut client) = Client::connect(url, Codec::MsgPack).await else {
+            // The gateway may be restarting: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         connections += 1;
