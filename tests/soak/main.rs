@@ -410,7 +410,7 @@ async fn upload_client(s: Arc<Soak>, index: usize, seed: u64) -> anyhow::Result<
     let len = rng.random_range(200_000..2_000_000);
     let bytes = uploads_common::content(len, seed);
     let sha = uploads_common::sha256_hex(&bytes);
-    let id = if index % 2 == 0 {
+    let id = if index.is_multiple_of(2) {
         tus_upload(&s, &bytes).await
     } else {
         uploads_common::ws_upload(&s.ws_via, &bytes, 64 * 1024, 1 << 20, false, |_| {})
