@@ -39,4 +39,7 @@ if [ -f crates/outlast-image/test.sh ]; then
   bash crates/outlast-image/test.sh
 fi
 bash tests/browser/run.sh  # client library unit tests + headless-Chromium browser suite
+
+echo "== fuzz: a short run of every target (cargo-fuzz, installed when missing)"
+bash fuzz/run.sh 10
 echo "== all tests passed"

@@ -14,7 +14,7 @@ mod failure;
 mod follow;
 pub mod graph;
 mod history;
-mod messages;
+pub mod messages;
 mod placement;
 mod pool;
 
