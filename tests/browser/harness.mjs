@@ -34,8 +34,12 @@ const GATEWAY_ENV = { OUTLAST_PING_INTERVAL: "2s", OUTLAST_PONG_TIMEOUT: "4s", R
 const startGateway = (listen, dataDir) =>
   startProcess(process.env.OUTLAST_BIN, ["--listen", listen, "--data-dir", dataDir], GATEWAY_ENV, /listening on http:\/\/([0-9.:]+)\//, "gateway");
 
-/** Serves these from web/ on disk instead of the gateway's embedded copies (OUTLAST_WEB_FROM_DISK=1, for quick edits). */
-const FROM_DISK = { "/": "index.html", "/client/outlast.js": "client/outlast.js", "/client/image-worker.js": "client/image-worker.js" };
+/**
+ * Serves these from web/ (or OUTLAST_WEB_DIR) on disk instead of the gateway's embedded copies
+ * (OUTLAST_WEB_FROM_DISK=1, for quick edits of the library). Not the page itself: a page that
+ * did not come from the network counts as public to Chrome's local-network checks.
+ */
+const FROM_DISK = { "/client/outlast.js": "client/outlast.js", "/client/image-worker.js": "client/image-worker.js" };
 
 export async function startStack() {
   const dataDir = mkdtempSync(join(tmpdir(), "outlast-browser-"));
@@ -54,7 +58,7 @@ export async function startStack() {
   if (process.env.OUTLAST_WEB_FROM_DISK === "1") {
     const web = process.env.OUTLAST_WEB_DIR || fileURLToPath(new URL("../../web/", import.meta.url));
     await context.route((u) => u.host === new URL(base).host && u.pathname in FROM_DISK, (route) =>
-      route.fulfill({ path: join(web, FROM_DISK[new URL(route.request().url()).pathname]), contentType: route.request().url().endsWith(".js") ? "text/javascript" : "text/html" }));
+      route.fulfill({ path: join(web, FROM_DISK[new URL(route.request().url()).pathname]), contentType: "text/javascript" }));
   }
   const proxy = async (path) => (await fetch(control + path)).json();
   const stack = {

@@ -15,7 +15,7 @@ after(async () => {
 });
 
 const RATE = 200_000; // bytes/s up, through the proxy
-const SIZE = 1_000_000;
+const SIZE = 1_500_000; // 7.5 s of link time
 
 test("a job submitted while its upload is still running waits for it (reason shown) and starts when it completes", async (t) => {
   const page = await s.newPage();
@@ -41,12 +41,17 @@ test("a job submitted while its upload is still running waits for it (reason sho
   await page.selectOption("#preset", "original");
   const t0 = Date.now();
   await page.setInputFiles("#files", { name: "photo.jpg", mimeType: "image/jpeg", buffer: data });
+  const up = page.locator("#uploads article").first();
+  // Submit once the upload is well under way (the chunk pipeline is full by then).
+  await until(async () => (await up.locator("progress").evaluate((p) => p.value / p.max)) >= 0.15, 20000, "upload under way");
+  const clicked = Date.now();
   await page.click("#submit");
   const card = page.locator("#jobs article").first();
-  const up = page.locator("#uploads article").first();
 
-  // The gateway has the job, queued and waiting for the upload, while the upload is still short.
+  // The gateway has the job, queued and waiting for the upload, while the upload is still short:
+  // the submit did not wait behind the rest of the upload's chunks.
   const jobId = await until(() => card.getAttribute("data-job-id"), 10000, "job accepted");
+  const latency = Date.now() - clicked;
   const waiting = await until(async () => {
     const log = await (await fetch(`${s.gateway}/v1/jobs/${jobId}/poll?after=0&timeout_ms=0`)).json();
     return (log.events || []).find((e) => e.type === "queued" && /^waiting for input upl_[0-9a-f]{32}$/.test(e.reason || ""));
@@ -57,10 +62,11 @@ test("a job submitted while its upload is still running waits for it (reason sho
   assert.equal(snap.state, "queued", "still queued while the upload runs");
   const info = await s.uploadInfo(uploadId);
   assert.equal(info.length, SIZE);
-  assert.ok(info.offset < SIZE / 2, `the server holds ${info.offset} of ${SIZE} bytes while the job already waits`);
+  assert.ok(info.offset < SIZE * 0.6, `the server holds ${info.offset} of ${SIZE} bytes while the job already waits`);
+  t.diagnostic(`submit answered ${latency} ms after the click, mid-upload`);
+  assert.ok(latency < 3000, `the submit was answered ${latency} ms after the click (pace 1 s)`);
   // The page saw the same: the waiting `queued` event arrived with the acknowledged offset < total.
-  const early = (await page.evaluate(() => window.seen)).find((e) => e.type === "queued" && e.reason);
-  assert.ok(early, "the page got the waiting queued event");
+  const early = await until(async () => (await page.evaluate(() => window.seen)).find((e) => e.type === "queued" && e.reason), 10000, "the page got the waiting queued event");
   assert.equal(early.reason, waiting.reason);
   assert.ok(early.acked < early.total, `acknowledged ${early.acked} < ${early.total} when the job was queued`);
 

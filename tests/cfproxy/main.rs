@@ -43,6 +43,8 @@ enum Cut {
     GoingAway,
     /// Stop forwarding, keep the connection open.
     Stall,
+    /// A request on this (non-WebSocket) connection accepts `text/event-stream`: refuse it.
+    RefuseSse,
 }
 
 #[tokio::main]
@@ -153,11 +155,13 @@ async fn proxy(
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let result = {
-        let up = pipe(&mut cr, &mut sw, &shared.up, &shared.up_rate);
-        let down = pipe(&mut sr, &mut cw, &shared.down, &shared.down_rate);
+        // Later requests on a kept-alive connection are checked for SSE too.
+        let sse_guard = (!ws).then_some(&shared.refuse_sse);
+        let up = pipe(&mut cr, &mut sw, &shared.up, &shared.up_rate, sse_guard);
+        let down = pipe(&mut sr, &mut cw, &shared.down, &shared.down_rate, None);
         tokio::select! {
-            r = up => r.map(|()| None),
-            r = down => r.map(|()| None),
+            r = up => r.map(|sse| sse.then_some(Cut::RefuseSse)),
+            r = down => r.map(|_| None),
             c = async { loop { match cut.recv().await { Ok(c) => break Some(c), Err(broadcast::error::RecvError::Lagged(_)) => continue, Err(_) => break None } } }, if ws => {
                 if let Some(Cut::GoingAway) = c {
                     // Close frame from the server side: FIN + opcode 8, unmasked, code 1001.
@@ -174,6 +178,11 @@ async fn proxy(
             () = drain(&mut cr) => {}
             () = async { drain(&mut sr).await; std::future::pending::<()>().await } => {}
         }
+    }
+    if let Ok(Some(Cut::RefuseSse)) = result {
+        shared.sse_refused.fetch_add(1, Ordering::SeqCst);
+        cw.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
     }
     let result = result.map(|_| ());
     if ws {
@@ -194,17 +203,25 @@ async fn drain(from: &mut (impl AsyncRead + Unpin)) {
 }
 
 /// Copies `from` to `to`, counting bytes and keeping to `rate` bytes/s when it is non-zero.
+/// With `refuse_sse` set, a read holding a request that accepts `text/event-stream` is not
+/// forwarded and the copy ends with `true`.
 async fn pipe(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     count: &AtomicU64,
     rate: &AtomicU64,
-) -> anyhow::Result<()> {
+    refuse_sse: Option<&AtomicBool>,
+) -> anyhow::Result<bool> {
     let mut buf = vec![0u8; 64 * 1024];
-    let start = Instant::now();
+    let mut start = Instant::now();
     let mut sent: u64 = 0;
+    let mut prev_limit = 0;
     loop {
         let limit = rate.load(Ordering::SeqCst);
+        if limit != prev_limit {
+            // A new rate counts from now: no burst for the time the connection ran before.
+            (start, sent, prev_limit) = (Instant::now(), 0, limit);
+        }
         let max = if limit == 0 {
             buf.len()
         } else {
@@ -213,7 +230,10 @@ async fn pipe(
         let n = from.read(&mut buf[..max]).await?;
         if n == 0 {
             to.shutdown().await?;
-            return Ok(());
+            return Ok(false);
+        }
+        if refuse_sse.is_some_and(|r| r.load(Ordering::SeqCst)) && accepts_event_stream(&buf[..n]) {
+            return Ok(true);
         }
         to.write_all(&buf[..n]).await?;
         count.fetch_add(n as u64, Ordering::SeqCst);

@@ -64,6 +64,7 @@ export class AckPacer {
   /** Sending starts (again) at `offset`; `rate` (bytes/s) is a guess from before, if any. */
   start(offset, now, rate = 0) {
     this.samples = [[now, offset]];
+    this.startOffset = offset;
     this.seeded = rate > 0 ? rate : 0;
   }
   /** The server acknowledged `offset` at `now` (ms). */
@@ -82,9 +83,15 @@ export class AckPacer {
     const [t1, o1] = this.samples[n - 1];
     return ((o1 - o0) / Math.max(t1 - t0, 1)) * 1000;
   }
-  /** Bytes that may be unacknowledged, with chunks of `chunk` bytes. */
+  /**
+   * Bytes that may be unacknowledged, with chunks of `chunk` bytes. Unless seeded, the window
+   * also grows no faster than twice what this run has had acknowledged (like TCP's slow
+   * start), so one early sample that came through too fast cannot fill every buffer.
+   */
   window(chunk) {
-    const w = Math.floor((this.rate() * this.paceMs) / 1000);
+    let w = Math.floor((this.rate() * this.paceMs) / 1000);
+    const n = this.samples.length;
+    if (!this.seeded && n) w = Math.min(w, 2 * (this.samples[n - 1][1] - this.startOffset));
     return Math.min(Math.max(w, chunk, 1), Math.max(this.maxWindow, 1));
   }
 }

@@ -195,3 +195,12 @@ test("ack pacer: about paceMs of data in flight at the acknowledged rate, one ch
   s.start(1000, 0, 100000);
   assert.equal(s.window(1024), 50000);
 });
+
+test("ack pacer: an early fast sample cannot open the window beyond twice what was acknowledged", () => {
+  const p = new AckPacer(1000, 16 << 20);
+  p.start(1000, 0);
+  p.ack(1000 + 65536, 50); // 64 KiB in 50 ms looks like 1.3 MB/s
+  assert.equal(p.window(65536), 131072);
+  p.ack(1000 + 200000, 1000);
+  assert.equal(p.window(65536), 200000, "then the rate decides (200 kB/s over 1 s)");
+});
