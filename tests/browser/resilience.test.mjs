@@ -167,7 +167,7 @@ test("without WebAssembly the canvas fallback prepares the photo: stored upright
   await page.close();
 });
 
-test("offline mid-upload pauses (state `offline`); online again resumes without re-sending acknowledged bytes", async () => {
+test("offline mid-upload pauses (state `offline`); online again resumes without re-sending acknowledged bytes", async (t) => {
   const page = await openDemo();
   await until(async () => (await state(page)) === "open", 10000, "connected");
   await s.proxy("/throttle?up=200000&down=0");
@@ -199,6 +199,7 @@ test("offline mid-upload pauses (state `offline`); online again resumes without 
     assert.equal(info.bytes_written, data.length, "the server received no byte twice");
     assert.ok(s.uploadBytes(id).equals(data), "same bytes");
     const seen = await states(page);
+    t.diagnostic("states: " + seen.join(" "));
     assert.ok(seen.lastIndexOf("offline") < seen.lastIndexOf("open"), "offline, then open again: " + seen);
     assert.deepEqual(pageErrors(page), []);
   } finally {
