@@ -201,3 +201,41 @@ test("screenshots at desktop and phone width", async () => {
     await page.close();
   }
 });
+
+test("the demo page by keyboard alone, every control labelled", async () => {
+  const page = await openDemo();
+  await until(async () => (await state(page)) === "open", 10000, "connected");
+  const unnamed = await page.evaluate(() =>
+    [...document.querySelectorAll("input, select, textarea, button")]
+      .filter((e) => e.getAttribute("aria-hidden") !== "true")
+      .filter((e) => !(e.labels?.length || e.getAttribute("aria-label") || e.getAttribute("aria-labelledby") || (e.tagName === "BUTTON" && e.textContent.trim())))
+      .map((e) => e.id || e.outerHTML));
+  assert.deepEqual(unnamed, [], "controls without an accessible name");
+  await setDemo(page, 3, 100);
+  await page.click("h1"); // sequential focus navigation starts at the top
+  // Tab from the top reaches every control in order; Enter on Submit submits.
+  const order = [];
+  for (let i = 0; i < 40 && order[order.length - 1] !== "submit"; i++) {
+    await page.keyboard.press("Tab");
+    order.push(await page.evaluate(() => document.activeElement?.id || document.activeElement?.tagName));
+  }
+  const want = ["files", "camera-btn", "preset", "backend", "example", "steps", "stepms", "workflow", "submit"];
+  assert.deepEqual(order.filter((id) => want.includes(id)), want, "tab order: " + order);
+  assert.equal(await page.evaluate(() => getComputedStyle(document.getElementById("submit")).outlineStyle), "solid", "a visible focus ring");
+  await page.keyboard.press("Enter");
+  const card = page.locator("#jobs article").first();
+  await until(async () => (await card.getAttribute("data-state")) === "completed", 30000, "job submitted by keyboard completed");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test("the page guard sees console errors and requests to another origin (so the checks above can fail)", async () => {
+  const page = await openDemo();
+  await page.evaluate(() => {
+    console.error("boom");
+    document.body.append(Object.assign(new Image(), { src: "http://127.0.0.1:1/elsewhere.png" }));
+  });
+  await until(() => page.errors.some((e) => e.startsWith("foreign request http://127.0.0.1:1/elsewhere.png")), 5000, "foreign request seen");
+  assert.ok(page.errors.includes("boom"), "console error seen: " + page.errors);
+  await page.close();
+});

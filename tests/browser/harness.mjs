@@ -4,6 +4,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 export const ARTIFACTS = process.env.BROWSER_ARTIFACTS || join(process.cwd(), "../../target/browser-artifacts");
@@ -29,10 +30,20 @@ function startProcess(bin, args, env, re, what) {
   });
 }
 
+const GATEWAY_ENV = { OUTLAST_PING_INTERVAL: "2s", OUTLAST_PONG_TIMEOUT: "4s", RUST_LOG: "warn" };
+const startGateway = (listen, dataDir) =>
+  startProcess(process.env.OUTLAST_BIN, ["--listen", listen, "--data-dir", dataDir], GATEWAY_ENV, /listening on http:\/\/([0-9.:]+)\//, "gateway");
+
+/**
+ * Serves these from web/ (or OUTLAST_WEB_DIR) on disk instead of the gateway's embedded copies
+ * (OUTLAST_WEB_FROM_DISK=1, for quick edits of the library). Not the page itself: a page that
+ * did not come from the network counts as public to Chrome's local-network checks.
+ */
+const FROM_DISK = { "/client/outlast.js": "client/outlast.js", "/client/image-worker.js": "client/image-worker.js" };
+
 export async function startStack() {
   const dataDir = mkdtempSync(join(tmpdir(), "outlast-browser-"));
-  const gw = await startProcess(process.env.OUTLAST_BIN, ["--listen", "127.0.0.1:0", "--data-dir", dataDir],
-    { OUTLAST_PING_INTERVAL: "2s", OUTLAST_PONG_TIMEOUT: "4s", RUST_LOG: "warn" }, /listening on http:\/\/([0-9.:]+)\//, "gateway");
+  let gw = await startGateway("127.0.0.1:0", dataDir);
   const gwAddr = gw.m[1];
   const px = await startProcess(process.env.CF_PROXY_BIN, ["--upstream", gwAddr], {}, /listening on http:\/\/([0-9.:]+)\/ control http:\/\/([0-9.:]+)\//, "cf-proxy");
   const base = "http://" + px.m[1];
@@ -44,6 +55,11 @@ export async function startStack() {
     headless: true,
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
+  if (process.env.OUTLAST_WEB_FROM_DISK === "1") {
+    const web = process.env.OUTLAST_WEB_DIR || fileURLToPath(new URL("../../web/", import.meta.url));
+    await context.route((u) => u.host === new URL(base).host && u.pathname in FROM_DISK, (route) =>
+      route.fulfill({ path: join(web, FROM_DISK[new URL(route.request().url()).pathname]), contentType: "text/javascript" }));
+  }
   const proxy = async (path) => (await fetch(control + path)).json();
   const stack = {
     dataDir, base, gateway, context, proxy,
@@ -70,6 +86,22 @@ export async function startStack() {
         if (!["data:", "blob:"].includes(u.protocol) && u.host !== new URL(base).host) page.errors.push("foreign request " + r.url());
       });
       return page;
+    },
+    /** `kill -9` the gateway, then start it again on the same address and data directory. */
+    async restartGateway() {
+      const dead = new Promise((r) => gw.child.once("exit", r));
+      gw.child.kill("SIGKILL");
+      await dead;
+      const end = Date.now() + 10000;
+      for (;;) {
+        try {
+          gw = await startGateway(gwAddr, dataDir);
+          return;
+        } catch (e) {
+          if (Date.now() > end) throw e;
+          await new Promise((r) => setTimeout(r, 100)); // the port may still be taken
+        }
+      }
     },
     async stop() {
       await context.close().catch(() => {});

@@ -20,4 +20,4 @@ node --test web/test/
 echo "== browser tests (headless chromium -> cf-proxy -> outlast)"
 cd "$here"
 npm ci --no-audit --no-fund
-PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 node --test --test-concurrency=1 "$@" client.test.mjs submit_before_upload.test.mjs
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 node --test --test-concurrency=1 "$@" client.test.mjs submit_before_upload.test.mjs resilience.test.mjs

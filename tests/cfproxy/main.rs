@@ -6,8 +6,12 @@
 //!   frame "going away" to the browser first, like an edge restart),
 //! - `/refuse_ws?on=1|0`: answer WebSocket upgrades with 403 (a proxy that blocks them),
 //! - `/throttle?up=BYTES_PER_SEC&down=BYTES_PER_SEC` (0 = unlimited),
+//! - `/stall`: every WebSocket open now stops forwarding in both directions, without closing
+//!   (a dead NAT mapping or a hung edge: bytes are read and dropped); later connections work,
+//! - `/refuse_sse?on=1|0`: answer requests accepting `text/event-stream` with 403 (a proxy that
+//!   breaks SSE),
 //! - `/stats`: `{"up": bytes browser->server, "down": bytes server->browser, "ws_open": n,
-//!   "ws_total": n, "ws_refused": n}`.
+//!   "ws_total": n, "ws_refused": n, "ws_stalled": n, "sse_refused": n}`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,12 +32,19 @@ struct Shared {
     ws_open: AtomicU64,
     ws_total: AtomicU64,
     ws_refused: AtomicU64,
+    ws_stalled: AtomicU64,
+    refuse_sse: AtomicBool,
+    sse_refused: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Cut {
     Abrupt,
     GoingAway,
+    /// Stop forwarding, keep the connection open.
+    Stall,
+    /// A request on this (non-WebSocket) connection accepts `text/event-stream`: refuse it.
+    RefuseSse,
 }
 
 #[tokio::main]
@@ -95,6 +106,12 @@ async fn read_head(sock: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+fn accepts_event_stream(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    text.lines()
+        .any(|l| l.starts_with("accept:") && l.contains("text/event-stream"))
+}
+
 fn is_ws_upgrade(head: &[u8]) -> bool {
     let text = String::from_utf8_lossy(head).to_ascii_lowercase();
     text.lines()
@@ -119,6 +136,13 @@ async fn proxy(
             .await?;
         return Ok(());
     }
+    if !ws && shared.refuse_sse.load(Ordering::SeqCst) && accepts_event_stream(&head) {
+        shared.sse_refused.fetch_add(1, Ordering::SeqCst);
+        client
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+        return Ok(());
+    }
     let mut server = TcpStream::connect(upstream).await?;
     server.set_nodelay(true)?;
     client.set_nodelay(true)?;
@@ -128,23 +152,39 @@ async fn proxy(
         shared.ws_open.fetch_add(1, Ordering::SeqCst);
         shared.ws_total.fetch_add(1, Ordering::SeqCst);
     }
-    let (cr, mut cw) = client.into_split();
-    let (sr, sw) = server.into_split();
-    let up = pipe(cr, sw, &shared.up, &shared.up_rate);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
     let result = {
-        let down = pipe(sr, &mut cw, &shared.down, &shared.down_rate);
+        // Later requests on a kept-alive connection are checked for SSE too.
+        let sse_guard = (!ws).then_some(&shared.refuse_sse);
+        let up = pipe(&mut cr, &mut sw, &shared.up, &shared.up_rate, sse_guard);
+        let down = pipe(&mut sr, &mut cw, &shared.down, &shared.down_rate, None);
         tokio::select! {
-            r = up => r,
-            r = down => r,
+            r = up => r.map(|sse| sse.then_some(Cut::RefuseSse)),
+            r = down => r.map(|_| None),
             c = async { loop { match cut.recv().await { Ok(c) => break Some(c), Err(broadcast::error::RecvError::Lagged(_)) => continue, Err(_) => break None } } }, if ws => {
                 if let Some(Cut::GoingAway) = c {
                     // Close frame from the server side: FIN + opcode 8, unmasked, code 1001.
                     let _ = cw.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
                 }
-                Ok(())
+                Ok(c)
             }
         }
     };
+    if let Ok(Some(Cut::Stall)) = result {
+        // A black hole: read and drop both ways until the browser gives up on the socket.
+        shared.ws_stalled.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            () = drain(&mut cr) => {}
+            () = async { drain(&mut sr).await; std::future::pending::<()>().await } => {}
+        }
+    }
+    if let Ok(Some(Cut::RefuseSse)) = result {
+        shared.sse_refused.fetch_add(1, Ordering::SeqCst);
+        cw.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+    }
+    let result = result.map(|_| ());
     if ws {
         shared.ws_open.fetch_sub(1, Ordering::SeqCst);
     }
@@ -152,18 +192,36 @@ async fn proxy(
     result
 }
 
+/// Reads and drops everything until EOF or an error.
+async fn drain(from: &mut (impl AsyncRead + Unpin)) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 /// Copies `from` to `to`, counting bytes and keeping to `rate` bytes/s when it is non-zero.
+/// With `refuse_sse` set, a read holding a request that accepts `text/event-stream` is not
+/// forwarded and the copy ends with `true`.
 async fn pipe(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     count: &AtomicU64,
     rate: &AtomicU64,
-) -> anyhow::Result<()> {
+    refuse_sse: Option<&AtomicBool>,
+) -> anyhow::Result<bool> {
     let mut buf = vec![0u8; 64 * 1024];
-    let start = Instant::now();
+    let mut start = Instant::now();
     let mut sent: u64 = 0;
+    let mut prev_limit = 0;
     loop {
         let limit = rate.load(Ordering::SeqCst);
+        if limit != prev_limit {
+            // A new rate counts from now: no burst for the time the connection ran before.
+            (start, sent, prev_limit) = (Instant::now(), 0, limit);
+        }
         let max = if limit == 0 {
             buf.len()
         } else {
@@ -172,7 +230,10 @@ async fn pipe(
         let n = from.read(&mut buf[..max]).await?;
         if n == 0 {
             to.shutdown().await?;
-            return Ok(());
+            return Ok(false);
+        }
+        if refuse_sse.is_some_and(|r| r.load(Ordering::SeqCst)) && accepts_event_stream(&buf[..n]) {
+            return Ok(true);
         }
         to.write_all(&buf[..n]).await?;
         count.fetch_add(n as u64, Ordering::SeqCst);
@@ -219,6 +280,16 @@ async fn control_request(
             let n = cut.send(mode).unwrap_or(0);
             ("200 OK", format!("{{\"receivers\":{n}}}"))
         }
+        "/stall" => {
+            let n = cut.send(Cut::Stall).unwrap_or(0);
+            ("200 OK", format!("{{\"receivers\":{n}}}"))
+        }
+        "/refuse_sse" => {
+            shared
+                .refuse_sse
+                .store(param("on").as_deref() == Some("1"), Ordering::SeqCst);
+            ("200 OK", "{}".to_owned())
+        }
         "/refuse_ws" => {
             shared
                 .refuse_ws
@@ -234,12 +305,14 @@ async fn control_request(
         "/stats" => (
             "200 OK",
             format!(
-                "{{\"up\":{},\"down\":{},\"ws_open\":{},\"ws_total\":{},\"ws_refused\":{}}}",
+                "{{\"up\":{},\"down\":{},\"ws_open\":{},\"ws_total\":{},\"ws_refused\":{},\"ws_stalled\":{},\"sse_refused\":{}}}",
                 shared.up.load(Ordering::SeqCst),
                 shared.down.load(Ordering::SeqCst),
                 shared.ws_open.load(Ordering::SeqCst),
                 shared.ws_total.load(Ordering::SeqCst),
-                shared.ws_refused.load(Ordering::SeqCst)
+                shared.ws_refused.load(Ordering::SeqCst),
+                shared.ws_stalled.load(Ordering::SeqCst),
+                shared.sse_refused.load(Ordering::SeqCst)
             ),
         ),
         _ => ("404 Not Found", "{}".to_owned()),

@@ -21,6 +21,8 @@ export interface OutlastOptions {
   sseFailuresBeforePoll?: number;
   /** No upload acknowledgement for this long: reconnect the upload (default 30000). */
   uploadStallMs?: number;
+  /** WebSocket uploads keep about this many ms of data (at the acknowledged rate) in flight, so control messages never wait longer behind chunks (default 1000). */
+  uploadPaceMs?: number;
   /** Which WebAssembly build prepares images (default "auto": SIMD when supported). */
   wasm?: "auto" | "simd" | "nosimd";
   /** IndexedDB database name (default "outlast"). */
@@ -185,6 +187,14 @@ export class ChunkSizer {
   constructor(min: number, max: number, targetMs: number);
   next(): number;
   record(bytes: number, elapsedMs: number): void;
+}
+/** Unacknowledged bytes a WebSocket upload may have in flight: ~paceMs of data at the acknowledged rate, >= one chunk, <= maxWindow. */
+export class AckPacer {
+  constructor(paceMs?: number, maxWindow?: number, spanMs?: number);
+  start(offset: number, nowMs: number, rate?: number): void;
+  ack(offset: number, nowMs: number): void;
+  rate(): number;
+  window(chunk: number): number;
 }
 export class StreamTracker {
   lastSeq(jobId: string): number;

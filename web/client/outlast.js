@@ -46,6 +46,56 @@ export class ChunkSizer {
   }
 }
 
+/**
+ * How many unacknowledged bytes a WebSocket upload may have in flight: about `paceMs` worth
+ * at the measured acknowledgement rate, at least one chunk, at most the server's window.
+ * Chunk frames queue in buffers the page cannot see (the browser's, the kernel's, a proxy's),
+ * and a control message (a submit, a subscribe) sent meanwhile waits behind all of them; so
+ * the bytes in flight are kept to what the link carries in about `paceMs`.
+ */
+export class AckPacer {
+  constructor(paceMs = 1000, maxWindow = 16 << 20, spanMs = 3000) {
+    this.paceMs = paceMs;
+    this.maxWindow = maxWindow;
+    this.spanMs = spanMs;
+    this.samples = []; // [[ms, acknowledged offset]], oldest first
+    this.seeded = 0;
+  }
+  /** Sending starts (again) at `offset`; `rate` (bytes/s) is a guess from before, if any. */
+  start(offset, now, rate = 0) {
+    this.samples = [[now, offset]];
+    this.startOffset = offset;
+    this.seeded = rate > 0 ? rate : 0;
+  }
+  /** The server acknowledged `offset` at `now` (ms). */
+  ack(offset, now) {
+    const last = this.samples[this.samples.length - 1];
+    if (last && offset <= last[1]) return;
+    this.samples.push([now, offset]);
+    // Keep the span, but at least two samples so there is always a rate.
+    while (this.samples.length > 2 && now - this.samples[1][0] >= this.spanMs) this.samples.shift();
+  }
+  /** Acknowledged bytes per second over the recent span (the seed before the first ack). */
+  rate() {
+    const n = this.samples.length;
+    if (n < 2) return this.seeded;
+    const [t0, o0] = this.samples[0];
+    const [t1, o1] = this.samples[n - 1];
+    return ((o1 - o0) / Math.max(t1 - t0, 1)) * 1000;
+  }
+  /**
+   * Bytes that may be unacknowledged, with chunks of `chunk` bytes. Unless seeded, the window
+   * also grows no faster than twice what this run has had acknowledged (like TCP's slow
+   * start), so one early sample that came through too fast cannot fill every buffer.
+   */
+  window(chunk) {
+    let w = Math.floor((this.rate() * this.paceMs) / 1000);
+    const n = this.samples.length;
+    if (!this.seeded && n) w = Math.min(w, 2 * (this.samples[n - 1][1] - this.startOffset));
+    return Math.min(Math.max(w, chunk, 1), Math.max(this.maxWindow, 1));
+  }
+}
+
 /** Per-job sequence tracking: every event once, in order; gaps only where history coalesced. */
 export class StreamTracker {
   constructor() {
@@ -543,6 +593,7 @@ export class Outlast extends EventTarget {
       wsRetryMs: 30000,
       sseFailuresBeforePoll: 3,
       uploadStallMs: 30000,
+      uploadPaceMs: 1000,
       wasm: "auto",
       storeName: "outlast",
       ...opts,
@@ -1300,7 +1351,13 @@ export class Outlast extends EventTarget {
     u.emitProgress();
     if (status.deduplicated || info.state === "complete") return true;
     const lim = status.limits;
-    const sizer = u.sizer || (u.sizer = new ChunkSizer(64 << 10, lim.max_chunk_bytes - 64, lim.target_chunk_ms));
+    // Chunks of about a quarter of the pace (so several fit the window), and never more than
+    // the server's target duration.
+    const paceMs = this.opts.uploadPaceMs;
+    const targetMs = Math.min(lim.target_chunk_ms, Math.max(paceMs / 4, 1));
+    const sizer = u.wsSizer || (u.wsSizer = new ChunkSizer(64 << 10, lim.max_chunk_bytes - 64, targetMs));
+    const pacer = new AckPacer(paceMs, lim.window_bytes);
+    pacer.start(u.offset, performance.now(), u.rate);
     const ws = this.ws;
     const id = u.id;
     return new Promise((resolve, reject) => {
@@ -1322,8 +1379,10 @@ export class Outlast extends EventTarget {
         if (busy) return;
         busy = true;
         try {
-          while (sent < u.total && sent - acked < lim.window_bytes && this.ws === ws && !u.canceled) {
+          while (sent < u.total && this.ws === ws && !u.canceled && this.online()) {
             const n = Math.min(sizer.next(), u.total - sent, lim.window_bytes);
+            // A whole chunk fits the paced window, or nothing is in flight.
+            if (sent > acked && sent - acked + n > pacer.window(n)) break;
             const data = new Uint8Array(await u.blob.slice(sent, sent + n).arrayBuffer());
             if (this.ws !== ws || ws.readyState !== 1) break;
             const frame = new Uint8Array(25 + data.length);
@@ -1353,6 +1412,7 @@ export class Outlast extends EventTarget {
             u.rate = u.rate ? 0.7 * u.rate + 0.3 * inst : inst;
             acked = m.offset;
             lastAckAt = now;
+            pacer.ack(acked, now);
             while (inflight.length && inflight[0].end <= acked) inflight.shift();
           }
           u.offset = m.offset;

@@ -4,7 +4,7 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { Backoff, ChunkSizer, StreamTracker, chunkHeader, Sha256, sha256Blob, tusMetadata, Store, isPreparable, newKey } from "../client/outlast.js";
+import { AckPacer, Backoff, ChunkSizer, StreamTracker, chunkHeader, Sha256, sha256Blob, tusMetadata, Store, isPreparable, newKey } from "../client/outlast.js";
 
 test("backoff: full jitter between 0.5 s and 20 s, doubling, reset", () => {
   const b = new Backoff();
@@ -167,4 +167,40 @@ test("store: uploads keyed by content hash (blob included) and jobs by key survi
   const mem = new Store("m", undefined); // no IndexedDB at all: memory
   await mem.put("jobs", { key: "x", id: "job_x" });
   assert.equal((await mem.get("jobs", "x")).id, "job_x");
+});
+
+test("ack pacer: about paceMs of data in flight at the acknowledged rate, one chunk at least, the server's window at most", () => {
+  const p = new AckPacer(1000, 16 << 20);
+  p.start(0, 0);
+  assert.equal(p.rate(), 0);
+  assert.equal(p.window(64 << 10), 64 << 10, "before any ack: one chunk");
+  // 200 kB/s of acknowledgements.
+  for (let t = 100; t <= 2000; t += 100) p.ack(t * 200, t);
+  assert.ok(Math.abs(p.rate() - 200000) < 1, "rate " + p.rate());
+  assert.equal(p.window(64 << 10), 200000, "one second at 200 kB/s");
+  assert.equal(p.window(300000), 300000, "never below one chunk");
+  p.ack(400000, 2000); // a repeat or an older offset changes nothing
+  assert.ok(Math.abs(p.rate() - 200000) < 1);
+  // The link slows to 20 kB/s: the old samples age out of the 3 s span and the window shrinks.
+  for (let t = 2100; t <= 8000; t += 100) p.ack(400000 + (t - 2000) * 20, t);
+  assert.ok(Math.abs(p.rate() - 20000) < 1, "rate follows the link: " + p.rate());
+  assert.equal(p.window(16 << 10), 20000);
+  // A fast link is capped by the server's window.
+  const f = new AckPacer(1000, 1 << 20);
+  f.start(0, 0);
+  f.ack(50 << 20, 1000);
+  assert.equal(f.window(64 << 10), 1 << 20);
+  // A seed from an earlier connection sizes the window before the first ack.
+  const s = new AckPacer(500, 16 << 20);
+  s.start(1000, 0, 100000);
+  assert.equal(s.window(1024), 50000);
+});
+
+test("ack pacer: an early fast sample cannot open the window beyond twice what was acknowledged", () => {
+  const p = new AckPacer(1000, 16 << 20);
+  p.start(1000, 0);
+  p.ack(1000 + 65536, 50); // 64 KiB in 50 ms looks like 1.3 MB/s
+  assert.equal(p.window(65536), 131072);
+  p.ack(1000 + 200000, 1000);
+  assert.equal(p.window(65536), 200000, "then the rate decides (200 kB/s over 1 s)");
 });
