@@ -279,11 +279,7 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
 
     // One writer: a second PATCH while one is streaming is refused with 423. The first
     // PATCH holds the upload once its first bytes show up as progress on the owner's socket.
-    let mut watch = Client::connect(
-        &format!("{}?access_token={ALICE}", gw.ws_url()),
-        Codec::Json,
-    )
-    .await?;
+    let mut watch = Client::connect_bearer(&gw.ws_url(), Codec::Json, ALICE).await?;
     let slow = tus.create(100_000, &[]).await?;
     let slow_id = id_of(&slow);
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
