@@ -332,6 +332,7 @@ async fn http_bad_input_gets_typed_errors() -> anyhow::Result<()> {
     for (body, status, code) in cases {
         let r = http
             .post(format!("{}/v1/jobs", gw.http()))
+            .header("content-type", "application/json")
             .body(*body)
             .send()
             .await?;
@@ -348,6 +349,7 @@ async fn http_bad_input_gets_typed_errors() -> anyhow::Result<()> {
     );
     let r = http
         .post(format!("{}/v1/jobs", gw.http()))
+        .header("content-type", "application/json")
         .body(big)
         .send()
         .await?;

@@ -167,6 +167,8 @@ export class Outlast extends EventTarget {
   getJob(jobId: string): Promise<Snapshot>;
   cancel(jobId: string): Promise<unknown>;
   outputUrl(jobId: string, name: string): string;
+  /** Replaces the token; an open WebSocket is refreshed in band (`refresh`), not reconnected. */
+  setToken(token: string | null): void;
   wasmVariant(): Promise<"simd" | "nosimd">;
   dropConnection(): void;
   close(): void;

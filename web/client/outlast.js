@@ -788,6 +788,12 @@ export class Outlast extends EventTarget {
     );
   }
 
+  /** Replaces the token; an open WebSocket is refreshed in band (`refresh`), not reconnected. */
+  setToken(token) {
+    this.token = token || null;
+    if (this.token && this.ws && this.welcome) this.ws.send(JSON.stringify({ type: "refresh", token: this.token }));
+  }
+
   connect(auth) {
     if (this.closed) return;
     if (!auth) return this.withTicket((a) => this.connect(a), () => this.wsFailed());

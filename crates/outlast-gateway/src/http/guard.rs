@@ -41,10 +41,14 @@ fn check(
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()))
         .and_then(split_host_port);
-    let Some((host, port)) = host else {
-        return Err(forbidden("a Host header is required"));
+    // No Host at all (HTTP/1.0, in-process calls) cannot come from a browser, which always
+    // sends one: nothing to rebind. A Host that does not parse is refused.
+    let (host, port) = match host {
+        Some(hp) => hp,
+        None if !headers.contains_key(header::HOST) => (String::new(), None),
+        None => return Err(forbidden("the Host header does not parse")),
     };
-    if !host_allowed(config, &host) {
+    if !host.is_empty() && !host_allowed(config, &host) {
         return Err(forbidden(
             "this Host is not served; the operator can list it in http.allowed_hosts",
         ));
@@ -65,9 +69,9 @@ fn check(
         return Ok(());
     }
     let parts = origin_parts(origin);
-    let same_host = parts
-        .as_ref()
-        .is_some_and(|(_, h, p)| *h == host && port.is_none_or(|port| port == *p));
+    let same_host = parts.as_ref().is_some_and(|(_, h, p)| {
+        !host.is_empty() && *h == host && port.is_none_or(|port| port == *p)
+    });
     if same_host {
         return Ok(());
     }
