@@ -1033,8 +1033,8 @@ async fn no_token_or_ticket_in_any_log_line() -> anyhow::Result<()> {
     gw.terminate().await?;
     let log = gw.log_text();
     assert!(
-        log.lines().count() > 10 && log.contains("DEBUG"),
-        "debug logging was on"
+        log.lines().count() >= 5 && log.contains("DEBUG"),
+        "debug logging was on:\n{log}"
     );
     for secret in &secrets {
         // The signature part too: a token cut at a dot must not appear either.

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use outlast_protocol::{ErrorCode, OwnerId};
 use serde::{Deserialize, Serialize};
 
-use super::{Principal, Scope, Scopes};
+use super::principal::{Principal, Scope, Scopes};
 use crate::error::AppError;
 
 /// The claims of an Outlast token.

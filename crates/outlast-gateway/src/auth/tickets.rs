@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use super::Principal;
+use super::principal::Principal;
 
 /// Outstanding tickets at most; past this, issuing refuses until some expire.
 pub const MAX_OUTSTANDING: usize = 100_000;
