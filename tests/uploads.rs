@@ -33,6 +33,9 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
     let gw = Gateway::start_with_tokens(
         &[("alice", ALICE), ("bob", BOB)],
         &[
+            // CORS is off unless origins are listed (the preflight below needs one).
+            "--cors-origin",
+            "https://example.com",
             "--upload-max-size",
             "10000000",
             "--upload-max-chunk-bytes",
@@ -306,7 +309,7 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
         Some("1000")
     );
 
-    // CORS: a browser preflight is answered and tus headers are exposed.
+    // CORS (for the listed origin): a browser preflight is answered and tus headers are exposed.
     let (s, h) = status_of(
         raw.request(reqwest::Method::OPTIONS, tus.url("/v1/uploads"))
             .header("Origin", "https://example.com")
