@@ -654,13 +654,13 @@ impl Config {
                 ));
             }
         }
-        if let Some(kid) = &self.jwt.signing_kid {
-            if !self.jwt.keys.contains_key(kid) {
-                return Err(err(
-                    "jwt.signing_kid",
-                    format!("no key {kid:?} in jwt.keys"),
-                ));
-            }
+        if let Some(kid) = &self.jwt.signing_kid
+            && !self.jwt.keys.contains_key(kid)
+        {
+            return Err(err(
+                "jwt.signing_kid",
+                format!("no key {kid:?} in jwt.keys"),
+            ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.tickets.ttl) {
             return Err(err("tickets.ttl", "must be between 1s and 10m"));

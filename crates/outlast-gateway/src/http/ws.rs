@@ -309,10 +309,10 @@ impl Session {
                 return self.error(req, e.code(), e.to_string()).await;
             }
         };
-        if let Some((req, scope)) = needed_scope(&msg) {
-            if let Err(e) = self.principal.require(scope) {
-                return self.error(req, e.code, e.message).await;
-            }
+        if let Some((req, scope)) = needed_scope(&msg)
+            && let Err(e) = self.principal.require(scope)
+        {
+            return self.error(req, e.code, e.message).await;
         }
         match msg {
             ClientMsg::Ping { nonce } => self.send(Control::Pong { nonce }.into()).await,
