@@ -261,9 +261,8 @@ async fn foreign_jobs_are_indistinguishable_from_unknown_ones() -> anyhow::Resul
         .send()
         .await?;
     assert_eq!(del.status(), 404);
-    // Over the WebSocket (token in the query, as browsers must).
-    let mut bob =
-        Client::connect(&format!("{}?access_token={BOB}", gw.ws_url()), Codec::Json).await?;
+    // Over the WebSocket.
+    let mut bob = Client::connect_bearer(&gw.ws_url(), Codec::Json, BOB).await?;
     for msg in [
         ClientMsg::Subscribe {
             req: Some(1),
@@ -285,11 +284,7 @@ async fn foreign_jobs_are_indistinguishable_from_unknown_ones() -> anyhow::Resul
             (Some(1), ErrorCode::NotFound)
         );
     }
-    let mut alice = Client::connect(
-        &format!("{}?access_token={ALICE}", gw.ws_url()),
-        Codec::Json,
-    )
-    .await?;
+    let mut alice = Client::connect_bearer(&gw.ws_url(), Codec::Json, ALICE).await?;
     alice
         .send(&ClientMsg::Get {
             req: Some(2),
@@ -337,6 +332,7 @@ async fn http_bad_input_gets_typed_errors() -> anyhow::Result<()> {
     for (body, status, code) in cases {
         let r = http
             .post(format!("{}/v1/jobs", gw.http()))
+            .header("content-type", "application/json")
             .body(*body)
             .send()
             .await?;
@@ -353,6 +349,7 @@ async fn http_bad_input_gets_typed_errors() -> anyhow::Result<()> {
     );
     let r = http
         .post(format!("{}/v1/jobs", gw.http()))
+        .header("content-type", "application/json")
         .body(big)
         .send()
         .await?;

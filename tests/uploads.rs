@@ -33,6 +33,9 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
     let gw = Gateway::start_with_tokens(
         &[("alice", ALICE), ("bob", BOB)],
         &[
+            // CORS is off unless origins are listed (the preflight below needs one).
+            "--cors-origin",
+            "https://example.com",
             "--upload-max-size",
             "10000000",
             "--upload-max-chunk-bytes",
@@ -279,11 +282,7 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
 
     // One writer: a second PATCH while one is streaming is refused with 423. The first
     // PATCH holds the upload once its first bytes show up as progress on the owner's socket.
-    let mut watch = Client::connect(
-        &format!("{}?access_token={ALICE}", gw.ws_url()),
-        Codec::Json,
-    )
-    .await?;
+    let mut watch = Client::connect_bearer(&gw.ws_url(), Codec::Json, ALICE).await?;
     let slow = tus.create(100_000, &[]).await?;
     let slow_id = id_of(&slow);
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
@@ -310,7 +309,7 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
         Some("1000")
     );
 
-    // CORS: a browser preflight is answered and tus headers are exposed.
+    // CORS (for the listed origin): a browser preflight is answered and tus headers are exposed.
     let (s, h) = status_of(
         raw.request(reqwest::Method::OPTIONS, tus.url("/v1/uploads"))
             .header("Origin", "https://example.com")

@@ -90,6 +90,11 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway with a fresh data directory and extra command-line flags.
     pub async fn start(args: &[&str]) -> anyhow::Result<Gateway> {
+        Gateway::start_env(args, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra environment variables (set last: they win).
+    pub async fn start_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
         let mut launch = Launch::new("gateway", binary(), tmp.path().join("gateway.log"))
@@ -99,6 +104,9 @@ impl Gateway {
             .env
             .push(("OUTLAST_LOG".into(), "info,outlast_gateway=debug".into()));
         launch.env_remove.push("OUTLAST_CONFIG".into());
+        for (k, v) in env {
+            launch.env.push(((*k).into(), (*v).into()));
+        }
         launch.current_dir = Some(tmp.path().to_path_buf());
         let process = Process::start(launch).await?;
         Ok(Gateway {

@@ -65,6 +65,30 @@ impl Client {
         }
     }
 
+    /// Connects like [`Client::connect`] with `Authorization: Bearer <token>`.
+    pub async fn connect_bearer(url: &str, codec: Codec, token: &str) -> anyhow::Result<Client> {
+        let mut request = url.into_client_request()?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(codec.subprotocol())?,
+        );
+        headers.insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut client = Client {
+            ws,
+            codec,
+            pings: 0,
+        };
+        match client.recv(Duration::from_secs(10)).await? {
+            Incoming::Msg(ServerMsg::Control(Control::Welcome { .. })) => Ok(client),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+
     /// Sends a message in this connection's codec.
     pub async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
         let frame = match self.codec.encode(msg)? {

@@ -1,12 +1,12 @@
 // outlast.d.ts: TypeScript definitions of Outlast's browser client (/client/outlast.js).
 
-export type ConnectionState = "connecting" | "open" | "reconnecting" | "sse" | "polling" | "offline";
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "sse" | "polling" | "offline" | "unauthorized";
 export type Preset = "eco" | "standard" | "high" | "original";
 
 export interface OutlastOptions {
   /** Gateway base URL; default: this page's origin. */
   url?: string;
-  /** Bearer token (sent as `Authorization`, or `?access_token=` where headers are impossible). */
+  /** Bearer token (sent only as `Authorization`; WebSocket and EventSource get a single-use ticket from `POST /v1/tickets`). */
   token?: string;
   /** No `welcome` within this after opening a socket: give up on it (default 5000). */
   connectTimeoutMs?: number;
@@ -169,6 +169,8 @@ export class Outlast extends EventTarget {
   getJob(jobId: string): Promise<Snapshot>;
   cancel(jobId: string): Promise<unknown>;
   outputUrl(jobId: string, name: string): string;
+  /** Replaces the token; an open WebSocket is refreshed in band (`refresh`), not reconnected. */
+  setToken(token: string | null): void;
   wasmVariant(): Promise<"simd" | "nosimd">;
   dropConnection(): void;
   close(): void;

@@ -706,9 +706,9 @@ export class Outlast extends EventTarget {
     return this.http("DELETE", "/v1/jobs/" + id);
   }
 
-  /** The URL of a job output (with the token as `access_token` when one is set). */
+  /** The URL of a job output (with a token set, fetch it with `http(..., {raw: true})`, or add a ticket: see `withTicket`). */
   outputUrl(jobId, name) {
-    return this.url("/v1/jobs/" + jobId + "/outputs/" + encodeURIComponent(name), true);
+    return this.url("/v1/jobs/" + jobId + "/outputs/" + encodeURIComponent(name));
   }
 
   /** Which wasm build the image worker uses: "simd" or "nosimd". */
@@ -805,14 +805,49 @@ export class Outlast extends EventTarget {
 
   // ---- WebSocket ----
 
-  url(path, forBrowser) {
-    const u = new URL(this.base + path);
-    if (this.token && forBrowser) u.searchParams.set("access_token", this.token);
-    return u.href;
+  url(path) {
+    return new URL(this.base + path).href;
   }
 
-  connect() {
+  /**
+   * Credentials where no header can be set: with a token, `then(auth)` gets a fresh single-use
+   * ticket from POST /v1/tickets (the token itself travels only in the Authorization header):
+   * `auth.protocols` for a WebSocket (`outlast.ticket.<t>`; the server echoes only
+   * `outlast.v1.json`), `auth.url(path)` adds `?ticket=` for EventSource and outputs. Without a
+   * token `then` runs at once. A refused token (401/403) is final: state `unauthorized`, an
+   * `error` event with the HttpError, no reconnect loop; other failures go to `retry`.
+   */
+  withTicket(then, retry) {
+    const plain = { protocols: ["outlast.v1.json"], url: (path) => this.url(path) };
+    if (!this.token) return then(plain);
+    this.http("POST", "/v1/tickets").then(
+      (t) => then({
+        protocols: ["outlast.v1.json", t.protocol],
+        url: (path) => {
+          const u = new URL(this.base + path);
+          u.searchParams.set("ticket", t.ticket);
+          return u.href;
+        },
+      }),
+      (e) => {
+        if (e.status === 401 || e.status === 403) {
+          this.log("credential refused: " + (e.code || e.status) + " " + (e.message || ""));
+          this.setState("unauthorized");
+          this.dispatchEvent(new CustomEvent("error", { detail: { error: e } }));
+        } else retry(e);
+      },
+    );
+  }
+
+  /** Replaces the token; an open WebSocket is refreshed in band (`refresh`), not reconnected. */
+  setToken(token) {
+    this.token = token || null;
+    if (this.token && this.ws && this.welcome) this.ws.send(JSON.stringify({ type: "refresh", token: this.token }));
+  }
+
+  connect(auth) {
     if (this.closed) return;
+    if (!auth) return this.withTicket((a) => this.connect(a), () => this.wsFailed());
     clearTimeout(this.timers.reconnect);
     if (!this.online()) {
       this.setState("offline");
@@ -820,11 +855,11 @@ export class Outlast extends EventTarget {
       return;
     }
     if (this.mode === "ws") this.setState(this.state === null || this.state === "connecting" ? "connecting" : "reconnecting");
-    const u = new URL(this.url("/v1/ws", true));
+    const u = new URL(this.url("/v1/ws"));
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     let ws;
     try {
-      ws = new WebSocket(u.href, ["outlast.v1.json"]);
+      ws = new WebSocket(u.href, auth.protocols);
     } catch (e) {
       this.log("WebSocket failed: " + e.message);
       this.wsFailed();
@@ -1060,9 +1095,10 @@ export class Outlast extends EventTarget {
     else this.followPoll(job);
   }
 
-  followSse(job) {
+  followSse(job, auth) {
+    if (!auth) return this.withTicket((a) => this.followSse(job, a), () => setTimeout(() => this.follow(job), this.backoff.next()));
     const after = this.tracker.lastSeq(job.id);
-    const es = new EventSource(this.url("/v1/jobs/" + job.id + "/events" + (after ? "?after=" + after : ""), true));
+    const es = new EventSource(auth.url("/v1/jobs/" + job.id + "/events" + (after ? "?after=" + after : "")));
     let got = false;
     const stream = { close: () => es.close() };
     this.httpStreams.set(job.id, stream);

@@ -103,7 +103,7 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
     }
 
     let state = AppState {
-        auth: Arc::new(Auth::new(&config.tokens)),
+        auth: Arc::new(Auth::new(&crate::auth::AuthSettings::from_config(&config))),
         config,
         jobs,
         hub,

@@ -204,6 +204,29 @@ fn error_cases() -> Vec<Case> {
         Case::new("wrong token", Method::GET, "/v1/jobs/{job}")
             .token(Some("nope"))
             .expect(401, C::Unauthorized),
+        Case::new("lower-case bearer scheme", Method::GET, "/v1/jobs/{random}")
+            .token(None)
+            .header("authorization", format!("bearer {ALICE}"))
+            .expect(404, C::NotFound),
+        Case::new(
+            "token in the query",
+            Method::GET,
+            "/v1/jobs/{job}?access_token={alice}",
+        )
+        .token(None)
+        .expect(401, C::Unauthorized),
+        // Hosts, origins, media types (trust defaults).
+        Case::new("foreign Host", Method::GET, "/v1/jobs/{job}")
+            .header("host", "rebound.example")
+            .expect(403, C::Forbidden),
+        Case::new("foreign Origin on a POST", Method::POST, "/v1/jobs")
+            .header("origin", "https://evil.example")
+            .body(DEMO)
+            .expect(403, C::Forbidden),
+        Case::new("text/plain submission", Method::POST, "/v1/jobs")
+            .header("content-type", "text/plain")
+            .body(DEMO)
+            .expect(415, C::UnsupportedMediaType),
         // Job ids.
         Case::new("unknown job id", Method::GET, "/v1/jobs/{random}").expect(404, C::NotFound),
         Case::new("malformed job id", Method::GET, "/v1/jobs/not-a-uuid").expect(404, C::NotFound),
@@ -362,6 +385,7 @@ async fn http_errors_carry_the_stable_code_and_status() {
             .replace("{open}", &open)
             .replace("{random_upload}", &random_upload)
             .replace("{random}", &random)
+            .replace("{alice}", ALICE)
     };
 
     let cases = error_cases();

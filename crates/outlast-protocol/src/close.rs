@@ -16,17 +16,21 @@ pub enum CloseCode {
     ServiceRestart,
     /// 4000: the client answered no ping within `pong_timeout`.
     PingTimeout,
+    /// 4001: the connection's credential expired without a `refresh`; get a new token (or
+    /// ticket) and reconnect.
+    AuthExpired,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 6] = [
+    pub const ALL: [CloseCode; 7] = [
         CloseCode::Normal,
         CloseCode::ProtocolError,
         CloseCode::InvalidPayload,
         CloseCode::MessageTooBig,
         CloseCode::ServiceRestart,
         CloseCode::PingTimeout,
+        CloseCode::AuthExpired,
     ];
 
     /// The number in the close frame.
@@ -38,6 +42,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => 1009,
             CloseCode::ServiceRestart => 1012,
             CloseCode::PingTimeout => 4000,
+            CloseCode::AuthExpired => 4001,
         }
     }
 
@@ -66,13 +71,14 @@ mod tests {
             (CloseCode::MessageTooBig, 1009),
             (CloseCode::ServiceRestart, 1012),
             (CloseCode::PingTimeout, 4000),
+            (CloseCode::AuthExpired, 4001),
         ];
         assert_eq!(table.len(), CloseCode::ALL.len());
         for (code, n) in table {
             assert_eq!(code.as_u16(), *n, "{code:?}");
             assert_eq!(CloseCode::from_u16(*n), Some(*code), "{n}");
         }
-        for unknown in [0, 999, 1001, 1011, 3000, 4001] {
+        for unknown in [0, 999, 1001, 1011, 3000, 4002] {
             assert_eq!(CloseCode::from_u16(unknown), None, "{unknown}");
         }
     }

@@ -28,6 +28,11 @@ pub enum ErrorCode {
     LimitExceeded,
     /// Missing or wrong credentials.
     Unauthorized,
+    /// The request is refused whoever asks: a foreign `Origin` or `Host`, or a credential
+    /// without the scope (or backend) the endpoint needs.
+    Forbidden,
+    /// The body's `Content-Type` is not one the endpoint takes (job submissions: JSON).
+    UnsupportedMediaType,
     /// No WebSocket subprotocol this server speaks was offered.
     UnsupportedSubprotocol,
     /// The gateway is shutting down; reconnect shortly.
@@ -64,6 +69,8 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::UnsupportedSubprotocol => "unsupported_subprotocol",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
@@ -85,6 +92,8 @@ impl ErrorCode {
             | ErrorCode::InvalidRequest
             | ErrorCode::UnsupportedSubprotocol => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::NotFound => 404,
             ErrorCode::IdempotencyConflict | ErrorCode::InputNotReady => 409,
             ErrorCode::MessageTooLarge => 413,

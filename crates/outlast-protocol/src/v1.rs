@@ -25,6 +25,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "ping",
     "upload_create",
     "upload_resume",
+    "refresh",
 ];
 
 /// Messages from client to server.
@@ -105,6 +106,26 @@ pub enum ClientMsg {
         /// The upload.
         upload_id: UploadId,
     },
+    /// Replace the connection's credential before it expires (a bearer token of the same
+    /// owner); answered by `refreshed`, or `error` (`unauthorized`) leaving the old one in force.
+    Refresh {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The new bearer token (static or signed).
+        token: Secret,
+    },
+}
+
+/// A credential on the wire: serialised as a plain string, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Server messages that are not job events.
@@ -192,6 +213,15 @@ pub enum Control {
         code: ErrorCode,
         /// Message for people.
         message: String,
+    },
+    /// Answer to `refresh`: the new credential is in force.
+    Refreshed {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// When the connection's credential now expires (Unix ms); absent when it does not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
     },
     /// The server is about to close the connection (shutdown, slow consumer); reconnect and
     /// resubscribe after `retry_ms`.

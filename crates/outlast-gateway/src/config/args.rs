@@ -140,6 +140,82 @@ pub struct Args {
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// A Host name to serve besides the loopback ones; repeat for several, "*" for any
+    /// [http.allowed_hosts; default none]
+    #[arg(
+        long = "allowed-host",
+        env = "OUTLAST_ALLOWED_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Accept long-lived tokens in `?access_token=` (they land in proxy logs) [http.allow_query_token]
+    #[arg(long, env = "OUTLAST_ALLOW_QUERY_TOKEN")]
+    pub allow_query_token: bool,
+    /// An origin (scheme://host[:port]) allowed to call the API cross-origin; repeat for
+    /// several, "*" for any. CORS is off without one [cors.allowed_origins; default none]
+    #[arg(
+        long = "cors-origin",
+        env = "OUTLAST_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// An origin allowed to open the WebSocket besides the gateway's own; repeat for several,
+    /// "*" for any [ws.allowed_origins; default none]
+    #[arg(
+        long = "ws-origin",
+        env = "OUTLAST_WS_ALLOWED_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub ws_origins: Vec<String>,
+    /// A signed-token verification key as KID=SECRET (32+ bytes); repeat during a rotation
+    /// [jwt.keys]
+    #[arg(
+        long = "jwt-key",
+        env = "OUTLAST_JWT_KEYS",
+        value_name = "KID=SECRET",
+        value_delimiter = ','
+    )]
+    pub jwt_keys: Vec<String>,
+    /// The key `outlast token` signs with [jwt.signing_kid; default the only key]
+    #[arg(long, env = "OUTLAST_JWT_SIGNING_KID", value_name = "KID")]
+    pub jwt_signing_kid: Option<String>,
+    /// How long a browser ticket from POST /v1/tickets is valid [tickets.ttl; default 30s]
+    #[arg(long, env = "OUTLAST_TICKET_TTL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ticket_ttl: Option<Duration>,
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print a signed token (HS256 JWT) for an owner, signed with a key of jwt.keys (from the
+    /// file, OUTLAST_JWT_KEYS or --jwt-key before the subcommand)
+    Token(TokenArgs),
+}
+
+/// `outlast token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The owner (the token's `sub`)
+    #[arg(long, value_name = "NAME")]
+    pub owner: String,
+    /// How long the token is valid, e.g. 1h or 15m
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// A scope: submit, read, upload or admin; repeat for several [default: all but admin]
+    #[arg(long = "scope", value_name = "SCOPE", value_delimiter = ',')]
+    pub scopes: Vec<String>,
+    /// A backend the token may submit to; repeat for several [default: any]
+    #[arg(long = "backend", value_name = "NAME", value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// The key to sign with [default: jwt.signing_kid, or the only key]
+    #[arg(long, value_name = "KID")]
+    pub kid: Option<String>,
 }
 
 impl Args {
@@ -188,6 +264,28 @@ impl Args {
                 .collect::<Result<Vec<_>, _>>()?;
             config.tokens = tokens_from_pairs(pairs)?;
         }
+        if !self.allowed_hosts.is_empty() {
+            config.http.allowed_hosts = self.allowed_hosts;
+        }
+        config.http.allow_query_token |= self.allow_query_token;
+        if !self.cors_origins.is_empty() {
+            config.cors.allowed_origins = self.cors_origins;
+        }
+        if !self.ws_origins.is_empty() {
+            config.ws.allowed_origins = self.ws_origins;
+        }
+        if !self.jwt_keys.is_empty() {
+            let mut keys = std::collections::BTreeMap::new();
+            for pair in &self.jwt_keys {
+                let (kid, secret) = pair
+                    .split_once('=')
+                    .ok_or_else(|| err("jwt.keys", "expected KID=SECRET"))?;
+                keys.insert(kid.to_owned(), secret.to_owned());
+            }
+            config.jwt.keys = keys;
+        }
+        set(&mut config.jwt.signing_kid, self.jwt_signing_kid.map(Some));
+        set(&mut config.tickets.ttl, self.ticket_ttl);
         let u = &mut config.uploads;
         set(&mut u.max_size, self.upload_max_size);
         set(&mut u.max_chunk_bytes, self.upload_max_chunk_bytes);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use outlast_protocol::OwnerId;
 use serde::{Deserialize, Deserializer};
 
-pub use args::Args;
+pub use args::{Args, Command, TokenArgs};
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -75,6 +75,11 @@ pub const DEFAULT_COMFYUI_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_COMFYUI_PREVIEW_MAX_EDGE: u32 = 256;
 /// Default `comfyui.preview_interval`.
 pub const DEFAULT_COMFYUI_PREVIEW_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Default `tickets.ttl`.
+pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(30);
+/// The shortest signed-token key: HS256 wants at least 256 bits.
+pub const MIN_JWT_KEY_BYTES: usize = 32;
 
 /// The longest `cache_ttl`: ten years is "forever" for cached results.
 const MAX_CACHE_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
@@ -139,6 +144,16 @@ pub struct Config {
     pub uploads: UploadConfig,
     /// ComfyUI backend, when servers are configured.
     pub comfyui: Option<ComfyConfig>,
+    /// Which `Host` names are served, and query-string tokens (`[http]`).
+    pub http: HttpConfig,
+    /// Cross-origin requests (`[cors]`).
+    pub cors: CorsConfig,
+    /// WebSocket origins (`[ws]`).
+    pub ws: WsConfig,
+    /// Signed-token keys (`[jwt]`).
+    pub jwt: JwtConfig,
+    /// Browser tickets (`[tickets]`).
+    pub tickets: TicketConfig,
 }
 
 impl Default for Config {
@@ -161,6 +176,93 @@ impl Default for Config {
             log_format: LogFormat::default(),
             uploads: UploadConfig::default(),
             comfyui: None,
+            http: HttpConfig::default(),
+            cors: CorsConfig::default(),
+            ws: WsConfig::default(),
+            jwt: JwtConfig::default(),
+            tickets: TicketConfig::default(),
+        }
+    }
+}
+
+/// `[http]`: which `Host` names are served (DNS rebinding) and whether long-lived tokens may
+/// travel in URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Host names served besides the loopback ones (`localhost`, `*.localhost`, 127.0.0.0/8,
+    /// `::1`), which are always served; `"*"` serves any. Names only, no port. Default: none.
+    pub allowed_hosts: Vec<String>,
+    /// Accept `?access_token=` (a long-lived token in the URL, which lands in proxy logs).
+    /// Default false: use `Authorization: Bearer` or a ticket.
+    pub allow_query_token: bool,
+}
+
+/// `[cors]`: cross-origin requests. Off (no CORS headers; browsers block cross-origin reads,
+/// and state-changing requests from foreign origins are refused) unless origins are listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`, scheme + host [+ port]) allowed to call the API
+    /// from a browser; `"*"` allows any. Default: none.
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[ws]`: WebSocket upgrades.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Origins allowed to open the WebSocket besides the gateway's own (same host); `"*"`
+    /// allows any. Checked on every upgrade, with or without auth. Default: none.
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[jwt]`: HS256 signed tokens. In the file: `[jwt.keys] 2026-12 = "secret"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Verification keys by `kid` (each at least 32 bytes); several during a rotation.
+    pub keys: BTreeMap<String, String>,
+    /// The key `outlast token` signs with; default: the only key (required with several).
+    pub signing_kid: Option<String>,
+}
+
+impl JwtConfig {
+    /// The key `outlast token` signs with: `(kid, secret)`.
+    pub fn signing_key(&self, kid: Option<&str>) -> Result<(&str, &str), ConfigError> {
+        let kid = match kid.or(self.signing_kid.as_deref()) {
+            Some(k) => k,
+            None if self.keys.len() == 1 => self.keys.keys().next().map_or("", |k| k.as_str()),
+            None if self.keys.is_empty() => {
+                return Err(err("jwt.keys", "no signing key configured"));
+            }
+            None => {
+                return Err(err(
+                    "jwt.signing_kid",
+                    "several keys are configured; name one (--kid or jwt.signing_kid)",
+                ));
+            }
+        };
+        self.keys
+            .get_key_value(kid)
+            .map(|(k, s)| (k.as_str(), s.as_str()))
+            .ok_or_else(|| err("jwt.signing_kid", format!("no key {kid:?} in jwt.keys")))
+    }
+}
+
+/// `[tickets]`: single-use tickets for browsers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TicketConfig {
+    /// How long a ticket is valid (1 s to 10 min). Default 30 s.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for TicketConfig {
+    fn default() -> Self {
+        TicketConfig {
+            ttl: DEFAULT_TICKET_TTL,
         }
     }
 }
@@ -450,7 +552,11 @@ impl Config {
                 ));
             }
         }
-        if self.tokens.is_empty() && !self.listen.ip().is_loopback() && !self.allow_public {
+        if self.tokens.is_empty()
+            && self.jwt.keys.is_empty()
+            && !self.listen.ip().is_loopback()
+            && !self.allow_public
+        {
             return Err(err(
                 "listen",
                 format!(
@@ -460,6 +566,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_access()?;
         positive("ping_interval", self.ping_interval)?;
         positive("pong_timeout", self.pong_timeout)?;
         if !(1024..=256 << 20).contains(&self.max_message_bytes) {
@@ -496,6 +603,113 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// The `[http]`, `[cors]`, `[ws]`, `[jwt]` and `[tickets]` sections.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        for host in &self.http.allowed_hosts {
+            let ok = host == "*"
+                || (!host.is_empty()
+                    && host.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    }));
+            if !ok {
+                return Err(err(
+                    "http.allowed_hosts",
+                    format!(
+                        "{host:?}: expected a host name without scheme, port or path, or \"*\""
+                    ),
+                ));
+            }
+        }
+        for (key, list) in [
+            ("cors.allowed_origins", &self.cors.allowed_origins),
+            ("ws.allowed_origins", &self.ws.allowed_origins),
+        ] {
+            for origin in list {
+                if origin != "*" && origin_parts(origin).is_none() {
+                    return Err(err(
+                        key,
+                        format!("{origin:?}: expected scheme://host[:port] (no path), or \"*\""),
+                    ));
+                }
+            }
+        }
+        for (kid, secret) in &self.jwt.keys {
+            if kid.is_empty()
+                || !kid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(err(
+                    "jwt.keys",
+                    format!("{kid:?}: a kid is [A-Za-z0-9._-]+"),
+                ));
+            }
+            if secret.len() < MIN_JWT_KEY_BYTES {
+                return Err(err(
+                    "jwt.keys",
+                    format!("the key {kid} must have at least {MIN_JWT_KEY_BYTES} bytes"),
+                ));
+            }
+        }
+        if let Some(kid) = &self.jwt.signing_kid
+            && !self.jwt.keys.contains_key(kid)
+        {
+            return Err(err(
+                "jwt.signing_kid",
+                format!("no key {kid:?} in jwt.keys"),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.tickets.ttl) {
+            return Err(err("tickets.ttl", "must be between 1s and 10m"));
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]` split into lower-case scheme, host and port (the scheme's default
+/// when absent); `None` when it is not such an origin.
+pub fn origin_parts(origin: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        _ => return None,
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let (host, port) = split_host_port(rest)?;
+    Some((scheme, host, port.unwrap_or(default)))
+}
+
+/// `host[:port]` (IPv6 in brackets) as lower-case host (brackets kept) and port.
+pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (h, rest) = authority.split_at(end + 1);
+        match rest.strip_prefix(':') {
+            Some(p) => (h, Some(p)),
+            None if rest.is_empty() => (h, None),
+            None => return None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    Some((host.to_ascii_lowercase(), port))
 }
 
 impl UploadConfig {

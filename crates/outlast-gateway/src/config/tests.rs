@@ -107,6 +107,11 @@ fn defaults() -> Vec<(&'static str, Shown)> {
             T(u.max_open_per_owner.to_string()),
         ),
         ("uploads.min_free_bytes", T(u.min_free_bytes.to_string())),
+        ("tickets.ttl", D(c.tickets.ttl)),
+        (
+            "http.allow_query_token",
+            T(c.http.allow_query_token.to_string()),
+        ),
     ]
 }
 
@@ -349,6 +354,40 @@ fn bad_values_are_refused_naming_their_key() {
         ),
         (&[], "[demo]\nconcurrency = 0", "demo.concurrency"),
         (&[], "[auth.tokens]\nalice = \"short\"", "auth.tokens"),
+        (&[], "[jwt.keys]\nk1 = \"too-short\"", "jwt.keys"),
+        (&["--jwt-key", "k1"], "", "jwt.keys"),
+        (
+            &["--jwt-key", "bad kid=0123456789abcdef0123456789abcdef"],
+            "",
+            "jwt.keys",
+        ),
+        (
+            &[
+                "--jwt-key",
+                "k1=0123456789abcdef0123456789abcdef",
+                "--jwt-signing-kid",
+                "k2",
+            ],
+            "",
+            "jwt.signing_kid",
+        ),
+        (&["--ticket-ttl", "0s"], "", "tickets.ttl"),
+        (&[], "[tickets]\nttl = \"11m\"", "tickets.ttl"),
+        (
+            &["--allowed-host", "https://x.example"],
+            "",
+            "http.allowed_hosts",
+        ),
+        (
+            &["--cors-origin", "app.example"],
+            "",
+            "cors.allowed_origins",
+        ),
+        (
+            &[],
+            "[ws]\nallowed_origins = [\"https://a.example/path\"]",
+            "ws.allowed_origins",
+        ),
         (&["--token", "alice"], "", "auth.tokens"),
         (
             &[
@@ -520,4 +559,95 @@ fn exec_settings_from_file_and_flags_combine() {
             concurrency: 2
         })
     );
+}
+
+#[test]
+fn access_sections_from_the_file_and_flags() {
+    let file = "[http]\nallowed_hosts = [\"outlast.example.com\"]\nallow_query_token = true\n\
+                [cors]\nallowed_origins = [\"https://app.example.com\"]\n\
+                [ws]\nallowed_origins = [\"*\"]\n\
+                [jwt]\nsigning_kid = \"new\"\n[jwt.keys]\nold = \"0123456789abcdef0123456789abcdef\"\n\
+                new = \"fedcba9876543210fedcba9876543210\"\n\
+                [tickets]\nttl = \"5s\"";
+    let c = load(&[], &[], file).expect("valid");
+    assert_eq!(c.http.allowed_hosts, ["outlast.example.com"]);
+    assert!(c.http.allow_query_token);
+    assert_eq!(c.cors.allowed_origins, ["https://app.example.com"]);
+    assert_eq!(c.ws.allowed_origins, ["*"]);
+    assert_eq!(c.tickets.ttl, Duration::from_secs(5));
+    assert_eq!(
+        c.jwt.signing_key(None).expect("key"),
+        ("new", "fedcba9876543210fedcba9876543210")
+    );
+    assert_eq!(c.jwt.signing_key(Some("old")).expect("key").0, "old");
+    // Flags replace the file's lists; env works like flags.
+    let c = load(
+        &["--allowed-host", "a.example", "--ticket-ttl", "2s"],
+        &[(
+            "OUTLAST_CORS_ALLOWED_ORIGINS",
+            "https://x.example,https://y.example",
+        )],
+        file,
+    )
+    .expect("valid");
+    assert_eq!(c.http.allowed_hosts, ["a.example"]);
+    assert_eq!(
+        c.cors.allowed_origins,
+        ["https://x.example", "https://y.example"]
+    );
+    assert_eq!(c.tickets.ttl, Duration::from_secs(2));
+    // Several keys and no signing kid: `outlast token` must be told which.
+    let two = load(
+        &[
+            "--jwt-key",
+            "a=0123456789abcdef0123456789abcdef",
+            "--jwt-key",
+            "b=0123456789abcdef0123456789abcdef",
+        ],
+        &[],
+        "",
+    )
+    .expect("valid");
+    assert_eq!(
+        two.jwt.signing_key(None).expect_err("ambiguous").key,
+        "jwt.signing_kid"
+    );
+    // Signed-token keys count as auth for a public listen address.
+    let public = ["--listen", "0.0.0.0:8080"];
+    assert!(load(&public, &[], "").is_err());
+    let mut with_key = public.to_vec();
+    with_key.extend(["--jwt-key", "a=0123456789abcdef0123456789abcdef"]);
+    assert!(load(&with_key, &[], "").is_ok());
+}
+
+#[test]
+fn origins_and_hosts_parse() {
+    assert_eq!(
+        origin_parts("HTTPS://App.Example.com"),
+        Some(("https".into(), "app.example.com".into(), 443))
+    );
+    assert_eq!(
+        origin_parts("http://127.0.0.1:8080"),
+        Some(("http".into(), "127.0.0.1".into(), 8080))
+    );
+    assert_eq!(
+        origin_parts("http://[::1]:9"),
+        Some(("http".into(), "[::1]".into(), 9))
+    );
+    for bad in [
+        "null",
+        "app.example",
+        "ftp://x",
+        "https://x/",
+        "https://x:99999",
+        "https://",
+    ] {
+        assert_eq!(origin_parts(bad), None, "{bad}");
+    }
+    assert_eq!(
+        split_host_port("Example.com:80"),
+        Some(("example.com".into(), Some(80)))
+    );
+    assert_eq!(split_host_port("[::1]"), Some(("[::1]".into(), None)));
+    assert_eq!(split_host_port("[::1]x"), None);
 }

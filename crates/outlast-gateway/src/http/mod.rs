@@ -4,9 +4,11 @@
 
 pub mod api;
 pub mod client_assets;
+pub mod guard;
 pub mod owner;
 pub mod sse;
 pub mod state;
+pub mod tickets;
 pub mod tus;
 pub mod upload_ws;
 pub mod ws;
@@ -16,7 +18,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use tower_http::cors::{Any, CorsLayer};
 
 pub use state::AppState;
 
@@ -27,20 +28,21 @@ const DEMO_PAGE: &str = include_str!("../../../../web/index.html");
 
 /// The router. Tests may call it directly with a state of their own.
 pub fn app(state: AppState) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods(Any)
-        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
-        .expose_headers(
-            [header::LOCATION, header::ETAG, header::CONTENT_RANGE]
-                .into_iter()
-                .chain(
-                    tus::EXPOSED_HEADERS
-                        .iter()
-                        .map(|h| header::HeaderName::from_static(h)),
-                )
-                .collect::<Vec<_>>(),
-        );
+    let exposed = [header::LOCATION, header::ETAG, header::CONTENT_RANGE]
+        .into_iter()
+        .chain(
+            tus::EXPOSED_HEADERS
+                .iter()
+                .map(|h| header::HeaderName::from_static(h)),
+        )
+        .collect::<Vec<_>>();
+    let submissions = Router::new()
+        .route("/v1/jobs", axum::routing::post(api::submit))
+        .route("/v1/jobs/batch", axum::routing::post(api::submit_batch))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::json_submissions,
+        ));
     Router::new()
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .merge(client_assets::router())
@@ -48,8 +50,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/ws", get(ws::handler))
-        .route("/v1/jobs", axum::routing::post(api::submit))
-        .route("/v1/jobs/batch", axum::routing::post(api::submit_batch))
+        .route("/v1/tickets", axum::routing::post(tickets::create))
+        .merge(submissions)
         .route("/v1/jobs/{id}", get(api::get_job).delete(api::cancel))
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/jobs/{id}/poll", get(api::poll))
@@ -57,10 +59,17 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/uploads", axum::routing::any(tus::collection))
         .route("/v1/uploads/{id}", axum::routing::any(tus::item))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))
-        .layer(cors)
+        .layer(tower::util::option_layer(guard::cors_layer(
+            &state.config,
+            exposed,
+        )))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             tus::plain_options,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::host_and_origin,
         ))
         .with_state(state)
 }

@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::owner::Owner;
+use super::owner::Authed;
 use super::state::AppState;
+use crate::auth::{Credential, Principal, Scope};
 use crate::error::AppError;
 use crate::hub::{JobSubscription, Published};
 use crate::metrics as m;
@@ -52,16 +53,19 @@ pub mod close {
     pub const SERVICE_RESTART: u16 = CloseCode::ServiceRestart.as_u16();
     /// The client answered no ping in time.
     pub const PING_TIMEOUT: u16 = CloseCode::PingTimeout.as_u16();
+    /// The credential expired without a `refresh`.
+    pub const AUTH_EXPIRED: u16 = CloseCode::AuthExpired.as_u16();
 }
 
-/// The upgrade handler.
+/// The upgrade handler. A bad credential is answered before the upgrade (401 with a typed
+/// body); a ticket in the subprotocol list is never echoed (only `outlast.v1.*` is).
 pub async fn handler(
     ws: WebSocketUpgrade,
-    owner: Result<Owner, AppError>,
+    principal: Result<Authed, AppError>,
     State(state): State<AppState>,
 ) -> Response {
-    let owner = match owner {
-        Ok(Owner(owner)) => owner,
+    let principal = match principal {
+        Ok(Authed(principal)) => principal,
         Err(e) => return e.into_response(),
     };
     let cfg = &state.config;
@@ -93,7 +97,7 @@ pub async fn handler(
         let _alive = state.tracker.token();
         metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
         metrics::counter!(m::WS_CONNECTIONS_TOTAL).increment(1);
-        Session::run(state, owner, codec, socket).await;
+        Session::run(state, principal, codec, socket).await;
         metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
     })
 }
@@ -109,6 +113,10 @@ enum End {
 struct Session {
     state: AppState,
     owner: OwnerId,
+    /// The connection's credential: scopes per message, and when it expires.
+    principal: Principal,
+    /// When the credential expires; replaced by a `refresh`.
+    expires: Option<Instant>,
     codec: Codec,
     /// Written to directly: the outbound buffer is tungstenite's (bounded by
     /// `max_write_buffer_size`) plus the kernel's, and a send that cannot complete within
@@ -122,12 +130,15 @@ struct Session {
 }
 
 impl Session {
-    async fn run(state: AppState, owner: OwnerId, codec: Codec, socket: WebSocket) {
+    async fn run(state: AppState, principal: Principal, codec: Codec, socket: WebSocket) {
+        let owner = principal.owner.clone();
         let uploads = super::upload_ws::SessionUploads::new(state.uploads.clone(), owner.clone());
         let mut session = Session {
             uploads,
             state,
             owner,
+            expires: expiry_instant(principal.expires_at_ms),
+            principal,
             codec,
             socket,
             subs: StreamMap::new(),
@@ -179,12 +190,17 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         loop {
             let deadline = Instant::from_std(keepalive.poll_timeout());
+            let expires = self.expires;
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     let bye = Control::Goaway { reason: "the gateway is restarting".into(), retry_ms: 1000 };
                     let _ = self.send(bye.into()).await;
                     return End::Close(close::SERVICE_RESTART, "gateway restarting; reconnect and resume");
+                }
+                () = sleep_until_opt(expires) => {
+                    let _ = self.error(None, ErrorCode::Unauthorized, "credential expired; reconnect with a new token or ticket".into()).await;
+                    return End::Close(close::AUTH_EXPIRED, "credential expired");
                 }
                 frame = self.socket.recv() => {
                     keepalive.handle_inbound(Instant::now().into_std());
@@ -293,9 +309,18 @@ impl Session {
                 return self.error(req, e.code(), e.to_string()).await;
             }
         };
+        if let Some((req, scope)) = needed_scope(&msg)
+            && let Err(e) = self.principal.require(scope)
+        {
+            return self.error(req, e.code, e.message).await;
+        }
         match msg {
             ClientMsg::Ping { nonce } => self.send(Control::Pong { nonce }.into()).await,
+            ClientMsg::Refresh { req, token } => self.refresh(req, &token.0).await,
             ClientMsg::Submit { req, job } => {
+                if let Err(e) = self.principal.may_submit(&job.backend) {
+                    return self.error(req, e.code, e.message).await;
+                }
                 match self.state.jobs.submit(&self.owner, job).await {
                     Ok(s) => {
                         self.send(
@@ -346,6 +371,23 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// `refresh`: a new bearer token of the same owner replaces the connection's credential.
+    async fn refresh(&mut self, req: Option<u64>, token: &str) -> Result<(), ()> {
+        let principal = match self.state.auth.resolve(Some(Credential::Bearer(token))) {
+            Ok(p) if p.owner == self.owner => p,
+            Ok(_) => {
+                let msg = "a refresh must carry a token of the same owner".to_owned();
+                return self.error(req, ErrorCode::Unauthorized, msg).await;
+            }
+            Err(e) => return self.error(req, e.code, e.message).await,
+        };
+        self.expires = expiry_instant(principal.expires_at_ms);
+        let expires_at_ms = principal.expires_at_ms;
+        self.principal = principal;
+        self.send(Control::Refreshed { req, expires_at_ms }.into())
+            .await
     }
 
     async fn subscribe(
@@ -471,6 +513,35 @@ impl Session {
             self.last_sent.insert(job, Cursor::new(Some(newest)));
         }
         Ok(())
+    }
+}
+
+/// The scope a message needs, with its `req` for the refusal.
+fn needed_scope(msg: &ClientMsg) -> Option<(Option<u64>, Scope)> {
+    match msg {
+        ClientMsg::Submit { req, .. } | ClientMsg::Cancel { req, .. } => {
+            Some((*req, Scope::Submit))
+        }
+        ClientMsg::Subscribe { req, .. } | ClientMsg::Get { req, .. } => Some((*req, Scope::Read)),
+        ClientMsg::UploadCreate { req, .. } | ClientMsg::UploadResume { req, .. } => {
+            Some((*req, Scope::Upload))
+        }
+        ClientMsg::Unsubscribe { .. } | ClientMsg::Ping { .. } | ClientMsg::Refresh { .. } => None,
+    }
+}
+
+/// The monotonic instant of a Unix-ms expiry (now when it has passed).
+fn expiry_instant(at_ms: Option<u64>) -> Option<Instant> {
+    let at_ms = at_ms?;
+    let left = at_ms.saturating_sub(crate::clock::now_ms());
+    Some(Instant::now() + std::time::Duration::from_millis(left))
+}
+
+/// Sleeps until `at`, forever when `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
