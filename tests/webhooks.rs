@@ -109,7 +109,11 @@ impl Receiver {
     }
 
     /// Waits (bounded) until `done` holds for what was received.
-    async fn wait(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> anyhow::Result<Vec<Received>> {
+    async fn wait(
+        &self,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> anyhow::Result<Vec<Received>> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let notified = self.state.1.notified();
@@ -143,7 +147,10 @@ fn webhooks_toml(secrets: &[&str], allow_private: bool) -> String {
     )
 }
 
-async fn start(toml: &str, tokens: &[(&str, &str)]) -> anyhow::Result<(Gateway, tempfile::TempDir)> {
+async fn start(
+    toml: &str,
+    tokens: &[(&str, &str)],
+) -> anyhow::Result<(Gateway, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let path = config(&dir, toml)?;
     let path = path.to_string_lossy().into_owned();
@@ -289,7 +296,12 @@ async fn deliveries(gw: &Gateway, token: Option<&str>, job: &str) -> anyhow::Res
 }
 
 /// Waits (bounded, polling the listing) until every delivery of `job` has left `pending`.
-async fn wait_settled(gw: &Gateway, token: Option<&str>, job: &str, count: usize) -> anyhow::Result<Vec<Value>> {
+async fn wait_settled(
+    gw: &Gateway,
+    token: Option<&str>,
+    job: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Value>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, v) = deliveries(gw, token, job).await?;
@@ -298,7 +310,10 @@ async fn wait_settled(gw: &Gateway, token: Option<&str>, job: &str, count: usize
         if list.len() >= count && list.iter().all(|d| d["status"] != "pending") {
             return Ok(list);
         }
-        ensure!(tokio::time::Instant::now() < deadline, "deliveries still pending: {v}");
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries still pending: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -308,7 +323,10 @@ fn assert_no_secrets(gw: &Gateway, secrets: &[&str]) {
     assert!(!log.is_empty(), "the gateway log is empty");
     for s in secrets {
         let b64 = s.trim_start_matches("whsec_");
-        assert!(!log.contains(b64), "a webhook secret appears in the gateway log");
+        assert!(
+            !log.contains(b64),
+            "a webhook secret appears in the gateway log"
+        );
     }
 }
 
@@ -328,10 +346,16 @@ async fn a_completed_job_gets_one_signed_webhook_that_verifies() -> anyhow::Resu
     assert_eq!(list[0]["status"], "delivered");
     assert_eq!(list[0]["attempts"][0]["status"], 200);
     let r = &got[0];
-    assert_eq!(header(r, "webhook-id"), list[0]["id"].as_str().unwrap_or("?"));
+    assert_eq!(
+        header(r, "webhook-id"),
+        list[0]["id"].as_str().unwrap_or("?")
+    );
     assert_eq!(header(r, "content-type"), "application/json");
     assert_eq!(header(r, "webhook-signature").split(' ').count(), 2);
-    assert!(signed_by(r, OLD) && signed_by(r, NEW), "signatures do not verify");
+    assert!(
+        signed_by(r, OLD) && signed_by(r, NEW),
+        "signatures do not verify"
+    );
     assert!(!signed_by(r, BOB), "a foreign secret verified");
     verify_externally(r, &[OLD, NEW]).await?;
 
@@ -351,7 +375,11 @@ async fn a_completed_job_gets_one_signed_webhook_that_verifies() -> anyhow::Resu
         let bytes = gw.api().download(&job, &o.name).await?;
         assert_eq!(bytes.len() as u64, o.size);
     }
-    assert!(r.body.len() < 4096, "no output bytes in the body ({} bytes)", r.body.len());
+    assert!(
+        r.body.len() < 4096,
+        "no output bytes in the body ({} bytes)",
+        r.body.len()
+    );
     assert_no_secrets(&gw, &[OLD, NEW]);
     Ok(())
 }
@@ -363,8 +391,10 @@ async fn a_receiver_down_for_the_first_attempts_gets_each_event_once() -> anyhow
     let (gw, _dir) = start(&webhooks_toml(&[OLD], true), &[]).await?;
     let done = gw.submit(demo(&receiver.url)).await?;
     let canceled = gw
-        .submit(json!({"backend": "demo", "workflow": {"steps": 200, "step_ms": 100},
-                       "webhook": {"url": receiver.url}}))
+        .submit(
+            json!({"backend": "demo", "workflow": {"steps": 200, "step_ms": 100},
+                       "webhook": {"url": receiver.url}}),
+        )
         .await?;
     gw.api().cancel(&canceled).await?;
     gw.api().follow_to_end(&done, WAIT).await?;
@@ -394,7 +424,10 @@ async fn a_receiver_down_for_the_first_attempts_gets_each_event_once() -> anyhow
         .iter()
         .map(|l| l[0]["attempts"].as_array().map_or(0, Vec::len))
         .sum();
-    assert_eq!(attempts, 6, "4 refused + 2 accepted attempts recorded: {a:?} {b:?}");
+    assert_eq!(
+        attempts, 6,
+        "4 refused + 2 accepted attempts recorded: {a:?} {b:?}"
+    );
     Ok(())
 }
 
@@ -505,13 +538,22 @@ async fn webhooks_are_owner_scoped() -> anyhow::Result<()> {
 
     // Bob sees Alice's job exactly as a job that does not exist.
     let foreign = deliveries(&gw, Some(tokens[1].1), &job).await?;
-    let random = deliveries(&gw, Some(tokens[1].1), "job_0123456789abcdef0123456789abcdef").await?;
+    let random = deliveries(
+        &gw,
+        Some(tokens[1].1),
+        "job_0123456789abcdef0123456789abcdef",
+    )
+    .await?;
     assert_eq!(foreign.0, 404);
     assert_eq!(foreign, random);
     let resend = |token: &'static str, job: String| {
         let url = format!("{}/v1/jobs/{job}/webhooks/{id}/resend", gw.http());
         async move {
-            let r = reqwest::Client::new().post(url).bearer_auth(token).send().await?;
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .send()
+                .await?;
             anyhow::Ok((r.status().as_u16(), r.json::<Value>().await?))
         }
     };
@@ -529,9 +571,13 @@ async fn webhooks_are_owner_scoped() -> anyhow::Result<()> {
         .await?
         .job_id
         .to_string();
-    let snapshot = carol.wait_for_snapshot(&job, WAIT, |s| s.state == JobState::Completed).await?;
+    let snapshot = carol
+        .wait_for_snapshot(&job, WAIT, |s| s.state == JobState::Completed)
+        .await?;
     assert_eq!(snapshot.state, JobState::Completed);
-    let got = receiver.wait("carol's default webhook", |g| g.len() >= 2).await?;
+    let got = receiver
+        .wait("carol's default webhook", |g| g.len() >= 2)
+        .await?;
     assert!(signed_by(&got[1], BOB) && !signed_by(&got[1], OLD));
     assert_no_secrets(&gw, &[OLD, BOB]);
     Ok(())

@@ -376,7 +376,10 @@ impl Default for WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
             .field("owners", &self.owners)
             .field("schedule", &self.schedule)
             .field("timeout", &self.timeout)
@@ -403,7 +406,10 @@ pub struct OwnerWebhooks {
 impl std::fmt::Debug for OwnerWebhooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OwnerWebhooks")
-            .field("secrets", &format_args!("[{} redacted]", self.secrets.len()))
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
             .field("default", &self.default)
             .finish()
     }
@@ -470,7 +476,10 @@ impl WebhookConfig {
         }
         if let Some(u) = &self.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(err("webhooks.public_url", "must start with http:// or https://"));
+                return Err(err(
+                    "webhooks.public_url",
+                    "must start with http:// or https://",
+                ));
             }
         }
         Ok(())

@@ -14,10 +14,10 @@ pub mod outbox;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
 use outlast_protocol::replay::HistoryBounds;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 pub use index::{CacheEntry, CacheKey};
 pub use outbox::{Attempt, Delivery, DeliveryStatus};

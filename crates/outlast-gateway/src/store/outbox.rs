@@ -1,7 +1,9 @@
 //! The webhook outbox's records: one [`Delivery`] per (job, seq) that a webhook must carry,
 //! written in the same transaction as its event, and its attempts.
 
-use outlast_protocol::{EventKind, JobEvent, JobId, JobState, OutputInfo, OwnerId, Seq, WebhookEvent};
+use outlast_protocol::{
+    EventKind, JobEvent, JobId, JobState, OutputInfo, OwnerId, Seq, WebhookEvent,
+};
 use serde::{Deserialize, Serialize};
 
 use super::JobRecord;

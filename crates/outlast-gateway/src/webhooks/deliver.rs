@@ -57,7 +57,11 @@ pub struct Outbox {
 
 impl Outbox {
     /// The outbox over `store`; spawn [`Outbox::run`] on `tracker`.
-    pub fn new(config: &WebhookConfig, store: Arc<dyn JobStore>, tracker: TaskTracker) -> Arc<Self> {
+    pub fn new(
+        config: &WebhookConfig,
+        store: Arc<dyn JobStore>,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             config: config.clone(),
@@ -69,7 +73,9 @@ impl Outbox {
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends due deliveries until `shutdown`.
@@ -139,9 +145,9 @@ impl Outbox {
         let started = Instant::now();
         let siblings = self.store.deliveries(d.job).await?;
         let disabled = !d.resent
-            && siblings.iter().any(|s| {
-                s.id != d.id && s.url == d.url && s.status == DeliveryStatus::Disabled
-            });
+            && siblings
+                .iter()
+                .any(|s| s.id != d.id && s.url == d.url && s.status == DeliveryStatus::Disabled);
         let outcome = if disabled {
             Outcome::Gone
         } else {

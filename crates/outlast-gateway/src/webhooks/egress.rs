@@ -202,10 +202,18 @@ mod tests {
         ] {
             assert!(e.check_url(url).is_err(), "{url} allowed");
         }
-        for url in ["https://93.184.215.14/hook", "http://[2606:4700::1]/", "https://example.com/x"] {
+        for url in [
+            "https://93.184.215.14/hook",
+            "http://[2606:4700::1]/",
+            "https://example.com/x",
+        ] {
             assert!(e.check_url(url).is_ok(), "{url} refused");
         }
-        for url in ["ftp://example.com/", "http://user:pw@example.com/", "not a url"] {
+        for url in [
+            "ftp://example.com/",
+            "http://user:pw@example.com/",
+            "not a url",
+        ] {
             assert!(e.check_url(url).is_err(), "{url} allowed");
         }
     }
