@@ -474,13 +474,13 @@ impl WebhookConfig {
             c.parse::<ipnet::IpNet>()
                 .map_err(|e| err("webhooks.allow_cidrs", format!("{c:?}: {e}")))?;
         }
-        if let Some(u) = &self.public_url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(err(
-                    "webhooks.public_url",
-                    "must start with http:// or https://",
-                ));
-            }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(err(
+                "webhooks.public_url",
+                "must start with http:// or https://",
+            ));
         }
         Ok(())
     }
