@@ -151,7 +151,13 @@ impl OutboxTables<'_> {
         }
         let job = event.job_id.as_bytes().as_slice();
         let last_progress = self.progress.get(job).map_err(se)?.map(|v| v.value());
-        let Some(delivery) = outbox::delivery_for(record, event, last_progress) else {
+        let Some(delivery) = outbox::delivery_for(
+            record.spec.webhook.as_ref(),
+            &record.owner,
+            &record.snapshot,
+            event,
+            last_progress,
+        ) else {
             return Ok(false);
         };
         if delivery.event == outlast_protocol::WebhookEvent::Progress {

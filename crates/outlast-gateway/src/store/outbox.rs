@@ -2,11 +2,10 @@
 //! written in the same transaction as its event, and its attempts.
 
 use outlast_protocol::{
-    EventKind, JobEvent, JobId, JobState, OutputInfo, OwnerId, Seq, WebhookEvent,
+    EventKind, JobEvent, JobId, JobSnapshot, JobState, OutputInfo, OwnerId, Seq, WebhookEvent,
+    WebhookSpec,
 };
 use serde::{Deserialize, Serialize};
-
-use super::JobRecord;
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,15 +103,17 @@ pub fn parse_delivery_id(job: JobId, id: &str) -> Option<Seq> {
     seq.parse().ok().map(Seq)
 }
 
-/// What the outbox should hold for `event`, just applied to `record`: a delivery when the job
-/// has a webhook that wants this event. Progress is coalesced by the caller (`last_progress_ms`:
-/// when the job's last progress delivery was created).
+/// What the outbox should hold for `event`, just applied to the job's `snapshot`: a delivery
+/// when the job has a webhook (`hook`) that wants this event. Progress is coalesced
+/// (`last_progress_ms`: the event time of the job's last progress delivery).
 pub fn delivery_for(
-    record: &JobRecord,
+    hook: Option<&WebhookSpec>,
+    owner: &OwnerId,
+    snapshot: &JobSnapshot,
     event: &JobEvent,
     last_progress_ms: Option<u64>,
 ) -> Option<Delivery> {
-    let hook = record.spec.webhook.as_ref()?;
+    let hook = hook?;
     let kind = WebhookEvent::of(&event.kind)?;
     if kind == WebhookEvent::Progress {
         if !hook.wants_progress() {
@@ -131,13 +132,13 @@ pub fn delivery_for(
     Some(Delivery {
         id: delivery_id(event.job_id, event.seq),
         job: event.job_id,
-        owner: record.owner.clone(),
+        owner: owner.clone(),
         url: hook.url.clone(),
         event: kind,
         source: event.clone(),
-        state: record.snapshot.state,
+        state: snapshot.state,
         outputs: if terminal {
-            record.snapshot.outputs.clone()
+            snapshot.outputs.clone()
         } else {
             Vec::new()
         },
