@@ -38,6 +38,8 @@ if [ -f crates/outlast-image/test.sh ]; then
   echo "== outlast-image: WebAssembly build and Node test"
   bash crates/outlast-image/test.sh
 fi
+echo "== webhook verifier examples (Python stdlib, Node stdlib)"
+(cd examples/webhook-verify && python3 -B -m unittest -q && node --test)
 bash tests/browser/run.sh  # client library unit tests + headless-Chromium browser suite
 
 echo "== fuzz: a short run of every target (cargo-fuzz, installed when missing)"

@@ -20,6 +20,8 @@ use crate::jobs::cache::ResultCache;
 use crate::outputs::OutputStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::upload::Uploads;
+use crate::webhooks::WebhookPolicy;
+use crate::webhooks::deliver::Outbox;
 
 /// A built gateway: stores open, jobs recovered, dispatcher and background loops running.
 #[derive(Debug)]
@@ -84,12 +86,15 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
             tracker.clone(),
             data.join("work"),
         )
-        .with_cache(ResultCache::new(config.cache_ttl)),
+        .with_cache(ResultCache::new(config.cache_ttl))
+        .with_webhooks(WebhookPolicy::new(&config.webhooks)),
     );
     jobs.recover()
         .await
         .map_err(|e| anyhow::anyhow!("recovery failed: {e}"))?;
     tracker.spawn(Arc::clone(&jobs).dispatch_loop(shutdown.clone()));
+    let outbox = Outbox::new(&config.webhooks, Arc::clone(jobs.store()), tracker.clone());
+    tracker.spawn(outbox.run(shutdown.clone()));
 
     // The recorder is process-global: only the first gateway of a process installs it (tests
     // may build several).

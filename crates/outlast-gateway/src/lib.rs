@@ -2,7 +2,8 @@
 //! streams over one WebSocket (with SSE and long-poll fallbacks).
 //!
 //! Layers, each importing only those below it (ARCHITECTURE.md, "Layering"):
-//! `clock`, `error`, `metrics`, `topics`, `config` → `hub` → `store`, `outputs` → `backend` →
+//! `clock`, `error`, `metrics`, `topics`, `config` → `hub` → `store`, `outputs` → `backend`,
+//! `webhooks` →
 //! `jobs`, `upload` → `auth` → `http` → `gateway`.
 //!
 //! [`gateway::build`] wires the components into a [`gateway::Gateway`] (tests may use its state
@@ -23,6 +24,7 @@ pub mod outputs;
 pub mod store;
 pub mod topics;
 pub mod upload;
+pub mod webhooks;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;

@@ -53,6 +53,11 @@ pub const COMFYUI_SERVER_UP: &str = "outlast_comfyui_server_up";
 pub const COMFYUI_RECONNECTS: &str = "outlast_comfyui_reconnects_total";
 /// Counter: reconciliations of a prompt from ComfyUI's history and queue.
 pub const COMFYUI_RECONCILIATIONS: &str = "outlast_comfyui_reconciliations_total";
+/// Counter `{outcome}`: webhook delivery attempts by outcome (`delivered`, `retry`, `failed`
+/// after the last retry, `disabled` by a 410, `refused` by the egress policy).
+pub const WEBHOOK_ATTEMPTS: &str = "outlast_webhook_attempts_total";
+/// Histogram: seconds one webhook attempt took (resolve, connect, answer).
+pub const WEBHOOK_ATTEMPT_DURATION: &str = "outlast_webhook_attempt_duration_seconds";
 
 /// Every metric: name and description (a test checks the list covers the constants above).
 pub const ALL: &[(&str, &str)] = &[
@@ -110,12 +115,17 @@ pub const ALL: &[(&str, &str)] = &[
         COMFYUI_RECONCILIATIONS,
         "Prompt reconciliations from ComfyUI history and queue",
     ),
+    (WEBHOOK_ATTEMPTS, "Webhook delivery attempts, by outcome"),
+    (
+        WEBHOOK_ATTEMPT_DURATION,
+        "Seconds one webhook delivery attempt took",
+    ),
 ];
 
 /// Registers every description with the installed recorder (call once after installing it).
 pub fn describe() {
     for &(name, text) in ALL {
-        if name == JOB_DURATION {
+        if name.ends_with("_seconds") {
             describe_histogram!(name, Unit::Seconds, text);
         } else if name.ends_with("_total") {
             describe_counter!(name, text);

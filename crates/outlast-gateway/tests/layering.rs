@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["clock", "error", "metrics", "topics", "config"],
     &["hub", "auth"],
     &["store", "outputs"],
-    &["backend"],
+    &["backend", "webhooks"],
     &["jobs", "upload"],
     &["http"],
     &["gateway"],

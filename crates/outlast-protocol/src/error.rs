@@ -49,6 +49,9 @@ pub enum ErrorCode {
     InsufficientStorage,
     /// The upload expired and is being removed.
     UploadExpired,
+    /// A job's webhook URL is not allowed (bad URL, a private or loopback address the egress
+    /// policy refuses, or no signing secret configured for the owner).
+    WebhookRefused,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::UploadExpired => "upload_expired",
+            ErrorCode::WebhookRefused => "webhook_refused",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -97,7 +101,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::IdempotencyConflict | ErrorCode::InputNotReady => 409,
             ErrorCode::MessageTooLarge => 413,
-            ErrorCode::UnknownBackend => 422,
+            ErrorCode::UnknownBackend | ErrorCode::WebhookRefused => 422,
             ErrorCode::LimitExceeded => 429,
             ErrorCode::ShuttingDown => 503,
             ErrorCode::OffsetMismatch => 409,

@@ -31,6 +31,81 @@ pub struct JobSpec {
     /// forgot the prompt). Default 0: such a job fails with `backend_unavailable`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// Where to send signed webhooks about this job (`completed`, `failed` and `canceled`
+    /// always; `progress` when asked). Without it the owner's configured default applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// A job's webhook: the endpoint and which events besides the terminal ones it wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// `http://` or `https://` URL the gateway POSTs to.
+    pub url: String,
+    /// Events wanted. `completed`, `failed` and `canceled` are always sent, listed or not;
+    /// `progress` only when listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<WebhookEvent>,
+    /// At most one `progress` webhook per this many seconds (default 5, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_interval_s: Option<u32>,
+}
+
+/// The default `progress_interval_s`.
+pub const DEFAULT_WEBHOOK_PROGRESS_INTERVAL_S: u32 = 5;
+
+impl WebhookSpec {
+    /// True when `progress` webhooks were asked for.
+    pub fn wants_progress(&self) -> bool {
+        self.events.contains(&WebhookEvent::Progress)
+    }
+
+    /// The progress coalescing interval in milliseconds.
+    pub fn progress_interval_ms(&self) -> u64 {
+        u64::from(
+            self.progress_interval_s
+                .unwrap_or(DEFAULT_WEBHOOK_PROGRESS_INTERVAL_S)
+                .max(1),
+        ) * 1000
+    }
+}
+
+/// An event type a webhook can carry; on the wire the body's `type` is `job.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// The job completed (always sent).
+    Completed,
+    /// The job failed (always sent).
+    Failed,
+    /// The job was canceled (always sent).
+    Canceled,
+    /// Step progress, coalesced to at most one per `progress_interval_s`.
+    Progress,
+}
+
+impl WebhookEvent {
+    /// The body's `type`: `job.completed`, `job.failed`, `job.canceled`, `job.progress`.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            WebhookEvent::Completed => "job.completed",
+            WebhookEvent::Failed => "job.failed",
+            WebhookEvent::Canceled => "job.canceled",
+            WebhookEvent::Progress => "job.progress",
+        }
+    }
+
+    /// The webhook event an event kind produces, if any.
+    pub fn of(kind: &EventKind) -> Option<WebhookEvent> {
+        match kind {
+            EventKind::Completed { .. } => Some(WebhookEvent::Completed),
+            EventKind::Failed(_) => Some(WebhookEvent::Failed),
+            EventKind::Canceled { .. } => Some(WebhookEvent::Canceled),
+            EventKind::Progress { .. } => Some(WebhookEvent::Progress),
+            _ => None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -58,6 +133,7 @@ impl JobSpec {
             idempotency_key: None,
             cache: true,
             retries: 0,
+            webhook: None,
         }
     }
 }

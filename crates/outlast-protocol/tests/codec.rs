@@ -99,6 +99,11 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 idempotency_key: Some("k-1".parse().expect("valid key")),
                 cache: steps % 2 == 0,
                 retries: step_ms % 3,
+                webhook: (steps % 3 == 0).then(|| WebhookSpec {
+                    url: "https://hooks.example/outlast".into(),
+                    events: vec![WebhookEvent::Progress, WebhookEvent::Completed],
+                    progress_interval_s: Some(step_ms % 7 + 1),
+                }),
             },
         }),
     ]

@@ -154,6 +154,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// Browser tickets (`[tickets]`).
     pub tickets: TicketConfig,
+    /// Signed job webhooks (`[webhooks]`).
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for Config {
@@ -176,6 +178,7 @@ impl Default for Config {
             log_format: LogFormat::default(),
             uploads: UploadConfig::default(),
             comfyui: None,
+            webhooks: WebhookConfig::default(),
             http: HttpConfig::default(),
             cors: CorsConfig::default(),
             ws: WsConfig::default(),
@@ -411,6 +414,188 @@ impl Default for UploadConfig {
     }
 }
 
+/// Default `webhooks.schedule`: Svix's retry schedule (delays before attempts 1..8, each
+/// jittered), about 38 hours in all.
+pub const DEFAULT_WEBHOOK_SCHEDULE: [Duration; 8] = [
+    Duration::ZERO,
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+/// Default `webhooks.timeout`.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default `webhooks.concurrency`.
+pub const DEFAULT_WEBHOOK_CONCURRENCY: usize = 8;
+
+/// Signed job webhooks (`[webhooks]`). Secrets are `whsec_` + base64 of 24-64 random bytes;
+/// every listed secret signs each delivery (one `v1,` signature each), so a rotation lists the
+/// new secret beside the old one until receivers have switched.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Signing secrets of owners not listed under `owners` (e.g. the local owner without auth).
+    pub secrets: Vec<String>,
+    /// Per-owner secrets and default webhook.
+    pub owners: BTreeMap<String, OwnerWebhooks>,
+    /// Delays before attempt 1, 2, ... (full jitter: each is a maximum); after the last the
+    /// delivery is `failed`. Default: 0s, 5s, 5m, 30m, 2h, 5h, 10h, 10h.
+    #[serde(deserialize_with = "durations")]
+    pub schedule: Vec<Duration>,
+    /// One attempt's time limit (connect + answer).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Allow every private, loopback, link-local and unspecified address (tests, one-box setups).
+    pub allow_private: bool,
+    /// CIDR blocks allowed even though private (e.g. `["10.1.2.0/24"]`).
+    pub allow_cidrs: Vec<String>,
+    /// Base URL of this gateway as receivers reach it; output URLs in bodies are absolute when
+    /// set, paths (`/v1/jobs/...`) otherwise.
+    pub public_url: Option<String>,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secrets: Vec::new(),
+            owners: BTreeMap::new(),
+            schedule: DEFAULT_WEBHOOK_SCHEDULE.to_vec(),
+            timeout: DEFAULT_WEBHOOK_TIMEOUT,
+            allow_private: false,
+            allow_cidrs: Vec::new(),
+            public_url: None,
+            concurrency: DEFAULT_WEBHOOK_CONCURRENCY,
+        }
+    }
+}
+
+// Secrets never reach a log line, not even through `{:?}` of the whole config.
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field("owners", &self.owners)
+            .field("schedule", &self.schedule)
+            .field("timeout", &self.timeout)
+            .field("allow_private", &self.allow_private)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("public_url", &self.public_url)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// One owner's webhook settings (`[webhooks.owners.NAME]`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerWebhooks {
+    /// Signing secrets (`whsec_...`), all of which sign every delivery.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The webhook of this owner's jobs that name none.
+    #[serde(default)]
+    pub default: Option<outlast_protocol::WebhookSpec>,
+}
+
+impl std::fmt::Debug for OwnerWebhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnerWebhooks")
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field("default", &self.default)
+            .finish()
+    }
+}
+
+/// The key bytes of a `whsec_<base64>` secret, if it is one (24-64 bytes, as the Standard
+/// Webhooks spec asks).
+pub fn webhook_secret_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let b64 = secret.strip_prefix("whsec_")?;
+    let key = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (24..=64).contains(&key.len()).then_some(key)
+}
+
+impl WebhookConfig {
+    /// The signing secrets of `owner`.
+    pub fn secrets_of(&self, owner: &str) -> &[String] {
+        match self.owners.get(owner) {
+            Some(o) => &o.secrets,
+            None => &self.secrets,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let check = |key: &str, secrets: &[String]| {
+            for s in secrets {
+                if webhook_secret_key(s).is_none() {
+                    return Err(err(
+                        key,
+                        "each secret must be whsec_ + base64 of 24-64 bytes",
+                    ));
+                }
+            }
+            Ok(())
+        };
+        check("webhooks.secrets", &self.secrets)?;
+        for (name, o) in &self.owners {
+            name.parse::<OwnerId>()
+                .map_err(|e| err("webhooks.owners", format!("{e}")))?;
+            check(&format!("webhooks.owners.{name}.secrets"), &o.secrets)?;
+            if o.default.is_some() && o.secrets.is_empty() {
+                return Err(err(
+                    &format!("webhooks.owners.{name}.secrets"),
+                    "a default webhook needs at least one secret",
+                ));
+            }
+        }
+        if self.schedule.is_empty() || self.schedule.len() > 32 {
+            return Err(err("webhooks.schedule", "must list 1 to 32 delays"));
+        }
+        if !self.schedule[0].is_zero() {
+            return Err(err(
+                "webhooks.schedule",
+                "the first attempt is immediate: the first delay must be 0s",
+            ));
+        }
+        positive("webhooks.timeout", self.timeout)?;
+        if self.concurrency == 0 {
+            return Err(err("webhooks.concurrency", "must be at least 1"));
+        }
+        for c in &self.allow_cidrs {
+            c.parse::<ipnet::IpNet>()
+                .map_err(|e| err("webhooks.allow_cidrs", format!("{c:?}: {e}")))?;
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(err(
+                "webhooks.public_url",
+                "must start with http:// or https://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A list of humantime durations.
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// A duration written the humantime way: `"25s"`, `"500ms"`, `"2m"`, `"7d"`.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
@@ -590,6 +775,7 @@ impl Config {
             return Err(err("demo.concurrency", "must be at least 1"));
         }
         self.uploads.validate()?;
+        self.webhooks.validate()?;
         if self.cache_ttl > MAX_CACHE_TTL {
             return Err(err("cache_ttl", "must be at most 3650d"));
         }

@@ -651,3 +651,45 @@ fn origins_and_hosts_parse() {
     assert_eq!(split_host_port("[::1]"), Some(("[::1]".into(), None)));
     assert_eq!(split_host_port("[::1]x"), None);
 }
+
+#[test]
+fn webhooks_section_parses_validates_and_redacts_secrets() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let file = format!(
+        "[webhooks]\nsecrets = [{secret:?}]\nschedule = [\"0s\", \"1s\"]\nallow_cidrs = [\"10.1.2.0/24\"]\n\
+         [webhooks.owners.alice]\nsecrets = [{secret:?}]\ndefault = {{ url = \"https://a.example/h\", events = [\"progress\"] }}\n"
+    );
+    let c = load(&[], &[], &file).expect("valid");
+    assert_eq!(
+        c.webhooks.schedule,
+        vec![Duration::ZERO, Duration::from_secs(1)]
+    );
+    assert_eq!(c.webhooks.secrets_of("alice"), [secret.to_owned()]);
+    assert_eq!(c.webhooks.secrets_of("bob"), [secret.to_owned()]);
+    assert!(c.webhooks.owners["alice"].default.is_some());
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("MfKQ9r8"), "a secret in Debug output");
+    assert_eq!(Config::default().webhooks.schedule.len(), 8);
+
+    for (bad, key) in [
+        (
+            "[webhooks]\nsecrets = [\"whsec_short\"]\n",
+            "webhooks.secrets",
+        ),
+        ("[webhooks]\nsecrets = [\"nope\"]\n", "webhooks.secrets"),
+        ("[webhooks]\nschedule = [\"5s\"]\n", "webhooks.schedule"),
+        ("[webhooks]\nschedule = []\n", "webhooks.schedule"),
+        (
+            "[webhooks]\nallow_cidrs = [\"10.0.0.0/33\"]\n",
+            "webhooks.allow_cidrs",
+        ),
+        ("[webhooks]\ntimeout = \"0s\"\n", "webhooks.timeout"),
+        (
+            "[webhooks.owners.bob]\ndefault = { url = \"https://b.example\" }\n",
+            "webhooks.owners.bob.secrets",
+        ),
+    ] {
+        let e = load(&[], &[], bad).expect_err(bad);
+        assert_eq!(e.key, key, "{bad}: {e}");
+    }
+}

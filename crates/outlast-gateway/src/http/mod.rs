@@ -11,6 +11,7 @@ pub mod state;
 pub mod tickets;
 pub mod tus;
 pub mod upload_ws;
+pub mod webhooks;
 pub mod ws;
 
 use axum::Router;
@@ -56,6 +57,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/jobs/{id}/poll", get(api::poll))
         .route("/v1/jobs/{id}/outputs/{name}", get(api::output))
+        .route("/v1/jobs/{id}/webhooks", get(webhooks::list))
+        .route(
+            "/v1/jobs/{id}/webhooks/{delivery}/resend",
+            axum::routing::post(webhooks::resend),
+        )
         .route("/v1/uploads", axum::routing::any(tus::collection))
         .route("/v1/uploads/{id}", axum::routing::any(tus::item))
         .layer(DefaultBodyLimit::max(state.config.max_message_bytes))

@@ -27,6 +27,7 @@ use crate::error::AppError;
 use crate::metrics as m;
 use crate::outputs::OutputStore;
 use crate::store::{Created, JobRecord, JobStore};
+use crate::webhooks::WebhookPolicy;
 use cache::ResultCache;
 use scheduler::{Scheduler, Waiting};
 
@@ -69,6 +70,7 @@ pub struct Jobs {
     tracker: TaskTracker,
     work_root: PathBuf,
     cache: ResultCache,
+    webhooks: WebhookPolicy,
 }
 
 fn spec_digest(spec: &JobSpec) -> [u8; 32] {
@@ -100,7 +102,14 @@ impl Jobs {
             tracker,
             work_root,
             cache: ResultCache::disabled(),
+            webhooks: WebhookPolicy::default(),
         }
+    }
+
+    /// Applies the webhook rules (owner defaults, egress, secrets) to submissions.
+    pub fn with_webhooks(mut self, webhooks: WebhookPolicy) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Answers identical submissions from completed jobs' outputs (see [`crate::cache`]).
@@ -137,7 +146,7 @@ impl Jobs {
     }
 
     /// Submits a job. Idempotent per (owner, idempotency key).
-    pub async fn submit(&self, owner: &OwnerId, spec: JobSpec) -> Result<Submitted, AppError> {
+    pub async fn submit(&self, owner: &OwnerId, mut spec: JobSpec) -> Result<Submitted, AppError> {
         let backend = self
             .backends
             .get(spec.backend.as_str())
@@ -155,6 +164,7 @@ impl Jobs {
                 )
             })?;
         backend.validate(&spec)?;
+        self.webhooks.prepare(owner, &mut spec)?;
         // Inputs still uploading do not refuse the job: it waits for them in the queue.
         let mut inputs = BTreeMap::new();
         let mut pending = Vec::new();

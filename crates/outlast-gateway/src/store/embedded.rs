@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use outlast_protocol::replay::coalesce;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::Notify;
 
+use super::outbox::{self, Delivery, DeliveryStatus};
 use super::{
     CacheEntry, CacheKey, Created, JobRecord, JobStore, Rejected, StoreError, StreamStart,
 };
@@ -24,6 +26,12 @@ const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempot
 const BACKEND_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("backend_state");
 /// result cache key (32 bytes) -> job id (16 bytes) + completed_at_ms (8 bytes, big-endian).
 const RESULT_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("result_cache");
+/// job id + seq (24 bytes) -> webhook Delivery (MessagePack): the outbox.
+const OUTBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("webhook_outbox");
+/// job id + seq (24 bytes) -> next attempt (ms): the pending part of the outbox.
+const OUTBOX_PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("webhook_pending");
+/// job id (16 bytes) -> event time (ms) of its last progress delivery, for coalescing.
+const OUTBOX_PROGRESS: TableDefinition<&[u8], u64> = TableDefinition::new("webhook_progress");
 /// counters.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -63,6 +71,7 @@ pub struct EmbeddedStore {
     /// it is only taken inside `spawn_blocking`, never across an await.
     write_order: Arc<Mutex<()>>,
     history_max_events: u64,
+    outbox_wake: Arc<Notify>,
 }
 
 impl EmbeddedStore {
@@ -77,6 +86,9 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(se)?;
             txn.open_table(BACKEND_STATE).map_err(se)?;
             txn.open_table(RESULT_CACHE).map_err(se)?;
+            txn.open_table(OUTBOX).map_err(se)?;
+            txn.open_table(OUTBOX_PENDING).map_err(se)?;
+            txn.open_table(OUTBOX_PROGRESS).map_err(se)?;
         }
         txn.commit().map_err(se)?;
         Ok(Self {
@@ -84,6 +96,7 @@ impl EmbeddedStore {
             hub,
             write_order: Arc::new(Mutex::new(())),
             history_max_events,
+            outbox_wake: Arc::new(Notify::new()),
         })
     }
 
@@ -121,6 +134,57 @@ fn events_after(
         out.push(decode(v.value())?);
     }
     Ok(out)
+}
+
+/// The outbox's tables inside one write transaction.
+struct OutboxTables<'t> {
+    outbox: Table<'t, &'static [u8], &'static [u8]>,
+    pending: Table<'t, &'static [u8], u64>,
+    progress: Table<'t, &'static [u8], u64>,
+}
+
+impl OutboxTables<'_> {
+    /// Adds the delivery `event` calls for, if any; true when one was added.
+    fn enqueue(&mut self, record: &JobRecord, event: &JobEvent) -> Result<bool, StoreError> {
+        if record.spec.webhook.is_none() {
+            return Ok(false);
+        }
+        let job = event.job_id.as_bytes().as_slice();
+        let last_progress = self.progress.get(job).map_err(se)?.map(|v| v.value());
+        let Some(delivery) = outbox::delivery_for(
+            record.spec.webhook.as_ref(),
+            &record.owner,
+            &record.snapshot,
+            event,
+            last_progress,
+        ) else {
+            return Ok(false);
+        };
+        if delivery.event == outlast_protocol::WebhookEvent::Progress {
+            self.progress.insert(job, event.at_ms).map_err(se)?;
+        }
+        if event.kind.is_terminal() {
+            self.progress.remove(job).map_err(se)?;
+        }
+        self.put(&delivery)?;
+        Ok(true)
+    }
+
+    fn put(&mut self, delivery: &Delivery) -> Result<(), StoreError> {
+        let key = event_key(delivery.job, delivery.source.seq);
+        self.outbox
+            .insert(key.as_slice(), encode(delivery)?.as_slice())
+            .map_err(se)?;
+        match (delivery.status, delivery.next_attempt_at_ms) {
+            (DeliveryStatus::Pending, Some(at)) => {
+                self.pending.insert(key.as_slice(), at).map_err(se)?;
+            }
+            _ => {
+                self.pending.remove(key.as_slice()).map_err(se)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -198,13 +262,20 @@ impl JobStore for EmbeddedStore {
         let lock = Arc::clone(&self.write_order);
         let hub = Arc::clone(&self.hub);
         let max_events = self.history_max_events;
+        let wake = Arc::clone(&self.outbox_wake);
         self.blocking(move |db| {
             let _order = lock.lock().unwrap_or_else(PoisonError::into_inner);
             let txn = db.begin_write().map_err(se)?;
             let mut results = Vec::with_capacity(batch.len());
+            let mut queued_webhooks = false;
             {
                 let mut jobs = txn.open_table(JOBS).map_err(se)?;
                 let mut events = txn.open_table(EVENTS).map_err(se)?;
+                let mut webhooks = OutboxTables {
+                    outbox: txn.open_table(OUTBOX).map_err(se)?,
+                    pending: txn.open_table(OUTBOX_PENDING).map_err(se)?,
+                    progress: txn.open_table(OUTBOX_PROGRESS).map_err(se)?,
+                };
                 let at_ms = now_ms();
                 for (job_id, kind) in batch {
                     let Some(mut record) = load_record(&jobs, job_id)? else {
@@ -228,6 +299,8 @@ impl JobStore for EmbeddedStore {
                         )
                         .map_err(se)?;
                     record.snapshot.apply(&event);
+                    // The webhook delivery commits with its event: it survives a crash.
+                    queued_webhooks |= webhooks.enqueue(&record, &event)?;
                     record.stored_events += 1;
                     if record.stored_events > max_events {
                         let stored = events_after(&events, job_id, Seq::ZERO)?;
@@ -252,6 +325,9 @@ impl JobStore for EmbeddedStore {
             // Durable now: publish in commit order while still holding the order lock.
             for event in results.iter().flatten() {
                 hub.publish(event.clone());
+            }
+            if queued_webhooks {
+                wake.notify_one();
             }
             Ok(results)
         })
@@ -371,6 +447,86 @@ impl JobStore for EmbeddedStore {
                 job: JobId::from_bytes(job.try_into().map_err(se)?),
                 completed_at_ms: u64::from_be_bytes(at.try_into().map_err(se)?),
             }))
+        })
+        .await
+    }
+
+    fn outbox_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.outbox_wake)
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, Option<u64>), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let pending = txn.open_table(OUTBOX_PENDING).map_err(se)?;
+            let mut due: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut later: Option<u64> = None;
+            for item in pending.iter().map_err(se)? {
+                let (k, v) = item.map_err(se)?;
+                let at = v.value();
+                if at <= now {
+                    due.push((at, k.value().to_vec()));
+                } else {
+                    later = Some(later.map_or(at, |l| l.min(at)));
+                }
+            }
+            due.sort();
+            if due.len() > limit {
+                for (at, _) in &due[limit..] {
+                    later = Some(later.map_or(*at, |l| l.min(*at)));
+                }
+                due.truncate(limit);
+            }
+            let outbox = txn.open_table(OUTBOX).map_err(se)?;
+            let mut out = Vec::with_capacity(due.len());
+            for (_, key) in due {
+                if let Some(v) = outbox.get(key.as_slice()).map_err(se)? {
+                    out.push(decode(v.value())?);
+                }
+            }
+            Ok((out, later))
+        })
+        .await
+    }
+
+    async fn save_delivery(&self, delivery: Delivery) -> Result<(), StoreError> {
+        let wake = Arc::clone(&self.outbox_wake);
+        let pending = delivery.status == DeliveryStatus::Pending;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(se)?;
+            {
+                let mut tables = OutboxTables {
+                    outbox: txn.open_table(OUTBOX).map_err(se)?,
+                    pending: txn.open_table(OUTBOX_PENDING).map_err(se)?,
+                    progress: txn.open_table(OUTBOX_PROGRESS).map_err(se)?,
+                };
+                tables.put(&delivery)?;
+            }
+            txn.commit().map_err(se)
+        })
+        .await?;
+        if pending {
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let outbox = txn.open_table(OUTBOX).map_err(se)?;
+            let from = event_key(job, Seq::ZERO);
+            let to = event_key(job, Seq(u64::MAX));
+            let mut out = Vec::new();
+            for item in outbox.range(from.as_slice()..=to.as_slice()).map_err(se)? {
+                let (_, v) = item.map_err(se)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
         })
         .await
     }

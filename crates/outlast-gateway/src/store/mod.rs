@@ -9,13 +9,18 @@
 
 pub mod embedded;
 mod index;
+pub mod outbox;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use outlast_protocol::replay::HistoryBounds;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 pub use index::{CacheEntry, CacheKey};
+pub use outbox::{Attempt, Delivery, DeliveryStatus};
 
 use crate::error::AppError;
 
@@ -128,6 +133,23 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The job recorded for `key`, if any (it may have expired: the caller checks the time).
     async fn cache_entry(&self, key: CacheKey) -> Result<Option<CacheEntry>, StoreError>;
+
+    /// Fired after a commit that added or re-armed a webhook delivery.
+    fn outbox_wake(&self) -> Arc<Notify>;
+
+    /// Pending deliveries due at `now_ms` (at most `limit`, earliest first), and when the
+    /// earliest of the others is due.
+    async fn due_deliveries(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, Option<u64>), StoreError>;
+
+    /// Stores a delivery's new state (durable when it returns); wakes the outbox when pending.
+    async fn save_delivery(&self, delivery: Delivery) -> Result<(), StoreError>;
+
+    /// Every delivery of `job`, in seq order.
+    async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError>;
 }
 
 impl From<StoreError> for AppError {

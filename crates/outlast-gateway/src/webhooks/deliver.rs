@@ -1,0 +1,343 @@
+//! The outbox's delivery loop: finds due deliveries in the store, sends each (signed, to a
+//! checked address, no redirects, `webhooks.timeout`), and stores the outcome: delivered (2xx),
+//! disabled (410: no more deliveries of that job to that URL), refused (egress policy), or the
+//! next attempt on `webhooks.schedule` with full jitter (`Retry-After` seconds honoured), and
+//! failed after the last. Every send runs on the gateway's tracker; a send cut by shutdown is
+//! not recorded and happens again after the restart (receivers deduplicate by `webhook-id`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use outlast_protocol::JobId;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::egress::{Egress, Resolve, Target};
+use super::sign::{SigningKey, signature_header};
+use crate::clock::now_ms;
+use crate::config::WebhookConfig;
+use crate::error::AppError;
+use crate::metrics as m;
+use crate::store::outbox::parse_delivery_id;
+use crate::store::{Attempt, Delivery, DeliveryStatus, JobStore};
+
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Attempts kept per delivery (the oldest go first).
+const MAX_ATTEMPTS_KEPT: usize = 64;
+/// Rescan at least this often (a lost wake-up costs at most this).
+const RESCAN: Duration = Duration::from_secs(30);
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Outcome {
+    Delivered(u16),
+    Gone,
+    Refused(String),
+    Retry {
+        status: Option<u16>,
+        error: Option<String>,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The delivery side of the outbox.
+#[derive(Debug)]
+pub struct Outbox {
+    store: Arc<dyn JobStore>,
+    config: WebhookConfig,
+    egress: Egress,
+    tracker: TaskTracker,
+    in_flight: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Outbox {
+    /// The outbox over `store`; spawn [`Outbox::run`] on `tracker`.
+    pub fn new(
+        config: &WebhookConfig,
+        store: Arc<dyn JobStore>,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            config: config.clone(),
+            egress: Egress::new(config),
+            tracker,
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+        })
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends due deliveries until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let wake = self.store.outbox_wake();
+        loop {
+            // Registered before the scan, so a commit during it still wakes us.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let wait = match self
+                .store
+                .due_deliveries(now, self.config.concurrency * 4)
+                .await
+            {
+                Ok((due, later)) => {
+                    for delivery in due {
+                        if self.in_flight().insert(delivery.id.clone()) {
+                            let this = Arc::clone(&self);
+                            let stop = shutdown.clone();
+                            self.tracker.spawn(async move {
+                                this.attempt(delivery, &stop).await;
+                            });
+                        }
+                    }
+                    later
+                        .filter(|at| *at > now)
+                        .map_or(RESCAN, |at| Duration::from_millis(at - now).min(RESCAN))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook outbox scan failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn attempt(&self, delivery: Delivery, shutdown: &CancellationToken) {
+        let id = delivery.id.clone();
+        let permit = tokio::select! {
+            p = Arc::clone(&self.permits).acquire_owned() => p.ok(),
+            () = shutdown.cancelled() => None,
+        };
+        if permit.is_some() {
+            tokio::select! {
+                r = self.attempt_inner(delivery) => {
+                    if let Err(e) = r {
+                        tracing::error!(delivery = %id, error = %e, "could not store a webhook attempt");
+                    }
+                }
+                // Not recorded: the attempt happens again after the restart.
+                () = shutdown.cancelled() => {}
+            }
+        }
+        self.in_flight().remove(&id);
+        self.store.outbox_wake().notify_one();
+    }
+
+    async fn attempt_inner(&self, mut d: Delivery) -> Result<(), AppError> {
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let siblings = self.store.deliveries(d.job).await?;
+        let disabled = !d.resent
+            && siblings
+                .iter()
+                .any(|s| s.id != d.id && s.url == d.url && s.status == DeliveryStatus::Disabled);
+        let outcome = if disabled {
+            Outcome::Gone
+        } else {
+            self.send(&d).await
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (status, error) = match &outcome {
+            Outcome::Delivered(s) => (Some(*s), None),
+            Outcome::Gone if disabled => (None, Some("endpoint disabled by an earlier 410".into())),
+            Outcome::Gone => (Some(410), None),
+            Outcome::Refused(m) => (None, Some(m.clone())),
+            Outcome::Retry { status, error, .. } => (*status, error.clone()),
+        };
+        if d.attempts.len() >= MAX_ATTEMPTS_KEPT {
+            d.attempts.remove(0);
+        }
+        d.attempts.push(Attempt {
+            at_ms,
+            status,
+            error,
+            duration_ms,
+        });
+        d.next_attempt_at_ms = None;
+        let label = match outcome {
+            Outcome::Delivered(_) => {
+                d.status = DeliveryStatus::Delivered;
+                "delivered"
+            }
+            Outcome::Gone => {
+                d.status = DeliveryStatus::Disabled;
+                "disabled"
+            }
+            Outcome::Refused(_) => {
+                d.status = DeliveryStatus::Refused;
+                "refused"
+            }
+            Outcome::Retry { retry_after, .. } => {
+                d.round_attempts += 1;
+                match self.config.schedule.get(d.round_attempts as usize) {
+                    None => {
+                        d.status = DeliveryStatus::Failed;
+                        "failed"
+                    }
+                    Some(max) => {
+                        // Full jitter: anywhere up to the scheduled delay.
+                        let mut delay = max.mul_f64(rand::random::<f64>());
+                        if let Some(ra) = retry_after {
+                            delay = delay.max(ra.min(MAX_RETRY_AFTER));
+                        }
+                        d.status = DeliveryStatus::Pending;
+                        d.next_attempt_at_ms = Some(now_ms() + delay.as_millis() as u64);
+                        "retry"
+                    }
+                }
+            }
+        };
+        metrics::counter!(m::WEBHOOK_ATTEMPTS, "outcome" => label).increment(1);
+        metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(duration_ms as f64 / 1000.0);
+        tracing::info!(
+            delivery = %d.id,
+            job = %d.job,
+            event = d.event.type_name(),
+            status = ?status,
+            outcome = label,
+            "webhook attempt"
+        );
+        let gone = d.status == DeliveryStatus::Disabled;
+        let (job, url) = (d.job, d.url.clone());
+        self.store.save_delivery(d).await?;
+        if gone {
+            // 410: the endpoint wants nothing more about this job.
+            for mut s in self.store.deliveries(job).await? {
+                if s.url == url && s.status == DeliveryStatus::Pending {
+                    s.status = DeliveryStatus::Disabled;
+                    s.next_attempt_at_ms = None;
+                    self.store.save_delivery(s).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, d: &Delivery) -> Outcome {
+        let keys: Vec<SigningKey> = self
+            .config
+            .secrets_of(d.owner.as_str())
+            .iter()
+            .filter_map(|s| SigningKey::from_secret(s))
+            .collect();
+        if keys.is_empty() {
+            return Outcome::Refused("no signing secret is configured for the owner".into());
+        }
+        let target = match self.egress.check_url(&d.url) {
+            Ok(t) => t,
+            Err(m) => return Outcome::Refused(m),
+        };
+        let resolved =
+            tokio::time::timeout(self.config.timeout, self.egress.resolve(&target)).await;
+        let addrs = match resolved {
+            Err(_) => return retry_error("name resolution timed out"),
+            Ok(Err(Resolve::Refused(m))) => return Outcome::Refused(m),
+            Ok(Err(Resolve::Failed(m))) => return retry_error(&m),
+            Ok(Ok(a)) => a,
+        };
+        self.post(d, &target, &addrs, &keys).await
+    }
+
+    async fn post(
+        &self,
+        d: &Delivery,
+        target: &Target,
+        addrs: &[SocketAddr],
+        keys: &[SigningKey],
+    ) -> Outcome {
+        let timeout = self.config.timeout;
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("Outlast-Webhooks/", env!("CARGO_PKG_VERSION")));
+        if let Some(domain) = &target.domain {
+            // Connect only to the addresses just checked (no second lookup: DNS rebinding).
+            builder = builder.resolve_to_addrs(domain, addrs);
+        }
+        let client = match builder.build() {
+            Ok(c) => c,
+            Err(e) => return retry_error(&e.without_url().to_string()),
+        };
+        let body = super::body::body(d, self.config.public_url.as_deref());
+        let timestamp = now_ms() / 1000;
+        let signature = signature_header(keys, &d.id, timestamp, &body);
+        let answer = client
+            .post(target.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match answer {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let retry_after = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                match status {
+                    200..=299 => Outcome::Delivered(status),
+                    410 => Outcome::Gone,
+                    _ => Outcome::Retry {
+                        status: Some(status),
+                        error: None,
+                        retry_after,
+                    },
+                }
+            }
+            Err(e) if e.is_timeout() => retry_error(&format!("no answer within {timeout:?}")),
+            Err(e) if e.is_connect() => retry_error("connection failed"),
+            Err(e) => retry_error(&e.without_url().to_string()),
+        }
+    }
+}
+
+fn retry_error(message: &str) -> Outcome {
+    Outcome::Retry {
+        status: None,
+        error: Some(message.to_owned()),
+        retry_after: None,
+    }
+}
+
+/// Arms delivery `id` of `job` again (a new round of the schedule), also after it was
+/// delivered, failed, refused or disabled; same id and body. `not_found` for unknown ids.
+pub async fn resend(store: &dyn JobStore, job: JobId, id: &str) -> Result<Delivery, AppError> {
+    let unknown = || AppError::not_found("webhook delivery");
+    let seq = parse_delivery_id(job, id).ok_or_else(unknown)?;
+    let mut d = store
+        .deliveries(job)
+        .await?
+        .into_iter()
+        .find(|d| d.source.seq == seq)
+        .ok_or_else(unknown)?;
+    d.status = DeliveryStatus::Pending;
+    d.round_attempts = 0;
+    d.resent = true;
+    d.next_attempt_at_ms = Some(now_ms());
+    store.save_delivery(d.clone()).await?;
+    Ok(d)
+}
