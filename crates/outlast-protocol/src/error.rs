@@ -44,6 +44,14 @@ pub enum ErrorCode {
     InsufficientStorage,
     /// The upload expired and is being removed.
     UploadExpired,
+    /// The path exists but not with this method (HTTP 405, with `Allow`).
+    MethodNotAllowed,
+    /// The body's `Content-Type` is missing or not one this endpoint reads (HTTP 415).
+    UnsupportedMediaType,
+    /// The request body did not arrive in time (HTTP 408; the connection is closed).
+    RequestTimeout,
+    /// The gateway is at its connection limit; retry shortly (HTTP 503).
+    Overloaded,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,
@@ -72,6 +80,10 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::UploadExpired => "upload_expired",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -96,6 +108,10 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => 460,
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::UploadExpired => 410,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::Overloaded => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }

@@ -6,6 +6,8 @@
 //! was given on the command line or in the environment and is laid over it.
 
 mod args;
+mod http;
+mod jobs;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +20,8 @@ use outlast_protocol::OwnerId;
 use serde::{Deserialize, Deserializer};
 
 pub use args::Args;
+pub use http::*;
+pub use jobs::*;
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -139,6 +143,10 @@ pub struct Config {
     pub uploads: UploadConfig,
     /// ComfyUI backend, when servers are configured.
     pub comfyui: Option<ComfyConfig>,
+    /// Connection limits (`[http]`).
+    pub http: HttpConfig,
+    /// The job service (`[jobs]`).
+    pub jobs: JobsConfig,
 }
 
 impl Default for Config {
@@ -161,6 +169,8 @@ impl Default for Config {
             log_format: LogFormat::default(),
             uploads: UploadConfig::default(),
             comfyui: None,
+            http: HttpConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -483,6 +493,9 @@ impl Config {
             return Err(err("demo.concurrency", "must be at least 1"));
         }
         self.uploads.validate()?;
+        self.http
+            .validate(self.ping_interval.max(self.long_poll_timeout))?;
+        self.jobs.validate()?;
         if self.cache_ttl > MAX_CACHE_TTL {
             return Err(err("cache_ttl", "must be at most 3650d"));
         }

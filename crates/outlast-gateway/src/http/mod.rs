@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client_assets;
 pub mod owner;
+pub mod serve;
 pub mod sse;
 pub mod state;
 pub mod tus;
@@ -48,7 +49,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/ws", get(ws::handler))
-        .route("/v1/jobs", axum::routing::post(api::submit))
+        .route("/v1/jobs", axum::routing::post(api::submit).get(api::list))
         .route("/v1/jobs/batch", axum::routing::post(api::submit_batch))
         .route("/v1/jobs/{id}", get(api::get_job).delete(api::cancel))
         .route("/v1/jobs/{id}/events", get(sse::events))
@@ -62,6 +63,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             tus::plain_options,
         ))
+        // Outermost: axum's own rejections, unknown routes and methods answer typed JSON.
+        .layer(axum::middleware::map_response(crate::error::type_rejections))
         .with_state(state)
 }
 

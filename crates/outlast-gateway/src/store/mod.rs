@@ -128,6 +128,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The job recorded for `key`, if any (it may have expired: the caller checks the time).
     async fn cache_entry(&self, key: CacheKey) -> Result<Option<CacheEntry>, StoreError>;
+
+    /// The newest `limit` jobs of `owner`, newest first (a scan of every job: for listings
+    /// and checks, not for hot paths).
+    async fn owned_by(&self, owner: OwnerId, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
 }
 
 impl From<StoreError> for AppError {
