@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use outlast_gateway::config::Config;
 use outlast_gateway::gateway::{self, Gateway};
-use outlast_gateway::jobs::heal::Suspects;
+use outlast_gateway::jobs::admission::Suspects;
 use outlast_gateway::jobs::{Jobs, spec_digest};
 use outlast_gateway::store::Created;
 use outlast_protocol::{JobId, JobSpec, JobState, OwnerId};

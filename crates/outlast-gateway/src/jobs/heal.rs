@@ -10,139 +10,20 @@
 //! and its queueing is never taken for one. Each heal is logged and counted in
 //! `outlast_jobs_healed_total{found_by}`.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use outlast_protocol::{EventKind, Failure, FailureCode, IdempotencyKey, JobId, JobState, OwnerId};
+use outlast_protocol::{EventKind, Failure, FailureCode, JobId, JobState};
 use tokio_util::sync::CancellationToken;
 
 use super::Jobs;
+use super::admission::{Cause, FoundBy, Suspects};
 use super::scheduler::Waiting;
 use crate::backend::RestartPolicy;
 use crate::error::AppError;
 use crate::metrics as m;
 use crate::store::JobRecord;
-
-/// Why a job is put (back) into the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The gateway started: every unfinished job is queued again.
-    Restart,
-    /// The job was found stranded while the gateway ran.
-    Stranded,
-}
-
-/// Who found a stranded job (the metric's label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FoundBy {
-    /// A submission with the job's idempotency key.
-    Resubmit,
-    /// The periodic sweep.
-    Sweep,
-}
-
-impl FoundBy {
-    fn as_str(self) -> &'static str {
-        match self {
-            FoundBy::Resubmit => "resubmit",
-            FoundBy::Sweep => "sweep",
-        }
-    }
-}
-
-/// Submissions in progress: the (owner, idempotency key) pairs being submitted and the jobs
-/// created but not yet queued. A std Mutex: only short map operations happen under it.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    keys: Arc<Mutex<HashMap<(OwnerId, IdempotencyKey), usize>>>,
-    jobs: Arc<Mutex<HashSet<JobId>>>,
-}
-
-/// Holds an (owner, key) pair as being submitted; released on drop.
-#[derive(Debug)]
-pub struct KeyGuard {
-    keys: Arc<Mutex<HashMap<(OwnerId, IdempotencyKey), usize>>>,
-    key: Option<(OwnerId, IdempotencyKey)>,
-}
-
-impl KeyGuard {
-    /// True when another submission with the same key is in progress too.
-    pub fn shared(&self) -> bool {
-        let Some(key) = &self.key else {
-            return false;
-        };
-        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.get(key).copied().unwrap_or(0) > 1
-    }
-}
-
-impl Drop for KeyGuard {
-    fn drop(&mut self) {
-        let Some(key) = self.key.take() else {
-            return;
-        };
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = keys.get_mut(&key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                keys.remove(&key);
-            }
-        }
-    }
-}
-
-/// Holds a created job as not yet queued; released on drop.
-#[derive(Debug)]
-pub struct JobGuard {
-    jobs: Arc<Mutex<HashSet<JobId>>>,
-    job: JobId,
-}
-
-impl Drop for JobGuard {
-    fn drop(&mut self) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        jobs.remove(&self.job);
-    }
-}
-
-impl InFlight {
-    /// Marks a submission with `key` (if any) as in progress.
-    pub fn submitting(&self, owner: &OwnerId, key: Option<&IdempotencyKey>) -> KeyGuard {
-        let key = key.map(|k| (owner.clone(), k.clone()));
-        if let Some(k) = &key {
-            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            *keys.entry(k.clone()).or_default() += 1;
-        }
-        KeyGuard {
-            keys: Arc::clone(&self.keys),
-            key,
-        }
-    }
-
-    /// Marks a created job as not yet queued.
-    pub fn admitting(&self, job: JobId) -> JobGuard {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(job);
-        JobGuard {
-            jobs: Arc::clone(&self.jobs),
-            job,
-        }
-    }
-
-    fn is_admitting(&self, job: JobId) -> bool {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&job)
-    }
-}
-
-/// The jobs one sweep found stranded; a job is healed when the next sweep finds it again.
-#[derive(Debug, Default)]
-pub struct Suspects(HashSet<JobId>);
 
 impl Jobs {
     /// Puts an unfinished job into the scheduler: a queued one waits again (at the end of its

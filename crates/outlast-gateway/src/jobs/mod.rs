@@ -1,8 +1,10 @@
 //! The job service: submission (idempotent), cancel, stream access with owner checks, restart
 //! recovery, the sweep for stranded jobs and the dispatch loop. The scheduling decisions live
 //! in [`scheduler`], the runs in [`runner`], the queue discipline in [`queue`], the result cache
-//! in [`cache`] and the healing of jobs whose store state and queue disagree in [`heal`].
+//! in [`cache`] and the healing of jobs whose store state and queue disagree in [`heal`]
+//! (its bookkeeping in [`admission`]).
 
+pub mod admission;
 pub mod cache;
 pub mod heal;
 pub mod queue;
@@ -72,7 +74,7 @@ pub struct Jobs {
     work_root: PathBuf,
     cache: ResultCache,
     /// Submissions between their store commit and their queueing (see [`heal`]).
-    in_flight: heal::InFlight,
+    in_flight: admission::InFlight,
 }
 
 /// The digest `submit` stores with a job: tells an idempotent retry from a conflicting reuse of
@@ -106,7 +108,7 @@ impl Jobs {
             tracker,
             work_root,
             cache: ResultCache::disabled(),
-            in_flight: heal::InFlight::default(),
+            in_flight: admission::InFlight::default(),
         }
     }
 
@@ -249,7 +251,7 @@ impl Jobs {
                 // older than this one): the resubmit queues it.
                 let job_id = record.snapshot.job_id;
                 if !record.snapshot.state.is_terminal() && !key.shared() {
-                    self.heal(job_id, heal::FoundBy::Resubmit).await?;
+                    self.heal(job_id, admission::FoundBy::Resubmit).await?;
                 }
                 Ok(Submitted {
                     job_id,
@@ -325,7 +327,7 @@ impl Jobs {
     /// failed according to their backend's [`crate::backend::RestartPolicy`].
     pub async fn recover(&self) -> Result<(), AppError> {
         for record in self.handle.store.unfinished().await? {
-            self.requeue(&record, heal::Cause::Restart).await?;
+            self.requeue(&record, admission::Cause::Restart).await?;
         }
         Ok(())
     }
