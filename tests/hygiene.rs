@@ -108,7 +108,10 @@ async fn idle_and_trickling_connections_are_closed_while_healthz_answers() -> an
     for _ in 0..300 {
         let tcp = TcpStream::connect(addr).await?;
         watchers.spawn(async move {
-            ("idle", closed_within(tcp, b"", Duration::from_secs(60), Duration::from_secs(6)).await)
+            (
+                "idle",
+                closed_within(tcp, b"", Duration::from_secs(60), Duration::from_secs(6)).await,
+            )
         });
     }
     // Heads trickled a byte every 100 ms: never complete within 1 s.
@@ -116,7 +119,16 @@ async fn idle_and_trickling_connections_are_closed_while_healthz_answers() -> an
         let tcp = TcpStream::connect(addr).await?;
         let head = b"GET /healthz HTTP/1.1\r\nHost: outlast\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
         watchers.spawn(async move {
-            ("header", closed_within(tcp, head, Duration::from_millis(100), Duration::from_secs(6)).await)
+            (
+                "header",
+                closed_within(
+                    tcp,
+                    head,
+                    Duration::from_millis(100),
+                    Duration::from_secs(6),
+                )
+                .await,
+            )
         });
     }
     // Job bodies trickled a byte every 200 ms (bytes keep coming, so only the whole-body limit
@@ -129,7 +141,16 @@ async fn idle_and_trickling_connections_are_closed_while_healthz_answers() -> an
         .await?;
         let body = vec![b' '; 200];
         watchers.spawn(async move {
-            ("body", closed_within(tcp, &body, Duration::from_millis(200), Duration::from_secs(8)).await)
+            (
+                "body",
+                closed_within(
+                    tcp,
+                    &body,
+                    Duration::from_millis(200),
+                    Duration::from_secs(8),
+                )
+                .await,
+            )
         });
     }
     // Meanwhile /healthz answers on fresh connections.
@@ -155,7 +176,8 @@ async fn idle_and_trickling_connections_are_closed_while_healthz_answers() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_the_connection_limit_new_connections_are_refused_and_others_served() -> anyhow::Result<()> {
+async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
+-> anyhow::Result<()> {
     let gw = Gateway::start(&[
         "--http-max-connections",
         "20",
@@ -192,7 +214,10 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
     // The process keeps serving the connections it holds.
     kept.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: outlast\r\nContent-Type: application/json\r\nContent-Length: 19\r\n\r\n{\"backend\":\"demo\"}\n").await?;
     let (status, body) = read_response(&mut kept).await?;
-    anyhow::ensure!(status == 202, "submit on a held connection answered {status} {body}");
+    anyhow::ensure!(
+        status == 202,
+        "submit on a held connection answered {status} {body}"
+    );
     // Places come back when connections close.
     drop(idle);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -201,7 +226,10 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
         if status == 200 {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "still refused after closing: {status}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still refused after closing: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
@@ -209,7 +237,13 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_patch_commits_what_arrived_and_releases_its_upload() -> anyhow::Result<()> {
-    let gw = Gateway::start(&["--http-body-idle-timeout", "1s", "--upload-min-free-bytes", "0"]).await?;
+    let gw = Gateway::start(&[
+        "--http-body-idle-timeout",
+        "1s",
+        "--upload-min-free-bytes",
+        "0",
+    ])
+    .await?;
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{}/v1/uploads", gw.http()))
@@ -217,7 +251,11 @@ async fn a_silent_patch_commits_what_arrived_and_releases_its_upload() -> anyhow
         .header("Upload-Length", "1000")
         .send()
         .await?;
-    anyhow::ensure!(created.status() == 201, "create answered {}", created.status());
+    anyhow::ensure!(
+        created.status() == 201,
+        "create answered {}",
+        created.status()
+    );
     let location = created
         .headers()
         .get("location")
@@ -256,14 +294,20 @@ async fn a_silent_patch_commits_what_arrived_and_releases_its_upload() -> anyhow
             .await?;
         match r.status().as_u16() {
             204 => {
-                let offset = r.headers().get("upload-offset").and_then(|v| v.to_str().ok());
+                let offset = r
+                    .headers()
+                    .get("upload-offset")
+                    .and_then(|v| v.to_str().ok());
                 anyhow::ensure!(offset == Some("1000"), "offset after the rest: {offset:?}");
                 break;
             }
             423 | 409 => locked += 1,
             other => anyhow::bail!("second PATCH answered {other}"),
         }
-        anyhow::ensure!(Instant::now() < deadline, "the upload stayed locked ({locked} tries)");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the upload stayed locked ({locked} tries)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::ensure!(
@@ -272,7 +316,11 @@ async fn a_silent_patch_commits_what_arrived_and_releases_its_upload() -> anyhow
         start.elapsed()
     );
     // The silent client got its answer (the committed offset) and the connection closed.
-    let (status, _) = tokio::time::timeout(Duration::from_secs(5), read_response(&mut silent)).await??;
-    anyhow::ensure!(status == 204 || status == 408, "silent PATCH answered {status}");
+    let (status, _) =
+        tokio::time::timeout(Duration::from_secs(5), read_response(&mut silent)).await??;
+    anyhow::ensure!(
+        status == 204 || status == 408,
+        "silent PATCH answered {status}"
+    );
     Ok(())
 }

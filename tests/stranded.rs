@@ -11,9 +11,16 @@ use tokio::net::TcpStream;
 
 /// Submits one demo job over a raw connection and resets it (SO_LINGER 0) `after` the
 /// request is written, without reading the answer.
-async fn submit_and_reset(addr: std::net::SocketAddr, i: usize, after: Duration) -> anyhow::Result<()> {
+async fn submit_and_reset(
+    addr: std::net::SocketAddr,
+    i: usize,
+    after: Duration,
+) -> anyhow::Result<()> {
     // Distinct workflows: none is answered from the result cache; every one must be queued.
-    let body = format!(r#"{{"backend":"demo","workflow":{{"steps":1,"step_ms":{}}}}}"#, 5 + i);
+    let body = format!(
+        r#"{{"backend":"demo","workflow":{{"steps":1,"step_ms":{}}}}}"#,
+        5 + i
+    );
     let request = format!(
         "POST /v1/jobs HTTP/1.1\r\nHost: outlast\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
@@ -88,7 +95,8 @@ async fn submits_reset_right_after_sending_leave_no_job_stranded() -> anyhow::Re
         // Wait for news of an unfinished job instead of sleeping.
         match unfinished.first() {
             Some(j) => {
-                api.poll(j.job_id, j.seq, Duration::from_millis(500)).await?;
+                api.poll(j.job_id, j.seq, Duration::from_millis(500))
+                    .await?;
             }
             None => {
                 let _ = api.metrics().await?;

@@ -81,7 +81,10 @@ pub const ALL: &[(&str, &str)] = &[
         "Connections refused beyond the connection limit and its reserve",
     ),
     (HTTP_IDLE_CLOSED, "Connections closed for idleness"),
-    (HTTP_BODY_TIMEOUTS, "Request bodies cut for arriving too slowly"),
+    (
+        HTTP_BODY_TIMEOUTS,
+        "Request bodies cut for arriving too slowly",
+    ),
     (
         JOBS_HEALED,
         "Stranded jobs (stored unfinished, not queued or running) queued again",

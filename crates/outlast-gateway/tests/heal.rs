@@ -102,11 +102,27 @@ async fn the_sweep_queues_a_job_it_found_stranded_twice() {
     let owner: OwnerId = "alice".parse().expect("owner");
     let job = strand(&jobs, &owner, spec("k2")).await;
     // A job that is queued properly is never a suspect.
-    let fine = jobs.submit(&owner, spec("k3")).await.expect("submit").job_id;
+    let fine = jobs
+        .submit(&owner, spec("k3"))
+        .await
+        .expect("submit")
+        .job_id;
     let mut suspects = Suspects::default();
-    assert_eq!(jobs.sweep(&mut suspects).await.expect("sweep"), 0, "first look");
-    assert_eq!(state_of(&jobs, job).await, JobState::Queued, "not healed yet");
-    assert_eq!(jobs.sweep(&mut suspects).await.expect("sweep"), 1, "second look");
+    assert_eq!(
+        jobs.sweep(&mut suspects).await.expect("sweep"),
+        0,
+        "first look"
+    );
+    assert_eq!(
+        state_of(&jobs, job).await,
+        JobState::Queued,
+        "not healed yet"
+    );
+    assert_eq!(
+        jobs.sweep(&mut suspects).await.expect("sweep"),
+        1,
+        "second look"
+    );
     assert_eq!(completes(&jobs, job).await, JobState::Completed);
     assert_eq!(completes(&jobs, fine).await, JobState::Completed);
     assert_eq!(jobs.sweep(&mut suspects).await.expect("sweep"), 0, "healed");

@@ -146,12 +146,8 @@ impl Backend for Demo {
             return Ok(());
         }
         let result = render(source.as_ref(), seed, 256, 1.0);
-        ctx.output_bytes(
-            RESULT,
-            "image/png",
-            &encode(result, ImageFormat::Png)?,
-        )
-        .await
+        ctx.output_bytes(RESULT, "image/png", &encode(result, ImageFormat::Png)?)
+            .await
     }
 }
 

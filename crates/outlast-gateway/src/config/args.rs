@@ -228,10 +228,7 @@ impl Args {
         set(&mut h.body_idle_timeout, self.http_body_idle_timeout);
         set(&mut h.max_connections, self.http_max_connections);
         set(&mut h.reserved_connections, self.http_reserved_connections);
-        set(
-            &mut config.jobs.sweep_interval,
-            self.jobs_sweep_interval,
-        );
+        set(&mut config.jobs.sweep_interval, self.jobs_sweep_interval);
         let any_comfy = !self.comfyui.is_empty()
             || self.comfyui_concurrency.is_some()
             || self.comfyui_poll_interval.is_some()

@@ -64,7 +64,9 @@ pub fn app(state: AppState) -> Router {
             tus::plain_options,
         ))
         // Outermost: axum's own rejections, unknown routes and methods answer typed JSON.
-        .layer(axum::middleware::map_response(crate::error::type_rejections))
+        .layer(axum::middleware::map_response(
+            crate::error::type_rejections,
+        ))
         .with_state(state)
 }
 

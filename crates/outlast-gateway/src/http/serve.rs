@@ -182,10 +182,13 @@ impl Connection {
             activity: Arc::clone(&activity),
             _place: place,
         });
-        let (router, limits, probes_only) = (self.router, Arc::clone(&self.limits), self.probes_only);
+        let (router, limits, probes_only) =
+            (self.router, Arc::clone(&self.limits), self.probes_only);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let (router, limits) = (router.clone(), Arc::clone(&limits));
-            async move { Ok::<_, std::convert::Infallible>(answer(router, &limits, probes_only, req).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(answer(router, &limits, probes_only, req).await)
+            }
         });
         let conn = self.builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);

@@ -126,4 +126,3 @@ impl InFlight {
 /// The jobs one sweep found stranded; a job is healed when the next sweep finds it again.
 #[derive(Debug, Default)]
 pub struct Suspects(pub(super) HashSet<JobId>);
-

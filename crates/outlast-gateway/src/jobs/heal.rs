@@ -97,8 +97,7 @@ impl Jobs {
     pub(super) async fn heal(&self, job: JobId, found_by: FoundBy) -> Result<bool, AppError> {
         // A runner stopped for shutdown leaves its job `running` on purpose: recovery at the
         // next start takes it.
-        if self.stopping_runners() || self.sched().knows(job) || self.in_flight.is_admitting(job)
-        {
+        if self.stopping_runners() || self.sched().knows(job) || self.in_flight.is_admitting(job) {
             return Ok(false);
         }
         // Read after asking the scheduler: a job it did not know then and that is still

@@ -203,7 +203,9 @@ impl Jobs {
         let digest = spec_digest(&spec);
         // Marks this (owner, key) as being submitted until the job is queued, so a concurrent
         // resubmit does not take the job for a stranded one.
-        let key = self.in_flight.submitting(owner, spec.idempotency_key.as_ref());
+        let key = self
+            .in_flight
+            .submitting(owner, spec.idempotency_key.as_ref());
         match self
             .handle
             .store

@@ -346,14 +346,20 @@ mod tests {
         assert!(!s.knows(j));
         assert!(s.enqueue("demo", owner("alice"), j));
         assert!(!s.enqueue("demo", owner("alice"), j), "already queued");
-        assert!(!s.enqueue_front("demo", owner("alice"), j), "already queued");
+        assert!(
+            !s.enqueue_front("demo", owner("alice"), j),
+            "already queued"
+        );
         assert_eq!(s.place_changes(|_| None).depths, vec![("demo", 1)]);
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j]);
         assert!(s.knows(j) && !s.is_queued("demo", j));
         assert!(!s.enqueue("demo", owner("alice"), j), "running");
         s.finished("demo", j);
         assert!(!s.knows(j));
-        assert!(s.enqueue("demo", owner("alice"), j), "a lost job may be queued again");
+        assert!(
+            s.enqueue("demo", owner("alice"), j),
+            "a lost job may be queued again"
+        );
         s.cancel("demo", &owner("alice"), j);
         assert!(!s.knows(j));
     }
