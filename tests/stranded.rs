@@ -112,7 +112,7 @@ async fn submits_reset_right_after_sending_leave_no_job_stranded() -> anyhow::Re
         let events = api.events(job.job_id).await?;
         let terminal = events.iter().filter(|e| e.kind.is_terminal()).count();
         anyhow::ensure!(
-            terminal == 1 && events.first().is_some() && job.seq > Seq::ZERO,
+            terminal == 1 && !events.is_empty() && job.seq > Seq::ZERO,
             "job {} has {} events, {terminal} terminal",
             job.job_id,
             events.len()
