@@ -58,3 +58,60 @@ impl IntoResponse for AppError {
         (status, Json(self.body())).into_response()
     }
 }
+
+/// The code of an error answer that axum (or the router) wrote itself, by its status.
+fn code_for_status(status: StatusCode) -> Option<ErrorCode> {
+    Some(match status.as_u16() {
+        400 | 411 | 422 | 426 => ErrorCode::InvalidRequest,
+        401 => ErrorCode::Unauthorized,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::RequestTimeout,
+        413 => ErrorCode::MessageTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        _ => return None,
+    })
+}
+
+/// Longest rejection text kept as the message.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Middleware (`axum::middleware::map_response`): an error answer that is not already JSON
+/// (axum's own rejections are `text/plain`; unknown routes and methods answer with no body)
+/// becomes the documented [`ErrorBody`] with the code of its status. The status and every
+/// other header (`Allow`, CORS) stay.
+pub async fn type_rejections(response: Response) -> Response {
+    let status = response.status();
+    let Some(code) = code_for_status(status) else {
+        return response;
+    };
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match (text.is_empty(), code) {
+        (false, _) => text,
+        (true, ErrorCode::NotFound) => "no such route".to_owned(),
+        (true, ErrorCode::MethodNotAllowed) => "method not allowed here; see Allow".to_owned(),
+        (true, _) => status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_owned(),
+    };
+    let body = serde_json::to_vec(&ErrorBody { code, message }).unwrap_or_default();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

@@ -95,6 +95,7 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
     tracker.spawn(Arc::clone(&jobs).dispatch_loop(shutdown.clone()));
     let outbox = Outbox::new(&config.webhooks, Arc::clone(jobs.store()), tracker.clone());
     tracker.spawn(outbox.run(shutdown.clone()));
+    tracker.spawn(Arc::clone(&jobs).sweep_loop(config.jobs.sweep_interval, shutdown.clone()));
 
     // The recorder is process-global: only the first gateway of a process installs it (tests
     // may build several).
@@ -136,9 +137,11 @@ impl Gateway {
         &self.state.shutdown
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains within the grace period:
-    /// the background loops and WebSocket sessions end, running jobs get `shutdown_grace` to
-    /// finish, and whatever still runs is stopped and left to restart recovery.
+    /// Serves on `listener` (with the `[http]` limits, see [`http::serve`]) until `shutdown`
+    /// completes, then drains within the grace period: accepting stops, connections finish
+    /// their request in flight, the background loops and WebSocket sessions end, running jobs
+    /// get `shutdown_grace` to finish, and whatever still runs is stopped and left to restart
+    /// recovery.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -146,14 +149,22 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let state = self.state;
         let stop = state.shutdown.clone();
-        let serving = axum::serve(listener, http::app(state.clone()))
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = shutdown => stop.cancel(),
-                    () = stop.cancelled() => {}
-                }
-            })
-            .await;
+        let serving = http::serve::serve(
+            listener,
+            http::app(state.clone()),
+            &state.config.http,
+            stop.clone(),
+            &state.tracker,
+        );
+        tokio::pin!(serving);
+        // The shutdown signal cancels the token; a cancel from elsewhere ends serving as well.
+        let serving = tokio::select! {
+            r = &mut serving => r,
+            () = shutdown => {
+                stop.cancel();
+                serving.await
+            }
+        };
         // Whatever ended serving, everything else stops too.
         state.shutdown.cancel();
         serving?;

@@ -49,6 +49,17 @@ pub const UPLOADS_COMPLETED: &str = "outlast_uploads_completed_total";
 pub const UPLOADS_EXPIRED: &str = "outlast_uploads_expired_total";
 /// Gauge `{server}`: 1 while a ComfyUI server is in rotation, 0 while it is out.
 pub const COMFYUI_SERVER_UP: &str = "outlast_comfyui_server_up";
+/// Counter `{found_by}`: stranded jobs (stored unfinished, neither queued nor running) queued
+/// again, found by the sweep or a resubmit.
+pub const JOBS_HEALED: &str = "outlast_jobs_healed_total";
+/// Gauge: open HTTP connections (upgraded WebSockets included).
+pub const HTTP_CONNECTIONS: &str = "outlast_http_connections";
+/// Counter: connections refused (503 and close) beyond `http.max_connections` + reserve.
+pub const HTTP_REFUSED: &str = "outlast_http_connections_refused_total";
+/// Counter: connections closed after `http.idle_timeout` without a byte moving.
+pub const HTTP_IDLE_CLOSED: &str = "outlast_http_idle_closed_total";
+/// Counter: request bodies cut by `http.body_idle_timeout` or `http.body_read_timeout`.
+pub const HTTP_BODY_TIMEOUTS: &str = "outlast_http_body_timeouts_total";
 /// Counter: ComfyUI WebSocket reconnects.
 pub const COMFYUI_RECONNECTS: &str = "outlast_comfyui_reconnects_total";
 /// Counter: reconciliations of a prompt from ComfyUI's history and queue.
@@ -66,6 +77,23 @@ pub const ALL: &[(&str, &str)] = &[
     (JOB_DURATION, "Seconds from submission to the end of a run"),
     (QUEUE_DEPTH, "Jobs waiting in the queue"),
     (JOBS_RUNNING, "Jobs running now"),
+    (
+        HTTP_CONNECTIONS,
+        "Open HTTP connections, upgraded WebSockets included",
+    ),
+    (
+        HTTP_REFUSED,
+        "Connections refused beyond the connection limit and its reserve",
+    ),
+    (HTTP_IDLE_CLOSED, "Connections closed for idleness"),
+    (
+        HTTP_BODY_TIMEOUTS,
+        "Request bodies cut for arriving too slowly",
+    ),
+    (
+        JOBS_HEALED,
+        "Stranded jobs (stored unfinished, not queued or running) queued again",
+    ),
     (CACHE_HITS, "Submissions answered from the result cache"),
     (
         CACHE_MISSES,

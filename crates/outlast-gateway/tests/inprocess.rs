@@ -424,26 +424,90 @@ async fn http_errors_carry_the_stable_code_and_status() {
     gw.stop().await;
 }
 
-/// A body over `max_message_bytes` is refused by axum's body limit before the handler runs;
-/// today that answer is axum's plain-text 413, not the JSON error body `docs/protocol.md`
-/// promises for `message_too_large`.
+/// A body over `max_message_bytes` is refused by axum's body limit before the handler runs,
+/// with the documented JSON error body (`message_too_large`), not axum's plain text.
 #[tokio::test]
 async fn an_oversized_job_body_is_refused_with_413() {
     let gw = TestGateway::start(|c| c.max_message_bytes = 1024).await;
     let big = json!({"backend": "demo", "workflow": {"pad": "x".repeat(4096)}});
     let a = gw.call(post_json("/v1/jobs", None, &big)).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    let body: ErrorBody = a.json();
+    assert_eq!(body.code, ErrorCode::MessageTooLarge, "{}", body.message);
+    gw.stop().await;
+}
+
+/// axum's own rejections and the router's unknown routes and methods: each answers its status
+/// with the JSON error body and a stable code.
+#[tokio::test]
+async fn axum_rejections_answer_typed_json() {
+    let gw = TestGateway::start(|c| c.max_message_bytes = 1024).await;
+    let job = gw
+        .submit(
+            None,
+            json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 600_000}}),
+        )
+        .await;
+    let big = "x".repeat(4096);
+    let cases: Vec<(&str, Request<Body>, u16, ErrorCode)> = vec![
         (
-            a.header("content-type"),
-            String::from_utf8_lossy(&a.body).as_ref()
+            "body too large",
+            request(Method::POST, "/v1/jobs/batch", None)
+                .header("content-type", "application/json")
+                .body(Body::from(big))
+                .expect("request"),
+            413,
+            ErrorCode::MessageTooLarge,
         ),
         (
-            Some("text/plain; charset=utf-8"),
-            "Failed to buffer the request body: length limit exceeded"
+            "bad query string",
+            get(&format!("/v1/jobs/{job}/poll?after=minus-one"), None)
+                .body(Body::empty())
+                .expect("request"),
+            400,
+            ErrorCode::InvalidRequest,
         ),
-        "axum's own rejection, not an ErrorBody"
-    );
+        (
+            "unknown query field on the listing",
+            get("/v1/jobs?colour=blue", None)
+                .body(Body::empty())
+                .expect("request"),
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "unknown route",
+            get("/v1/nothing-here", None)
+                .body(Body::empty())
+                .expect("request"),
+            404,
+            ErrorCode::NotFound,
+        ),
+        (
+            "wrong method",
+            request(Method::PUT, "/v1/jobs", None)
+                .body(Body::empty())
+                .expect("request"),
+            405,
+            ErrorCode::MethodNotAllowed,
+        ),
+    ];
+    for (name, req, status, code) in cases {
+        let a = gw.call(req).await;
+        assert_eq!(
+            (a.status.as_u16(), a.header("content-type")),
+            (status, Some("application/json")),
+            "{name}: {:?}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let body: ErrorBody = a.json();
+        assert_eq!(body.code, code, "{name}: {}", body.message);
+        assert!(!body.message.is_empty(), "{name}");
+        if status == 405 {
+            assert!(a.header("allow").is_some(), "{name}: Allow stays");
+        }
+    }
     gw.stop().await;
 }
 

@@ -52,6 +52,12 @@ pub enum ErrorCode {
     /// A job's webhook URL is not allowed (bad URL, a private or loopback address the egress
     /// policy refuses, or no signing secret configured for the owner).
     WebhookRefused,
+    /// The path exists but not with this method (HTTP 405, with `Allow`).
+    MethodNotAllowed,
+    /// The request body did not arrive in time (HTTP 408; the connection is closed).
+    RequestTimeout,
+    /// The gateway is at its connection limit; retry shortly (HTTP 503).
+    Overloaded,
     /// A code this client version does not know yet.
     #[serde(other)]
     Unknown,
@@ -83,6 +89,9 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::UploadExpired => "upload_expired",
             ErrorCode::WebhookRefused => "webhook_refused",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -109,6 +118,9 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => 460,
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::UploadExpired => 410,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::Overloaded => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }

@@ -137,6 +137,30 @@ pub struct Args {
     /// At most one preview per job this often [comfyui.preview_interval; default 500ms]
     #[arg(long, env = "OUTLAST_COMFYUI_PREVIEW_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub comfyui_preview_interval: Option<Duration>,
+    /// A request's head must arrive within this (also ends idle keep-alive connections) [http.header_read_timeout; default 30s]
+    #[arg(long, env = "OUTLAST_HTTP_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Option<Duration>,
+    /// Largest request head in bytes [http.max_header_bytes; default 65536]
+    #[arg(long, env = "OUTLAST_HTTP_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub http_max_header_bytes: Option<usize>,
+    /// Close connections on which nothing moves this long [http.idle_timeout; default 120s]
+    #[arg(long, env = "OUTLAST_HTTP_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Option<Duration>,
+    /// A job API body must arrive whole within this [http.body_read_timeout; default 60s]
+    #[arg(long, env = "OUTLAST_HTTP_BODY_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_body_read_timeout: Option<Duration>,
+    /// Cut a request body that delivers nothing this long (a PATCH commits what arrived) [http.body_idle_timeout; default 30s]
+    #[arg(long, env = "OUTLAST_HTTP_BODY_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub http_body_idle_timeout: Option<Duration>,
+    /// Open connections served normally [http.max_connections; default 10000]
+    #[arg(long, env = "OUTLAST_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// Extra connections that serve only /healthz, /readyz and /metrics [http.reserved_connections; default 16]
+    #[arg(long, env = "OUTLAST_HTTP_RESERVED_CONNECTIONS", value_name = "N")]
+    pub http_reserved_connections: Option<usize>,
+    /// Look for stranded jobs (stored unfinished, not queued) this often [jobs.sweep_interval; default 60s]
+    #[arg(long, env = "OUTLAST_JOBS_SWEEP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub jobs_sweep_interval: Option<Duration>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -294,6 +318,15 @@ impl Args {
         set(&mut u.retention, self.upload_retention);
         set(&mut u.max_open_per_owner, self.upload_max_open_per_owner);
         set(&mut u.min_free_bytes, self.upload_min_free_bytes);
+        let h = &mut config.http;
+        set(&mut h.header_read_timeout, self.http_header_read_timeout);
+        set(&mut h.max_header_bytes, self.http_max_header_bytes);
+        set(&mut h.idle_timeout, self.http_idle_timeout);
+        set(&mut h.body_read_timeout, self.http_body_read_timeout);
+        set(&mut h.body_idle_timeout, self.http_body_idle_timeout);
+        set(&mut h.max_connections, self.http_max_connections);
+        set(&mut h.reserved_connections, self.http_reserved_connections);
+        set(&mut config.jobs.sweep_interval, self.jobs_sweep_interval);
         let any_comfy = !self.comfyui.is_empty()
             || self.comfyui_concurrency.is_some()
             || self.comfyui_poll_interval.is_some()

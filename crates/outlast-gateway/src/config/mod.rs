@@ -6,6 +6,8 @@
 //! was given on the command line or in the environment and is laid over it.
 
 mod args;
+mod http;
+mod jobs;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +20,8 @@ use outlast_protocol::OwnerId;
 use serde::{Deserialize, Deserializer};
 
 pub use args::{Args, Command, TokenArgs};
+pub use http::*;
+pub use jobs::*;
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -144,7 +148,7 @@ pub struct Config {
     pub uploads: UploadConfig,
     /// ComfyUI backend, when servers are configured.
     pub comfyui: Option<ComfyConfig>,
-    /// Which `Host` names are served, and query-string tokens (`[http]`).
+    /// Host names, query-string tokens and connection limits (`[http]`).
     pub http: HttpConfig,
     /// Cross-origin requests (`[cors]`).
     pub cors: CorsConfig,
@@ -156,6 +160,8 @@ pub struct Config {
     pub tickets: TicketConfig,
     /// Signed job webhooks (`[webhooks]`).
     pub webhooks: WebhookConfig,
+    /// The job service (`[jobs]`).
+    pub jobs: JobsConfig,
 }
 
 impl Default for Config {
@@ -184,21 +190,9 @@ impl Default for Config {
             ws: WsConfig::default(),
             jwt: JwtConfig::default(),
             tickets: TicketConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
-}
-
-/// `[http]`: which `Host` names are served (DNS rebinding) and whether long-lived tokens may
-/// travel in URLs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Host names served besides the loopback ones (`localhost`, `*.localhost`, 127.0.0.0/8,
-    /// `::1`), which are always served; `"*"` serves any. Names only, no port. Default: none.
-    pub allowed_hosts: Vec<String>,
-    /// Accept `?access_token=` (a long-lived token in the URL, which lands in proxy logs).
-    /// Default false: use `Authorization: Bearer` or a ticket.
-    pub allow_query_token: bool,
 }
 
 /// `[cors]`: cross-origin requests. Off (no CORS headers; browsers block cross-origin reads,
@@ -776,6 +770,9 @@ impl Config {
         }
         self.uploads.validate()?;
         self.webhooks.validate()?;
+        self.http
+            .validate(self.ping_interval.max(self.long_poll_timeout))?;
+        self.jobs.validate()?;
         if self.cache_ttl > MAX_CACHE_TTL {
             return Err(err("cache_ttl", "must be at most 3650d"));
         }

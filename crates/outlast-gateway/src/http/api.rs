@@ -151,6 +151,37 @@ pub async fn submit_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchAnswer { jobs: answers })).into_response())
 }
 
+/// Most jobs one listing answers.
+pub const MAX_LIST: usize = 1000;
+
+/// Query of the listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// How many (newest first); default 100, at most [`MAX_LIST`].
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct ListAnswer {
+    jobs: Vec<JobSnapshot>,
+}
+
+/// `GET /v1/jobs?limit=N`: the owner's newest jobs (snapshots), newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, AppError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(AppError::invalid(format!("limit must be 1 to {MAX_LIST}")));
+    }
+    let jobs = state.jobs.list(&owner, limit).await?;
+    Ok(Json(ListAnswer { jobs }).into_response())
+}
+
 /// `GET /v1/jobs/{id}`: the job's snapshot.
 pub async fn get_job(
     State(state): State<AppState>,

@@ -6,6 +6,7 @@ pub mod api;
 pub mod client_assets;
 pub mod guard;
 pub mod owner;
+pub mod serve;
 pub mod sse;
 pub mod state;
 pub mod tickets;
@@ -38,7 +39,7 @@ pub fn app(state: AppState) -> Router {
         )
         .collect::<Vec<_>>();
     let submissions = Router::new()
-        .route("/v1/jobs", axum::routing::post(api::submit))
+        .route("/v1/jobs", axum::routing::post(api::submit).get(api::list))
         .route("/v1/jobs/batch", axum::routing::post(api::submit_batch))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -76,6 +77,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::host_and_origin,
+        ))
+        // Outermost: axum's own rejections, unknown routes and methods answer typed JSON.
+        .layer(axum::middleware::map_response(
+            crate::error::type_rejections,
         ))
         .with_state(state)
 }

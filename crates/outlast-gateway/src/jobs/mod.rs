@@ -1,8 +1,12 @@
 //! The job service: submission (idempotent), cancel, stream access with owner checks, restart
-//! recovery and the dispatch loop. The scheduling decisions live in [`scheduler`], the runs in
-//! [`runner`], the queue discipline in [`queue`] and the result cache in [`cache`].
+//! recovery, the sweep for stranded jobs and the dispatch loop. The scheduling decisions live
+//! in [`scheduler`], the runs in [`runner`], the queue discipline in [`queue`], the result cache
+//! in [`cache`] and the healing of jobs whose store state and queue disagree in [`heal`]
+//! (its bookkeeping in [`admission`]).
 
+pub mod admission;
 pub mod cache;
+pub mod heal;
 pub mod queue;
 mod runner;
 pub mod scheduler;
@@ -21,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{Backend, InputResolver, JobHandle, Readiness, RestartPolicy};
+use crate::backend::{Backend, InputResolver, JobHandle, Readiness};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
@@ -71,9 +75,13 @@ pub struct Jobs {
     work_root: PathBuf,
     cache: ResultCache,
     webhooks: WebhookPolicy,
+    /// Submissions between their store commit and their queueing (see [`heal`]).
+    in_flight: admission::InFlight,
 }
 
-fn spec_digest(spec: &JobSpec) -> [u8; 32] {
+/// The digest `submit` stores with a job: tells an idempotent retry from a conflicting reuse of
+/// its key.
+pub fn spec_digest(spec: &JobSpec) -> [u8; 32] {
     // serde_json maps are ordered (BTreeMap), so this is canonical.
     Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()).into()
 }
@@ -103,6 +111,7 @@ impl Jobs {
             work_root,
             cache: ResultCache::disabled(),
             webhooks: WebhookPolicy::default(),
+            in_flight: admission::InFlight::default(),
         }
     }
 
@@ -145,8 +154,33 @@ impl Jobs {
         }
     }
 
+    /// The newest `limit` jobs of `owner`, newest first.
+    pub async fn list(&self, owner: &OwnerId, limit: usize) -> Result<Vec<JobSnapshot>, AppError> {
+        let records = self.handle.store.owned_by(owner.clone(), limit).await?;
+        Ok(records.into_iter().map(|r| r.snapshot).collect())
+    }
+
     /// Submits a job. Idempotent per (owner, idempotency key).
-    pub async fn submit(&self, owner: &OwnerId, mut spec: JobSpec) -> Result<Submitted, AppError> {
+    ///
+    /// Creating the job in the store and queueing it run in a task on the gateway's tracker
+    /// that the caller only awaits: a request dropped mid-way (its client reset the connection)
+    /// drops this future, never that task, so a stored job is always queued (or answered from
+    /// the cache). Shutdown waits for the task like for any other.
+    pub async fn submit(
+        self: &Arc<Self>,
+        owner: &OwnerId,
+        spec: JobSpec,
+    ) -> Result<Submitted, AppError> {
+        let this = Arc::clone(self);
+        let owner = owner.clone();
+        self.tracker
+            .spawn(async move { this.admit(&owner, spec).await })
+            .await
+            .map_err(AppError::internal)?
+    }
+
+    /// Validates, creates (or finds) and queues a job: the body of [`Jobs::submit`].
+    async fn admit(&self, owner: &OwnerId, mut spec: JobSpec) -> Result<Submitted, AppError> {
         let backend = self
             .backends
             .get(spec.backend.as_str())
@@ -177,6 +211,11 @@ impl Jobs {
             }
         }
         let digest = spec_digest(&spec);
+        // Marks this (owner, key) as being submitted until the job is queued, so a concurrent
+        // resubmit does not take the job for a stranded one.
+        let key = self
+            .in_flight
+            .submitting(owner, spec.idempotency_key.as_ref());
         match self
             .handle
             .store
@@ -185,6 +224,7 @@ impl Jobs {
         {
             Created::New(record) => {
                 let job_id = record.snapshot.job_id;
+                let _admitting = self.in_flight.admitting(job_id);
                 metrics::counter!(m::JOBS_SUBMITTED, "backend" => backend.name()).increment(1);
                 let (store, outputs) = (&*self.handle.store, &self.handle.outputs);
                 let cached = match pending.is_empty() {
@@ -204,7 +244,7 @@ impl Jobs {
                 }
                 {
                     let mut sched = self.sched();
-                    sched.enqueue(backend.name(), owner.clone(), job_id);
+                    let _ = sched.enqueue(backend.name(), owner.clone(), job_id);
                     let waiting = Waiting {
                         owner: owner.clone(),
                         uploads: pending,
@@ -218,11 +258,19 @@ impl Jobs {
                     snapshot: record.snapshot,
                 })
             }
-            Created::Existing(record) => Ok(Submitted {
-                job_id: record.snapshot.job_id,
-                created: false,
-                snapshot: record.snapshot,
-            }),
+            Created::Existing(record) => {
+                // A job stored but unknown to the scheduler is stranded (by a bug, or a gateway
+                // older than this one): the resubmit queues it.
+                let job_id = record.snapshot.job_id;
+                if !record.snapshot.state.is_terminal() && !key.shared() {
+                    self.heal(job_id, admission::FoundBy::Resubmit).await?;
+                }
+                Ok(Submitted {
+                    job_id,
+                    created: false,
+                    snapshot: record.snapshot,
+                })
+            }
             Created::Conflict => Err(AppError::new(
                 ErrorCode::IdempotencyConflict,
                 "this idempotency key was already used for a different job",
@@ -288,57 +336,10 @@ impl Jobs {
     }
 
     /// Rebuilds the queue after a start: queued jobs wait again; running jobs are re-run or
-    /// failed according to their backend's [`RestartPolicy`].
+    /// failed according to their backend's [`crate::backend::RestartPolicy`].
     pub async fn recover(&self) -> Result<(), AppError> {
         for record in self.handle.store.unfinished().await? {
-            let job = record.snapshot.job_id;
-            let Some(backend) = self.backends.get(record.spec.backend.as_str()).cloned() else {
-                let failure = Failure {
-                    code: FailureCode::BackendUnavailable,
-                    message: format!("backend {:?} is no longer configured", record.spec.backend),
-                    detail: None,
-                };
-                self.emit(job, EventKind::Failed(failure)).await?;
-                continue;
-            };
-            let running = record.snapshot.state == JobState::Running;
-            let policy = backend.restart_policy();
-            if running {
-                let how = match policy {
-                    RestartPolicy::Resume => "it resumes where it was",
-                    RestartPolicy::Rerun => "it runs again",
-                    RestartPolicy::Fail => {
-                        let failure = Failure {
-                            code: FailureCode::Interrupted,
-                            message: "the gateway restarted while the job was running; this backend does not re-run jobs"
-                                .into(),
-                            detail: None,
-                        };
-                        self.emit(job, EventKind::Failed(failure)).await?;
-                        self.finished(&record, JobState::Failed);
-                        continue;
-                    }
-                };
-                let reason = format!("the gateway restarted while the job was running; {how}");
-                let queued = EventKind::Queued {
-                    position: 0,
-                    reason: Some(reason),
-                };
-                self.emit(job, queued).await?;
-            }
-            let first_in_line = running && policy == RestartPolicy::Resume;
-            let pending = self.pending_inputs(&record.owner, &record.spec).await;
-            let mut sched = self.sched();
-            if first_in_line {
-                sched.enqueue_front(backend.name(), record.owner.clone(), job);
-            } else {
-                sched.enqueue(backend.name(), record.owner.clone(), job);
-            }
-            let waiting = Waiting {
-                owner: record.owner.clone(),
-                uploads: pending,
-            };
-            sched.set_waiting(job, Some(waiting));
+            self.requeue(&record, admission::Cause::Restart).await?;
         }
         Ok(())
     }

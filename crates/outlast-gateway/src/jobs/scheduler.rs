@@ -3,7 +3,7 @@
 //! may start in the free slots. The job service drives it under a short std lock and does the
 //! storing and spawning itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use outlast_protocol::{JobId, OwnerId, UploadId};
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,9 @@ pub struct Start {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     queues: HashMap<&'static str, FairQueue>,
+    /// Every job in one of `queues` (waiting ones included), so membership is O(1) and a job
+    /// is never queued twice.
+    queued: HashSet<JobId>,
     running: HashMap<JobId, CancellationToken>,
     running_per_backend: HashMap<&'static str, usize>,
     /// The place last announced per queued job.
@@ -64,24 +67,45 @@ impl Waiting {
 }
 
 impl Scheduler {
-    /// Queues `job` at the end of its owner's line.
-    pub fn enqueue(&mut self, backend: &'static str, owner: OwnerId, job: JobId) {
+    /// Queues `job` at the end of its owner's line; false (and nothing changes) when the
+    /// scheduler already knows it, queued or running.
+    pub fn enqueue(&mut self, backend: &'static str, owner: OwnerId, job: JobId) -> bool {
+        if self.knows(job) {
+            return false;
+        }
+        self.queued.insert(job);
         self.queues.entry(backend).or_default().push(owner, job);
+        true
     }
 
-    /// Queues `job` first in line (a job that resumes after a restart).
-    pub fn enqueue_front(&mut self, backend: &'static str, owner: OwnerId, job: JobId) {
+    /// Queues `job` first in line (a job that resumes after a restart); false when the
+    /// scheduler already knows it.
+    pub fn enqueue_front(&mut self, backend: &'static str, owner: OwnerId, job: JobId) -> bool {
+        if self.knows(job) {
+            return false;
+        }
+        self.queued.insert(job);
         self.queues
             .entry(backend)
             .or_default()
             .push_front(owner, job);
+        true
     }
 
     /// True when `job` waits in the queue of `backend`.
     pub fn is_queued(&self, backend: &str, job: JobId) -> bool {
-        self.queues
-            .get(backend)
-            .is_some_and(|q| q.order().contains(&job))
+        self.queued.contains(&job)
+            && self
+                .queues
+                .get(backend)
+                .is_some_and(|q| q.order().contains(&job))
+    }
+
+    /// True when `job` is queued (on any backend) or running: the scheduler will start it or
+    /// is running it. A job the store holds unfinished but the scheduler does not know is
+    /// stranded.
+    pub fn knows(&self, job: JobId) -> bool {
+        self.queued.contains(&job) || self.running.contains_key(&job)
     }
 
     /// True when `job` is running.
@@ -121,6 +145,7 @@ impl Scheduler {
         if let Some(queue) = self.queues.get_mut(backend) {
             queue.remove(owner, job);
         }
+        self.queued.remove(&job);
         self.announced.remove(&job);
         if let Some(token) = self.running.get(&job) {
             token.cancel();
@@ -179,6 +204,7 @@ impl Scheduler {
                     continue;
                 }
                 let token = token();
+                self.queued.remove(&job);
                 self.running.insert(job, token.clone());
                 self.announced.remove(&job);
                 *self.running_per_backend.entry(backend).or_default() += 1;
@@ -311,6 +337,31 @@ mod tests {
         s.finished("demo", j[1]);
         s.set_waiting(j[0], None);
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
+    }
+
+    #[test]
+    fn a_job_is_queued_once_and_known_until_it_finishes() {
+        let mut s = Scheduler::default();
+        let j = jobs(1)[0];
+        assert!(!s.knows(j));
+        assert!(s.enqueue("demo", owner("alice"), j));
+        assert!(!s.enqueue("demo", owner("alice"), j), "already queued");
+        assert!(
+            !s.enqueue_front("demo", owner("alice"), j),
+            "already queued"
+        );
+        assert_eq!(s.place_changes(|_| None).depths, vec![("demo", 1)]);
+        assert_eq!(started(&mut s, &[("demo", 1)]), vec![j]);
+        assert!(s.knows(j) && !s.is_queued("demo", j));
+        assert!(!s.enqueue("demo", owner("alice"), j), "running");
+        s.finished("demo", j);
+        assert!(!s.knows(j));
+        assert!(
+            s.enqueue("demo", owner("alice"), j),
+            "a lost job may be queued again"
+        );
+        s.cancel("demo", &owner("alice"), j);
+        assert!(!s.knows(j));
     }
 
     #[test]

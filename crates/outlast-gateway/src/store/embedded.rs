@@ -530,4 +530,23 @@ impl JobStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn owned_by(&self, owner: OwnerId, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let jobs = txn.open_table(JOBS).map_err(se)?;
+            let mut out = Vec::new();
+            for item in jobs.iter().map_err(se)? {
+                let (_, v) = item.map_err(se)?;
+                let record: JobRecord = decode(v.value())?;
+                if record.owner == owner {
+                    out.push(record);
+                }
+            }
+            out.sort_by_key(|r| std::cmp::Reverse(r.ticket));
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
 }

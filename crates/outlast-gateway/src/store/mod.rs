@@ -150,6 +150,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every delivery of `job`, in seq order.
     async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The newest `limit` jobs of `owner`, newest first (a scan of every job: for listings
+    /// and checks, not for hot paths).
+    async fn owned_by(&self, owner: OwnerId, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
 }
 
 impl From<StoreError> for AppError {
