@@ -19,7 +19,11 @@ for target in $(cargo fuzz list); do
   if ! cargo fuzz run $profile "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
       >"$log" 2>&1; then
     tail -40 "$log"
-    echo "== fuzz $target FOUND A CRASH (input saved under fuzz/artifacts/$target/)"
+    if compgen -G "artifacts/$target/*" >/dev/null; then
+      echo "== fuzz $target FOUND A CRASH: $(ls artifacts/"$target"/)"
+    else
+      echo "== fuzz $target did not build or run (see above)"
+    fi
     exit 1
   fi
   grep -E "^(#[0-9]+.*DONE|Done )" "$log" || true

@@ -31,6 +31,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+echo "== chaos soak, short (the full size and its figures: docs/operations.md)"
+"$bin_dir/outlast-soak" --clients 12 --jobs 60 --uploads 6 --restarts 1 --restart-every-s 4 \
+  --deadline-s 180 2>/dev/null
 # Doc tests (nextest does not run them).
 cargo test --workspace --locked --doc
 
