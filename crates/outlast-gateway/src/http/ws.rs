@@ -15,7 +15,7 @@ use futures::StreamExt;
 use outlast_protocol::codec::{DecodeError, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use outlast_protocol::keepalive::{Keepalive, KeepaliveAction};
 use outlast_protocol::replay::{Cursor, Live};
-use outlast_protocol::v1::{ClientMsg, Control, PROTOCOL, ServerMsg};
+use outlast_protocol::v1::{BatchAnswer, ClientMsg, Control, PROTOCOL, ServerMsg};
 use outlast_protocol::{Codec, ErrorCode, Frame, JobId, OwnerId, Seq};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
@@ -311,6 +311,7 @@ impl Session {
                     Err(e) => self.error(req, e.code, e.message).await,
                 }
             }
+            ClientMsg::SubmitBatch { req, jobs } => self.submit_batch(req, jobs).await,
             msg @ (ClientMsg::UploadCreate { .. } | ClientMsg::UploadResume { .. }) => {
                 let out = self.uploads.handle(msg).await;
                 self.send_all(out).await
@@ -346,6 +347,32 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// `submit_batch`: the HTTP batch's code path ([`super::api::submit_each`]), answered by
+    /// `submitted_batch` (or `error` when the batch as a whole is refused).
+    async fn submit_batch(
+        &mut self,
+        req: Option<u64>,
+        jobs: Vec<serde_json::Value>,
+    ) -> Result<(), ()> {
+        let outcomes = match super::api::submit_each(&self.state, &self.owner, jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => return self.error(req, e.code, e.message).await,
+        };
+        let jobs = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(s) => BatchAnswer::Submitted {
+                    job_id: s.job_id,
+                    created: s.created,
+                    state: s.snapshot.state,
+                },
+                Err(e) => BatchAnswer::Refused { error: e.body() },
+            })
+            .collect();
+        self.send(Control::SubmittedBatch { req, jobs }.into())
+            .await
     }
 
     async fn subscribe(
