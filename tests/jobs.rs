@@ -561,7 +561,10 @@ async fn a_websocket_batch_submits_each_job_once_with_its_own_answer() -> anyhow
                     BatchAnswer::Submitted {
                         job_id, created, ..
                     } => {
-                        assert!(good.contains(&i), "{codec:?}: jobs[{i}] accepted: {answer:?}");
+                        assert!(
+                            good.contains(&i),
+                            "{codec:?}: jobs[{i}] accepted: {answer:?}"
+                        );
                         // The first round creates every good job, the resend none.
                         assert_eq!(*created, round == 0, "{codec:?} round {round} jobs[{i}]");
                         if let Some(BatchAnswer::Submitted { job_id: was, .. }) = first.get(i) {
@@ -600,7 +603,11 @@ async fn a_websocket_batch_submits_each_job_once_with_its_own_answer() -> anyhow
             .await?;
             match c.next_control(T).await? {
                 Some(Control::Error { req: r, code, .. }) => {
-                    assert_eq!((r, code), (Some(req), ErrorCode::InvalidRequest), "{count} jobs");
+                    assert_eq!(
+                        (r, code),
+                        (Some(req), ErrorCode::InvalidRequest),
+                        "{count} jobs"
+                    );
                 }
                 other => panic!("{codec:?}: {count} jobs: expected error, got {other:?}"),
             }

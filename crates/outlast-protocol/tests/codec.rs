@@ -75,7 +75,11 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
                 (job_id(), any::<bool>()).prop_map(|(job_id, created)| BatchAnswer::Submitted {
                     job_id,
                     created,
-                    state: if created { JobState::Queued } else { JobState::Completed },
+                    state: if created {
+                        JobState::Queued
+                    } else {
+                        JobState::Completed
+                    },
                 }),
                 ".{0,30}".prop_map(|message| BatchAnswer::Refused {
                     error: ErrorBody {
@@ -86,7 +90,11 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             ],
             0..8
         )
-        .prop_map(|jobs| Control::SubmittedBatch { req: Some(11), jobs }.into()),
+        .prop_map(|jobs| Control::SubmittedBatch {
+            req: Some(11),
+            jobs
+        }
+        .into()),
         ".{0,30}".prop_map(|message| Control::Error {
             req: None,
             code: ErrorCode::NotFound,
