@@ -513,3 +513,115 @@ async fn a_batch_submits_each_job_once_with_its_own_answer() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// `submit_batch` over a real WebSocket, in both codecs: the HTTP batch's semantics (the same
+/// gateway code path): one answer per job in order, a resend creates nothing, a bad spec in
+/// the middle is refused alone with its own code, an empty or too long batch is refused whole
+/// with a typed `error` carrying the `req`, and the connection stays usable.
+#[tokio::test]
+async fn a_websocket_batch_submits_each_job_once_with_its_own_answer() -> anyhow::Result<()> {
+    use outlast_protocol::v1::{BatchAnswer, MAX_BATCH};
+    use outlast_protocol::{ErrorBody, ErrorCode};
+    let gw = Gateway::start(&[]).await?;
+    let api = gw.api();
+    for (n, codec) in [Codec::Json, Codec::MsgPack].into_iter().enumerate() {
+        let mut c = Client::connect(&gw.ws_url(), codec).await?;
+        let spec = |i: usize| {
+            serde_json::json!({
+                "backend": "demo",
+                "workflow": {"steps": 1 + i, "step_ms": 5},
+                "idempotency_key": format!("ws-batch-{n}-{i}"),
+            })
+        };
+        let good = [0usize, 1, 3, 4];
+        let jobs = vec![
+            spec(0),
+            spec(1),
+            serde_json::json!({"backend": "demo", "surprise": true, "idempotency_key": "x"}),
+            spec(3),
+            spec(4),
+        ];
+        let mut first: Vec<BatchAnswer> = Vec::new();
+        for (round, req) in [(0, 21u64), (1, 22)] {
+            c.send(&ClientMsg::SubmitBatch {
+                req: Some(req),
+                jobs: jobs.clone(),
+            })
+            .await?;
+            let answers = match c.next_control(T).await? {
+                Some(Control::SubmittedBatch { req: r, jobs }) => {
+                    assert_eq!(r, Some(req));
+                    jobs
+                }
+                other => panic!("{codec:?}: expected submitted_batch, got {other:?}"),
+            };
+            assert_eq!(answers.len(), jobs.len(), "{codec:?}: one answer per job");
+            for (i, answer) in answers.iter().enumerate() {
+                match answer {
+                    BatchAnswer::Submitted {
+                        job_id, created, ..
+                    } => {
+                        assert!(
+                            good.contains(&i),
+                            "{codec:?}: jobs[{i}] accepted: {answer:?}"
+                        );
+                        // The first round creates every good job, the resend none.
+                        assert_eq!(*created, round == 0, "{codec:?} round {round} jobs[{i}]");
+                        if let Some(BatchAnswer::Submitted { job_id: was, .. }) = first.get(i) {
+                            assert_eq!(job_id, was, "{codec:?}: the same key names the same job");
+                        }
+                    }
+                    BatchAnswer::Refused {
+                        error: ErrorBody { code, message },
+                    } => {
+                        assert_eq!(i, 2, "{codec:?}: only the bad spec is refused: {answer:?}");
+                        assert_eq!(*code, ErrorCode::InvalidRequest);
+                        assert!(message.contains("jobs[2]"), "{message}");
+                    }
+                }
+            }
+            if round == 0 {
+                first = answers;
+            }
+        }
+        for answer in &first {
+            if let BatchAnswer::Submitted { job_id, .. } = answer {
+                let events = api.follow_to_end(*job_id, Duration::from_secs(20)).await?;
+                let completed = events
+                    .iter()
+                    .filter(|e| matches!(e.kind, EventKind::Completed { .. }))
+                    .count();
+                assert_eq!(completed, 1, "{codec:?}: {job_id} ran once");
+            }
+        }
+        // Empty and too long batches are refused whole, with the request's `req`.
+        for (count, req) in [(0usize, 31u64), (MAX_BATCH + 1, 32)] {
+            c.send(&ClientMsg::SubmitBatch {
+                req: Some(req),
+                jobs: vec![spec(9); count],
+            })
+            .await?;
+            match c.next_control(T).await? {
+                Some(Control::Error { req: r, code, .. }) => {
+                    assert_eq!(
+                        (r, code),
+                        (Some(req), ErrorCode::InvalidRequest),
+                        "{count} jobs"
+                    );
+                }
+                other => panic!("{codec:?}: {count} jobs: expected error, got {other:?}"),
+            }
+        }
+        c.send(&ClientMsg::Ping { nonce: 77 }).await?;
+        assert_eq!(c.next_control(T).await?, Some(Control::Pong { nonce: 77 }));
+    }
+    // Nothing was submitted twice, and the refused batches submitted nothing: 4 jobs per codec.
+    let metrics = api.metrics().await?;
+    let submitted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("outlast_jobs_submitted_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(submitted, 8.0, "{metrics}");
+    Ok(())
+}

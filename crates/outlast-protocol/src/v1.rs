@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ErrorCode;
+use crate::error::{ErrorBody, ErrorCode};
 use crate::ids::{JobId, Offset, Seq, UploadId};
 use crate::job::{JobEvent, JobSnapshot, JobSpec, JobState};
 use crate::upload::{UploadInfo, UploadLimits};
@@ -18,6 +18,7 @@ pub const PROTOCOL: &str = "outlast.v1";
 /// Every `type` a client may send, for telling "unknown type" from "bad fields".
 pub const CLIENT_TYPES: &[&str] = &[
     "submit",
+    "submit_batch",
     "subscribe",
     "unsubscribe",
     "cancel",
@@ -39,6 +40,19 @@ pub enum ClientMsg {
         req: Option<u64>,
         /// The job.
         job: JobSpec,
+    },
+    /// Submit 1 to [`MAX_BATCH`] jobs in one round trip; answered by `submitted_batch` with one
+    /// answer per job in request order (or by `error` with the same `req` when the batch as a
+    /// whole is refused: an empty or too long list). The same semantics as
+    /// `POST /v1/jobs/batch`: each job is submitted on its own with its own idempotency key,
+    /// and one refused job does not refuse the others.
+    SubmitBatch {
+        /// Echoed in the answer.
+        #[serde(default)]
+        req: Option<u64>,
+        /// The jobs' specs as sent, each read on its own: a spec that is not a valid
+        /// [`JobSpec`] gets its own `invalid_request` answer instead of failing the message.
+        jobs: Vec<serde_json::Value>,
     },
     /// Stream a job's events after `after` (all events when absent); answered by `subscribed`.
     Subscribe {
@@ -159,6 +173,14 @@ pub enum Control {
         /// False when the idempotency key named an existing job.
         created: bool,
     },
+    /// Answer to `submit_batch`: one answer per job, in request order.
+    SubmittedBatch {
+        /// From the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<u64>,
+        /// The answers, as many as the request had jobs.
+        jobs: Vec<BatchAnswer>,
+    },
     /// Answer to `subscribe`; the replayed events follow it.
     Subscribed {
         /// From the request.
@@ -264,6 +286,29 @@ pub enum Control {
         length: Option<u64>,
         /// Receive rate of the current request or connection.
         bytes_per_sec: u64,
+    },
+}
+
+/// Most jobs in one `submit_batch` (and one `POST /v1/jobs/batch`).
+pub const MAX_BATCH: usize = 100;
+
+/// One job's answer in `submitted_batch`: what `submitted` or `error` would have said for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchAnswer {
+    /// Accepted, or found again by its idempotency key.
+    Submitted {
+        /// The job (the existing one when the idempotency key was seen before).
+        job_id: JobId,
+        /// False when the idempotency key named an existing job.
+        created: bool,
+        /// Its state at the time of the answer (`completed` at once for a cached job).
+        state: JobState,
+    },
+    /// Refused; the other jobs of the batch are not affected.
+    Refused {
+        /// Why.
+        error: ErrorBody,
     },
 }
 

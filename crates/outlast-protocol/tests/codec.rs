@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
+use outlast_protocol::v1::{BatchAnswer, ClientMsg, Control, ServerMsg};
 use outlast_protocol::*;
 use proptest::prelude::*;
 
@@ -70,6 +70,31 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             }
             .into()
         }),
+        proptest::collection::vec(
+            prop_oneof![
+                (job_id(), any::<bool>()).prop_map(|(job_id, created)| BatchAnswer::Submitted {
+                    job_id,
+                    created,
+                    state: if created {
+                        JobState::Queued
+                    } else {
+                        JobState::Completed
+                    },
+                }),
+                ".{0,30}".prop_map(|message| BatchAnswer::Refused {
+                    error: ErrorBody {
+                        code: ErrorCode::InvalidRequest,
+                        message
+                    }
+                }),
+            ],
+            0..8
+        )
+        .prop_map(|jobs| Control::SubmittedBatch {
+            req: Some(11),
+            jobs
+        }
+        .into()),
         ".{0,30}".prop_map(|message| Control::Error {
             req: None,
             code: ErrorCode::NotFound,
@@ -106,6 +131,25 @@ fn client_msg() -> impl Strategy<Value = ClientMsg> {
                 }),
             },
         }),
+        proptest::collection::vec((1u32..100, "[a-z0-9-]{1,20}", any::<bool>()), 0..8).prop_map(
+            |specs| ClientMsg::SubmitBatch {
+                req: Some(4),
+                jobs: specs
+                    .into_iter()
+                    .map(|(steps, key, good)| if good {
+                        serde_json::json!({
+                            "backend": "demo",
+                            "workflow": {"steps": steps, "step_ms": 0},
+                            "inputs": {"image": UploadId::from_bytes([steps as u8; 16])},
+                            "idempotency_key": key,
+                        })
+                    } else {
+                        // A spec the gateway refuses on its own must still travel as sent.
+                        serde_json::json!({"backend": 7, "bogus": [key, steps]})
+                    })
+                    .collect(),
+            }
+        ),
     ]
 }
 
@@ -207,6 +251,58 @@ fn classification_table() {
         .decode_client(&[b' '; 2048], 1024)
         .expect_err("too large");
     assert_eq!(err.code(), ErrorCode::MessageTooLarge);
+}
+
+/// A `submit_batch` whose middle spec is no job spec still decodes (in both codecs), so that
+/// the gateway can refuse that one job alone, as `POST /v1/jobs/batch` does; a batch without
+/// `jobs` is an invalid message as a whole.
+#[test]
+fn a_bad_spec_in_a_batch_does_not_spoil_the_message() {
+    let input = r#"{"type":"submit_batch","req":5,"jobs":[{"backend":"demo","workflow":{}},{"backend":"demo","bogus":1},{"backend":"demo","idempotency_key":"k"}]}"#;
+    let value: serde_json::Value = serde_json::from_str(input).expect("json");
+    let packed = rmp_serde::to_vec_named(&value).expect("packs");
+    for (codec, bytes) in [
+        (Codec::Json, input.as_bytes().to_vec()),
+        (Codec::MsgPack, packed),
+    ] {
+        let msg = codec.decode_client(&bytes, 4096).expect("decodes");
+        let ClientMsg::SubmitBatch { req, jobs } = msg else {
+            panic!("{codec:?}: expected submit_batch, got {msg:?}");
+        };
+        assert_eq!(req, Some(5));
+        assert_eq!(jobs.len(), 3, "{codec:?}");
+        assert_eq!(jobs[1], serde_json::json!({"backend": "demo", "bogus": 1}));
+        assert!(serde_json::from_value::<JobSpec>(jobs[0].clone()).is_ok());
+        assert!(serde_json::from_value::<JobSpec>(jobs[1].clone()).is_err());
+    }
+    let (err, req) = Codec::Json
+        .decode_client(br#"{"type":"submit_batch","req":6}"#, 1024)
+        .expect_err("no jobs");
+    assert_eq!((err.code(), req), (ErrorCode::InvalidMessage, Some(6)));
+    // The documented answer shape: one element per job, a submission or an error.
+    let answer: ServerMsg = Codec::Json
+        .decode(br#"{"type":"submitted_batch","req":5,"jobs":[{"job_id":"job_0123456789abcdef0123456789abcdef","created":true,"state":"queued"},{"error":{"code":"invalid_request","message":"invalid job JSON at jobs[1]"}}]}"#)
+        .expect("submitted_batch");
+    let ServerMsg::Control(Control::SubmittedBatch { req, jobs }) = answer else {
+        panic!("expected submitted_batch, got {answer:?}");
+    };
+    assert_eq!(req, Some(5));
+    assert!(matches!(
+        jobs.as_slice(),
+        [
+            BatchAnswer::Submitted {
+                created: true,
+                state: JobState::Queued,
+                ..
+            },
+            BatchAnswer::Refused {
+                error: ErrorBody {
+                    code: ErrorCode::InvalidRequest,
+                    ..
+                }
+            }
+        ]
+    ));
 }
 
 /// The JSON shapes documented in docs/protocol.md parse as documented.

@@ -3,6 +3,8 @@
 import asyncio, glob, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
 
 root, work, rate = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# The build the binaries come from (bench.sh sets target/release with BENCH_RELEASE=1).
+bins = os.environ.get("BENCH_BIN", os.path.join(root, "target/debug"))
 photos = sorted(glob.glob(os.path.join(work, "photos", "*.jpg")))
 
 class Bucket:
@@ -35,7 +37,7 @@ async def proxy(listen_port, target_port, bucket):
 
 def gateway():
     data = tempfile.mkdtemp(prefix="olu-bench-gw-")
-    p = subprocess.Popen([os.path.join(root, "target/debug/outlast"), "--listen", "127.0.0.1:0",
+    p = subprocess.Popen([os.path.join(bins, "outlast"), "--listen", "127.0.0.1:0",
                           "--data-dir", os.path.join(data, "d"), "--demo-concurrency", "64"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline()
@@ -59,7 +61,7 @@ async def ours(url):
     wf = os.path.join(out, "wf.json")
     open(wf, "w").write('{"steps": 1, "step_ms": 0}')
     t0 = time.monotonic()
-    p = await asyncio.create_subprocess_exec(os.path.join(root, "target/debug/outlast-upload"),
+    p = await asyncio.create_subprocess_exec(os.path.join(bins, "outlast-upload"),
         "--url", url, "--workflow", wf, "--out", out, "--json", "--fresh", "--no-wait",
         *photos, stdout=asyncio.subprocess.PIPE)
     last, sent, submitted = 0.0, 0, set()

@@ -68,6 +68,11 @@ impl Ctx {
 
     /// Opens `/v1/ws` with the JSON subprotocol and reads `welcome`.
     pub async fn connect_ws(&self) -> anyhow::Result<Ws> {
+        Ok(self.connect_ws_limited().await?.0)
+    }
+
+    /// [`Ctx::connect_ws`], also returning the welcome's `max_message_bytes`.
+    pub async fn connect_ws_limited(&self) -> anyhow::Result<(Ws, u64)> {
         let ws_base = if let Some(rest) = self.base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = self.base.strip_prefix("http://") {
@@ -89,7 +94,10 @@ impl Ctx {
         .await
         .map_err(|_| anyhow::anyhow!("WebSocket connect timed out"))??;
         match recv(&mut ws, Duration::from_secs(15)).await? {
-            Some(ServerMsg::Control(outlast_protocol::v1::Control::Welcome { .. })) => Ok(ws),
+            Some(ServerMsg::Control(outlast_protocol::v1::Control::Welcome {
+                max_message_bytes,
+                ..
+            })) => Ok((ws, max_message_bytes)),
             other => anyhow::bail!("expected welcome, got {other:?}"),
         }
     }

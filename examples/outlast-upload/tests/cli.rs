@@ -244,6 +244,73 @@ async fn mixed_folder_photos_arrive_downscaled_upright_stripped_and_outputs_veri
     Ok(())
 }
 
+/// Submission follows the transport: with tus the jobs go in `POST /v1/jobs/batch`; with ws
+/// (the default) in `submit_batch` messages, so no HTTP submission crosses the wire. The
+/// second run (`--fresh`: new jobs, every upload deduplicated, so all are ready at once)
+/// submits all four over the WebSocket, each created once.
+#[tokio::test]
+async fn jobs_go_in_a_websocket_batch_with_ws_and_an_http_batch_with_tus() -> anyhow::Result<()> {
+    let gw = gateway().await?;
+    let proxy = Proxy::start(gw.addr, 0).await?;
+    let tmp = tempfile::tempdir()?;
+    let folder = tmp.path().join("in");
+    std::fs::create_dir_all(&folder)?;
+    for i in 0..4 {
+        harness::noisy_png(&folder.join(format!("p{i}.png")), 64, 64, i + 40)?;
+    }
+    let wf = harness::workflow(tmp.path(), FAST_WF)?;
+    let out = tmp.path().join("out");
+    let url = proxy.url();
+    let mut expected_jobs = 0.0;
+    for transport in ["tus", "ws"] {
+        let before = proxy.http_submits.load(std::sync::atomic::Ordering::SeqCst);
+        let (code, lines) = run(
+            &[
+                "--url",
+                &url,
+                "--workflow",
+                &wf,
+                "--out",
+                &s(&out),
+                "--json",
+                "--fresh",
+                "--transport",
+                transport,
+                &s(&folder),
+            ],
+            LONG,
+        )
+        .await?;
+        assert_eq!(code, Some(0), "{transport}: {lines:?}");
+        let events: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l))
+            .collect::<Result<_, _>>()?;
+        let submitted = by_event(&events, "job.submitted");
+        assert_eq!(submitted.len(), 4, "{transport}: {lines:?}");
+        assert!(
+            submitted.iter().all(|e| e["created"] == true),
+            "{submitted:?}"
+        );
+        assert_eq!(by_event(&events, "output.saved").len(), 4, "{transport}");
+        let http = proxy.http_submits.load(std::sync::atomic::Ordering::SeqCst) - before;
+        match transport {
+            "ws" => assert_eq!(http, 0, "ws: no job went over HTTP"),
+            _ => assert!(
+                (1..=4).contains(&http),
+                "tus: {http} HTTP submissions for 4 jobs"
+            ),
+        }
+        expected_jobs += 4.0;
+        assert_eq!(
+            harness::metric(&gw, "outlast_jobs_submitted_total").await?,
+            expected_jobs,
+            "{transport}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn mixed_folder_non_image_files_get_jobs_too() -> anyhow::Result<()> {
     let gw = gateway().await?;
@@ -286,6 +353,9 @@ async fn mixed_folder_non_image_files_get_jobs_too() -> anyhow::Result<()> {
 }
 
 /// Three incompressible PNGs sent unchanged (`--preset original`), ~770 KB each.
+/// Bytes a resumed run may send besides upload data: requests, handshakes, frame headers.
+const OVERHEAD: u64 = 64 << 10;
+
 fn slow_inputs(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let folder = dir.join("slow");
     std::fs::create_dir_all(&folder)?;
@@ -338,7 +408,24 @@ async fn interrupted_then_resumed(sig: Signal, transport: &str) -> anyhow::Resul
     } else {
         assert_eq!(status.code(), None, "killed");
     }
+    // The killed run's last bytes may still be on their way (kernel buffers, the throttle):
+    // wait until the gateway has closed (and committed) its connections, so that what the
+    // proxy counts from here on is the second run's alone.
+    // (With tus no WebSocket was opened and the gauge is absent: nothing to wait for.)
+    let deadline = tokio::time::Instant::now() + LONG;
+    while harness::metric(&gw, "outlast_ws_connections").await? > 0.0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "sessions stay open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let sent_first = proxy.up_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    // The highest acknowledged (durable) offset the first run reported per upload.
+    let mut acked_first: HashMap<String, u64> = HashMap::new();
+    for e in by_event(&first_events, "upload.progress") {
+        let id = e["upload_id"].as_str().context("id")?.to_owned();
+        let offset = e["offset"].as_u64().context("offset")?;
+        let seen = acked_first.entry(id).or_default();
+        *seen = (*seen).max(offset);
+    }
     let (code, lines) = run(&args, LONG).await?;
     assert_eq!(code, Some(0), "{lines:?}");
     let events: Vec<serde_json::Value> = lines
@@ -351,18 +438,61 @@ async fn interrupted_then_resumed(sig: Signal, transport: &str) -> anyhow::Resul
                 .unwrap_or(0)
         })
         .sum();
-    let sent_total = proxy.up_bytes.load(std::sync::atomic::Ordering::SeqCst);
-    // Measured at the server: each upload's bytes were written exactly once.
+    let sent_second = proxy.up_bytes.load(std::sync::atomic::Ordering::SeqCst) - sent_first;
+    // Where the second run resumed each upload: its first progress event carries the offset
+    // the gateway answered to `upload_resume` / HEAD (durable, measured at the server).
+    let mut resumed_at: HashMap<String, u64> = HashMap::new();
+    for e in by_event(&events, "upload.progress") {
+        let id = e["upload_id"].as_str().context("id")?.to_owned();
+        resumed_at
+            .entry(id)
+            .or_insert(e["offset"].as_u64().context("offset")?);
+    }
+    let mut remaining = 0u64;
     for e in by_event(&events, "upload.done") {
-        let info = harness::upload_info(&gw, e["upload_id"].as_str().context("id")?).await?;
+        let id = e["upload_id"].as_str().context("id")?;
+        let info = harness::upload_info(&gw, id).await?;
+        // Measured at the server: each upload's bytes were written exactly once.
         assert_eq!(info["state"], "complete");
         assert_eq!(info["bytes_written"], info["length"], "{info}");
+        let length = info["length"].as_u64().context("length")?;
+        let from = resumed_at.get(id).copied().unwrap_or(length);
+        // No acknowledged byte is sent twice: the second run starts at or after every offset
+        // the gateway acknowledged to the first. Only the unacknowledged window (bytes in
+        // flight at the kill, e.g. a frame cut in half) may be sent again.
+        let acked = acked_first.get(id).copied().unwrap_or(0);
+        assert!(
+            from >= acked,
+            "{id}: resumed at {from}, below the acknowledged {acked}"
+        );
+        // And the second run sent at most what the gateway said it lacked (less when a tus
+        // HEAD answered before the interrupted PATCH was committed: the 409 re-syncs), and
+        // never a byte the first run had acknowledged.
+        let sent = e["sent_bytes"].as_u64().context("sent_bytes")?;
+        assert!(
+            sent <= length - from,
+            "{id}: resumed at {from} of {length}: {e}"
+        );
+        assert!(
+            length - sent >= acked,
+            "{id}: sent {sent} of {length}, the first run had {acked} acknowledged"
+        );
+        remaining += sent;
     }
-    // And on the wire: the second run sent less than everything (plus protocol overhead).
     assert!(
-        sent_total - sent_first < total,
-        "second run sent {} of {total}",
-        sent_total - sent_first
+        remaining < total,
+        "the first run made {} durable",
+        total - remaining
+    );
+    // On the wire: at least the data the gateway took, at most everything the first run had
+    // not had acknowledged (the unacknowledged window may go again: a frame cut in half, or
+    // a tus PATCH from a HEAD offset older than the interrupted PATCH's commit, answered 409)
+    // plus protocol overhead (HTTP requests, handshakes, frame headers).
+    let unacked: u64 = total - acked_first.values().sum::<u64>();
+    assert!(
+        (remaining..unacked + OVERHEAD).contains(&sent_second),
+        "second run sent {sent_second} bytes on the wire for {remaining} data bytes; \
+         {unacked} of {total} were not acknowledged to the first run"
     );
     // One job per file, never two.
     assert_eq!(

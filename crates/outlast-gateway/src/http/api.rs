@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use outlast_protocol::replay::Cursor;
 use outlast_protocol::{
-    ErrorBody, ErrorCode, IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, Seq,
+    ErrorBody, ErrorCode, IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, OwnerId,
+    Seq,
 };
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -94,7 +95,7 @@ impl From<&Submitted> for SubmitAnswer {
 }
 
 /// Most jobs in one batch submission.
-pub const MAX_BATCH: usize = 100;
+pub const MAX_BATCH: usize = outlast_protocol::v1::MAX_BATCH;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,9 +117,7 @@ struct BatchAnswer {
 }
 
 /// `POST /v1/jobs/batch`: `{"jobs": [spec, ...]}` (1 to [`MAX_BATCH`]), one round trip for a
-/// folder of files. Each job is submitted on its own, in order, with its own idempotency key
-/// and its own answer; one refused job does not refuse the others. 202 with the answers in
-/// request order.
+/// folder of files. 202 with the answers of [`submit_each`] in request order.
 pub async fn submit_batch(
     State(state): State<AppState>,
     Owner(owner): Owner,
@@ -126,29 +125,42 @@ pub async fn submit_batch(
 ) -> Result<Response, AppError> {
     let batch: BatchRequest = serde_json::from_slice(&body)
         .map_err(|e| AppError::invalid(format!("invalid batch JSON: {e}")))?;
-    if batch.jobs.is_empty() || batch.jobs.len() > MAX_BATCH {
+    let answers = submit_each(&state, &owner, batch.jobs)
+        .await?
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(submitted) => BatchItem::Submitted(SubmitAnswer::from(&submitted)),
+            Err(e) => BatchItem::Refused { error: e.body() },
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(BatchAnswer { jobs: answers })).into_response())
+}
+
+/// A batch submission, for `POST /v1/jobs/batch` and the WebSocket's `submit_batch` alike:
+/// each job is read and submitted on its own, in order, with its own idempotency key and its
+/// own outcome; one refused job does not refuse the others. Err (`invalid_request`) refuses
+/// the batch as a whole: an empty list, or more than [`MAX_BATCH`] jobs.
+pub(super) async fn submit_each(
+    state: &AppState,
+    owner: &OwnerId,
+    jobs: Vec<serde_json::Value>,
+) -> Result<Vec<Result<Submitted, AppError>>, AppError> {
+    if jobs.is_empty() || jobs.len() > MAX_BATCH {
         return Err(AppError::new(
             ErrorCode::InvalidRequest,
-            format!(
-                "a batch holds 1 to {MAX_BATCH} jobs, not {}",
-                batch.jobs.len()
-            ),
+            format!("a batch holds 1 to {MAX_BATCH} jobs, not {}", jobs.len()),
         ));
     }
-    let mut answers = Vec::with_capacity(batch.jobs.len());
-    for (i, value) in batch.jobs.into_iter().enumerate() {
-        let outcome = match serde_json::from_value::<JobSpec>(value) {
-            Ok(spec) => state.jobs.submit(&owner, spec).await,
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (i, value) in jobs.into_iter().enumerate() {
+        outcomes.push(match serde_json::from_value::<JobSpec>(value) {
+            Ok(spec) => state.jobs.submit(owner, spec).await,
             Err(e) => Err(AppError::invalid(format!(
                 "invalid job JSON at jobs[{i}]: {e}"
             ))),
-        };
-        answers.push(match outcome {
-            Ok(submitted) => BatchItem::Submitted(SubmitAnswer::from(&submitted)),
-            Err(e) => BatchItem::Refused { error: e.body() },
         });
     }
-    Ok((StatusCode::ACCEPTED, Json(BatchAnswer { jobs: answers })).into_response())
+    Ok(outcomes)
 }
 
 /// Most jobs one listing answers.

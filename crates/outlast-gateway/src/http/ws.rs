@@ -15,7 +15,7 @@ use futures::StreamExt;
 use outlast_protocol::codec::{DecodeError, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use outlast_protocol::keepalive::{Keepalive, KeepaliveAction};
 use outlast_protocol::replay::{Cursor, Live};
-use outlast_protocol::v1::{ClientMsg, Control, PROTOCOL, ServerMsg};
+use outlast_protocol::v1::{BatchAnswer, ClientMsg, Control, PROTOCOL, ServerMsg};
 use outlast_protocol::{Codec, ErrorCode, Frame, JobId, OwnerId, Seq};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
@@ -336,6 +336,7 @@ impl Session {
                     Err(e) => self.error(req, e.code, e.message).await,
                 }
             }
+            ClientMsg::SubmitBatch { req, jobs } => self.submit_batch(req, jobs).await,
             msg @ (ClientMsg::UploadCreate { .. } | ClientMsg::UploadResume { .. }) => {
                 let out = self.uploads.handle(msg).await;
                 self.send_all(out).await
@@ -387,6 +388,40 @@ impl Session {
         let expires_at_ms = principal.expires_at_ms;
         self.principal = principal;
         self.send(Control::Refreshed { req, expires_at_ms }.into())
+            .await
+    }
+
+    /// `submit_batch`: the HTTP batch's code path ([`super::api::submit_each`]), answered by
+    /// `submitted_batch` (or `error` when the batch as a whole is refused).
+    async fn submit_batch(
+        &mut self,
+        req: Option<u64>,
+        jobs: Vec<serde_json::Value>,
+    ) -> Result<(), ()> {
+        // Like the HTTP batch: a backend the credential may not use refuses the whole batch.
+        for job in &jobs {
+            if let Some(backend) = job.get("backend").and_then(serde_json::Value::as_str)
+                && let Err(e) = self.principal.may_submit(backend)
+            {
+                return self.error(req, e.code, e.message).await;
+            }
+        }
+        let outcomes = match super::api::submit_each(&self.state, &self.owner, jobs).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => return self.error(req, e.code, e.message).await,
+        };
+        let jobs = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(s) => BatchAnswer::Submitted {
+                    job_id: s.job_id,
+                    created: s.created,
+                    state: s.snapshot.state,
+                },
+                Err(e) => BatchAnswer::Refused { error: e.body() },
+            })
+            .collect();
+        self.send(Control::SubmittedBatch { req, jobs }.into())
             .await
     }
 
@@ -519,9 +554,9 @@ impl Session {
 /// The scope a message needs, with its `req` for the refusal.
 fn needed_scope(msg: &ClientMsg) -> Option<(Option<u64>, Scope)> {
     match msg {
-        ClientMsg::Submit { req, .. } | ClientMsg::Cancel { req, .. } => {
-            Some((*req, Scope::Submit))
-        }
+        ClientMsg::Submit { req, .. }
+        | ClientMsg::SubmitBatch { req, .. }
+        | ClientMsg::Cancel { req, .. } => Some((*req, Scope::Submit)),
         ClientMsg::Subscribe { req, .. } | ClientMsg::Get { req, .. } => Some((*req, Scope::Read)),
         ClientMsg::UploadCreate { req, .. } | ClientMsg::UploadResume { req, .. } => {
             Some((*req, Scope::Upload))

@@ -30,6 +30,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Client->server bytes forwarded.
     pub up_bytes: Arc<AtomicU64>,
+    /// HTTP job submissions seen on the wire (`POST /v1/jobs`, also `/v1/jobs/batch`).
+    pub http_submits: Arc<AtomicU64>,
     /// Bytes per second client->server (0 = unlimited); changeable while running.
     pub rate: watch::Sender<u64>,
     cut: watch::Sender<u64>,
@@ -50,16 +52,19 @@ impl Proxy {
         let (cut, cut_rx) = watch::channel(0u64);
         let (rate_tx, rate_rx) = watch::channel(rate);
         let up_bytes = Arc::new(AtomicU64::new(0));
+        let http_submits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&up_bytes);
+        let submits = Arc::clone(&http_submits);
         let accept = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 let cut_rx = cut_rx.clone();
                 let rate_rx = rate_rx.clone();
                 let counter = Arc::clone(&counter);
+                let submits = Arc::clone(&submits);
                 conns.spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
-                        pipe(client, server, rate_rx, cut_rx, counter).await;
+                        pipe(client, server, rate_rx, cut_rx, counter, submits).await;
                     }
                 });
                 while conns.try_join_next().is_some() {}
@@ -68,6 +73,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             up_bytes,
+            http_submits,
             rate: rate_tx,
             cut,
             accept,
@@ -91,12 +97,16 @@ async fn pipe(
     rate: watch::Receiver<u64>,
     mut cut: watch::Receiver<u64>,
     counter: Arc<AtomicU64>,
+    submits: Arc<AtomicU64>,
 ) {
+    const SUBMIT: &[u8] = b"POST /v1/jobs";
     cut.borrow_and_update();
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let up = async {
         let mut buf = vec![0u8; 4096];
+        // The end of the previous read, so that a request line split across reads is seen.
+        let mut tail: Vec<u8> = Vec::new();
         loop {
             let r = *rate.borrow();
             let max = if r == 0 {
@@ -112,6 +122,11 @@ async fn pipe(
                 break;
             }
             counter.fetch_add(n as u64, Ordering::SeqCst);
+            tail.extend_from_slice(&buf[..n]);
+            let seen = tail.windows(SUBMIT.len()).filter(|w| *w == SUBMIT).count();
+            submits.fetch_add(seen as u64, Ordering::SeqCst);
+            let keep = tail.len().min(SUBMIT.len() - 1);
+            tail.drain(..tail.len() - keep);
             if r > 0 {
                 tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
             }
