@@ -143,6 +143,9 @@ impl ChunkSizer {
     }
 }
 
+/// Largest upload metadata, in bytes of its tus encoding (`key base64,key base64`), for both
+/// transports: tus `Upload-Metadata` and the WebSocket `upload_create.metadata`.
+pub const MAX_METADATA_BYTES: usize = 4096;
 /// Unacknowledged bytes a WebSocket client may have in flight.
 pub const WINDOW_BYTES: u64 = 16 << 20;
 /// Largest chunk in one WebSocket frame (the configured limit is capped by it).

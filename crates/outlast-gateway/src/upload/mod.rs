@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outlast_protocol::tus::Metadata;
-use outlast_protocol::upload::{DATA_HEADER_LEN, UploadInfo, UploadLimits, UploadState};
+use outlast_protocol::upload::{
+    DATA_HEADER_LEN, MAX_METADATA_BYTES, UploadInfo, UploadLimits, UploadState,
+};
 use outlast_protocol::{ErrorCode, Offset, OwnerId, UploadId};
 
 use crate::backend::{InputFile, InputResolver, Readiness};
@@ -215,7 +217,7 @@ impl Uploads {
         }
     }
 
-    fn check_size(&self, length: u64) -> Result<(), AppError> {
+    pub(super) fn check_size(&self, length: u64) -> Result<(), AppError> {
         if length > self.cfg.max_size {
             return Err(AppError::new(
                 ErrorCode::MessageTooLarge,
@@ -266,6 +268,16 @@ impl Uploads {
     ) -> Result<(UploadRecord, bool), AppError> {
         if let Some(len) = new.length {
             self.check_size(len)?;
+        }
+        let metadata_len = new.metadata.encode().len();
+        if metadata_len > MAX_METADATA_BYTES {
+            return Err(AppError::new(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "upload metadata is limited to {MAX_METADATA_BYTES} bytes (tus encoding); \
+                     this has {metadata_len}"
+                ),
+            ));
         }
         let declared = new.declared_sha256.map(|d| data::hex(&d));
         if let (Some(sha), false) = (&declared, new.partial) {

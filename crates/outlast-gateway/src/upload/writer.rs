@@ -68,6 +68,12 @@ impl Uploads {
     ) -> Result<UploadRecord, AppError> {
         let mut sources = Vec::with_capacity(parts.len());
         let mut total = 0u64;
+        let mut seen = std::collections::HashSet::with_capacity(parts.len());
+        if let Some(twice) = parts.iter().find(|id| !seen.insert(**id)) {
+            return Err(AppError::invalid(format!(
+                "partial upload {twice} is named more than once in Upload-Concat"
+            )));
+        }
         for id in &parts {
             let r = self.owned(owner, *id).await?;
             if !r.partial {
@@ -252,6 +258,10 @@ impl Writer {
                 ErrorCode::MessageTooLarge,
                 "more bytes than the upload's length",
             ));
+        }
+        // A deferred length is not known yet, but the upload may still not outgrow the limit.
+        if self.record.length.is_none() {
+            self.uploads.check_size(self.received.saturating_add(len))?;
         }
         let mut slot = self.take_slot().await?;
         let mut at = self.received;
