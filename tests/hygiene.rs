@@ -53,7 +53,7 @@ async fn once(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> 
     tokio::time::timeout(Duration::from_secs(10), read_response(&mut tcp)).await?
 }
 
-const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: outlast\r\n\r\n";
+const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// Waits until the peer closes `tcp` (EOF or reset), sending `trickle` one byte every
 /// `every` meanwhile; how long it took, or an error after `within`.
@@ -117,7 +117,7 @@ async fn idle_and_trickling_connections_are_closed_while_healthz_answers() -> an
     // Heads trickled a byte every 100 ms: never complete within 1 s.
     for _ in 0..10 {
         let tcp = TcpStream::connect(addr).await?;
-        let head = b"GET /healthz HTTP/1.1\r\nHost: outlast\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
         watchers.spawn(async move {
             (
                 "header",
@@ -136,7 +136,7 @@ async fn idle_and_trickling_connections_are_closed_while_healthz_answers() -> an
     for _ in 0..10 {
         let mut tcp = TcpStream::connect(addr).await?;
         tcp.write_all(
-            b"POST /v1/jobs HTTP/1.1\r\nHost: outlast\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+            b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
         )
         .await?;
         let body = vec![b' '; 200];
@@ -199,7 +199,7 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
     probe.write_all(HEALTHZ.as_bytes()).await?;
     let (status, _) = read_response(&mut probe).await?;
     anyhow::ensure!(status == 200, "healthz on the reserve answered {status}");
-    let (status, body) = once(addr, "GET /v1/jobs HTTP/1.1\r\nHost: outlast\r\n\r\n").await?;
+    let (status, body) = once(addr, "GET /v1/jobs HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
     anyhow::ensure!(
         status == 503 && body.contains("\"overloaded\""),
         "a job request on the reserve answered {status} {body}"
@@ -212,7 +212,7 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
         "beyond the reserve answered {status} {body}"
     );
     // The process keeps serving the connections it holds.
-    kept.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: outlast\r\nContent-Type: application/json\r\nContent-Length: 19\r\n\r\n{\"backend\":\"demo\"}\n").await?;
+    kept.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 19\r\n\r\n{\"backend\":\"demo\"}\n").await?;
     let (status, body) = read_response(&mut kept).await?;
     anyhow::ensure!(
         status == 202,
@@ -222,7 +222,7 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
     drop(idle);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, _) = once(addr, "GET /v1/jobs HTTP/1.1\r\nHost: outlast\r\n\r\n").await?;
+        let (status, _) = once(addr, "GET /v1/jobs HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
         if status == 200 {
             break;
         }
@@ -271,7 +271,7 @@ async fn a_silent_patch_commits_what_arrived_and_releases_its_upload() -> anyhow
     silent
         .write_all(
             format!(
-                "PATCH {path} HTTP/1.1\r\nHost: outlast\r\nTus-Resumable: 1.0.0\r\n\
+                "PATCH {path} HTTP/1.1\r\nHost: localhost\r\nTus-Resumable: 1.0.0\r\n\
                  Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n\
                  Content-Length: 1000\r\n\r\n"
             )

@@ -22,7 +22,7 @@ async fn submit_and_reset(
         5 + i
     );
     let request = format!(
-        "POST /v1/jobs HTTP/1.1\r\nHost: outlast\r\nContent-Type: application/json\r\n\
+        "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -14,6 +14,8 @@ pub struct AppError {
     pub code: ErrorCode,
     /// Client-safe message.
     pub message: String,
+    /// Seconds after which a retry may succeed (HTTP `Retry-After`), for limits.
+    pub retry_after_s: Option<u32>,
 }
 
 impl AppError {
@@ -22,7 +24,14 @@ impl AppError {
         Self {
             code,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// The same error, telling the client when to try again.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     /// The answer for ids that do not exist *or belong to someone else*: the two are
@@ -55,7 +64,13 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        let mut response = (status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 

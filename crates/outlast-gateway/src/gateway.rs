@@ -87,7 +87,8 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
             data.join("work"),
         )
         .with_cache(ResultCache::new(config.cache_ttl))
-        .with_webhooks(WebhookPolicy::new(&config.webhooks)),
+        .with_webhooks(WebhookPolicy::new(&config.webhooks))
+        .with_bounds(crate::jobs::bounds::Bounds::new(&config.jobs)),
     );
     jobs.recover()
         .await

@@ -52,6 +52,8 @@ pub const COMFYUI_SERVER_UP: &str = "outlast_comfyui_server_up";
 /// Counter `{found_by}`: stranded jobs (stored unfinished, neither queued nor running) queued
 /// again, found by the sweep or a resubmit.
 pub const JOBS_HEALED: &str = "outlast_jobs_healed_total";
+/// Counter `{reason}`: new jobs refused by an owner's bounds (`queued` cap, `rate`).
+pub const JOBS_REFUSED: &str = "outlast_jobs_refused_total";
 /// Gauge: open HTTP connections (upgraded WebSockets included).
 pub const HTTP_CONNECTIONS: &str = "outlast_http_connections";
 /// Counter: connections refused (503 and close) beyond `http.max_connections` + reserve.
@@ -89,6 +91,10 @@ pub const ALL: &[(&str, &str)] = &[
     (
         HTTP_BODY_TIMEOUTS,
         "Request bodies cut for arriving too slowly",
+    ),
+    (
+        JOBS_REFUSED,
+        "New jobs refused by an owner's bounds (queued cap, rate), by reason",
     ),
     (
         JOBS_HEALED,

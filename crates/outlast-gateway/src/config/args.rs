@@ -161,6 +161,15 @@ pub struct Args {
     /// Look for stranded jobs (stored unfinished, not queued) this often [jobs.sweep_interval; default 60s]
     #[arg(long, env = "OUTLAST_JOBS_SWEEP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub jobs_sweep_interval: Option<Duration>,
+    /// Queued jobs one owner may have at once, 0 = no limit [jobs.max_queued_per_owner; default 1000]
+    #[arg(long, env = "OUTLAST_JOBS_MAX_QUEUED_PER_OWNER", value_name = "N")]
+    pub jobs_max_queued_per_owner: Option<usize>,
+    /// New jobs per second per owner, 0 = no limit [jobs.submits_per_second; default 20]
+    #[arg(long, env = "OUTLAST_JOBS_SUBMITS_PER_SECOND", value_name = "N")]
+    pub jobs_submits_per_second: Option<u32>,
+    /// New jobs one owner may create at once above the rate [jobs.submit_burst; default 200]
+    #[arg(long, env = "OUTLAST_JOBS_SUBMIT_BURST", value_name = "N")]
+    pub jobs_submit_burst: Option<u32>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -327,6 +336,15 @@ impl Args {
         set(&mut h.max_connections, self.http_max_connections);
         set(&mut h.reserved_connections, self.http_reserved_connections);
         set(&mut config.jobs.sweep_interval, self.jobs_sweep_interval);
+        set(
+            &mut config.jobs.max_queued_per_owner,
+            self.jobs_max_queued_per_owner,
+        );
+        set(
+            &mut config.jobs.submits_per_second,
+            self.jobs_submits_per_second,
+        );
+        set(&mut config.jobs.submit_burst, self.jobs_submit_burst);
         let any_comfy = !self.comfyui.is_empty()
             || self.comfyui_concurrency.is_some()
             || self.comfyui_poll_interval.is_some()

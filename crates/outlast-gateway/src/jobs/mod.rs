@@ -5,6 +5,7 @@
 //! (its bookkeeping in [`admission`]).
 
 pub mod admission;
+pub mod bounds;
 pub mod cache;
 pub mod heal;
 pub mod queue;
@@ -75,6 +76,8 @@ pub struct Jobs {
     work_root: PathBuf,
     cache: ResultCache,
     webhooks: WebhookPolicy,
+    /// Per-owner bounds on new jobs (queued cap, rate).
+    bounds: bounds::Bounds,
     /// Submissions between their store commit and their queueing (see [`heal`]).
     in_flight: admission::InFlight,
 }
@@ -111,8 +114,58 @@ impl Jobs {
             work_root,
             cache: ResultCache::disabled(),
             webhooks: WebhookPolicy::default(),
+            bounds: bounds::Bounds::default(),
             in_flight: admission::InFlight::default(),
         }
+    }
+
+    /// Bounds each owner's queued jobs and new jobs per second.
+    pub fn with_bounds(mut self, bounds: bounds::Bounds) -> Self {
+        self.bounds = bounds;
+        self
+    }
+
+    /// Refuses a new job beyond the owner's bounds (429 with `Retry-After`); a repeat of a
+    /// known idempotency key always passes, so a client re-attaching is never refused.
+    /// True when it took a new-job token (given back if the job turns out to exist).
+    async fn check_bounds(&self, owner: &OwnerId, spec: &JobSpec) -> Result<bool, AppError> {
+        let max = self.bounds.max_queued;
+        let refusal = if max > 0 && self.sched().queued_of(owner) >= max {
+            Some((
+                "queued",
+                AppError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max} queued jobs per owner; wait until some have started"),
+                )
+                .retry_after(5),
+            ))
+        } else {
+            self.bounds
+                .try_take(owner, std::time::Instant::now())
+                .err()
+                .map(|wait| {
+                    let e = AppError::new(
+                        ErrorCode::LimitExceeded,
+                        "too many new jobs per second for this owner",
+                    );
+                    ("rate", e.retry_after(wait))
+                })
+        };
+        let Some((reason, e)) = refusal else {
+            return Ok(self.bounds.limits_rate());
+        };
+        if let Some(key) = &spec.idempotency_key
+            && self
+                .handle
+                .store
+                .job_for_key(owner.clone(), key.as_str().to_owned())
+                .await?
+                .is_some()
+        {
+            return Ok(false);
+        }
+        metrics::counter!(m::JOBS_REFUSED, "reason" => reason).increment(1);
+        Err(e)
     }
 
     /// Applies the webhook rules (owner defaults, egress, secrets) to submissions.
@@ -210,6 +263,7 @@ impl Jobs {
                 Readiness::Pending { .. } => pending.push(*upload),
             }
         }
+        let took_token = self.check_bounds(owner, &spec).await?;
         let digest = spec_digest(&spec);
         // Marks this (owner, key) as being submitted until the job is queued, so a concurrent
         // resubmit does not take the job for a stranded one.
@@ -259,6 +313,10 @@ impl Jobs {
                 })
             }
             Created::Existing(record) => {
+                // A repeat creates nothing: it gives back the new-job token it took.
+                if took_token {
+                    self.bounds.give_back(owner);
+                }
                 // A job stored but unknown to the scheduler is stranded (by a bug, or a gateway
                 // older than this one): the resubmit queues it.
                 let job_id = record.snapshot.job_id;

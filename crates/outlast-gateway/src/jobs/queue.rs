@@ -47,6 +47,11 @@ impl FairQueue {
         Some((owner, job))
     }
 
+    /// How many jobs of `owner` wait here.
+    pub fn len_of(&self, owner: &OwnerId) -> usize {
+        self.per_owner.get(owner).map_or(0, VecDeque::len)
+    }
+
     /// Removes a waiting job; false if it is not waiting here.
     pub fn remove(&mut self, owner: &OwnerId, job: JobId) -> bool {
         let Some(line) = self.per_owner.get_mut(owner) else {

@@ -67,6 +67,11 @@ impl Waiting {
 }
 
 impl Scheduler {
+    /// How many jobs of `owner` are queued (on any backend; waiting for uploads included).
+    pub fn queued_of(&self, owner: &OwnerId) -> usize {
+        self.queues.values().map(|q| q.len_of(owner)).sum()
+    }
+
     /// Queues `job` at the end of its owner's line; false (and nothing changes) when the
     /// scheduler already knows it, queued or running.
     pub fn enqueue(&mut self, backend: &'static str, owner: OwnerId, job: JobId) -> bool {

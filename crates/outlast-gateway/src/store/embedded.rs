@@ -334,6 +334,19 @@ impl JobStore for EmbeddedStore {
         .await
     }
 
+    async fn job_for_key(&self, owner: OwnerId, key: String) -> Result<Option<JobId>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(se)?;
+            let idem = txn.open_table(IDEMPOTENCY).map_err(se)?;
+            let Some(v) = idem.get(idem_key(&owner, &key).as_slice()).map_err(se)? else {
+                return Ok(None);
+            };
+            let id: [u8; 16] = v.value().try_into().map_err(se)?;
+            Ok(Some(JobId::from_bytes(id)))
+        })
+        .await
+    }
+
     async fn get(&self, job: JobId) -> Result<Option<JobRecord>, StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(se)?;

@@ -110,6 +110,9 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// The job's record.
     async fn get(&self, job: JobId) -> Result<Option<JobRecord>, StoreError>;
 
+    /// The job an owner's idempotency key names, if any.
+    async fn job_for_key(&self, owner: OwnerId, key: String) -> Result<Option<JobId>, StoreError>;
+
     /// The record and the stored events after `after`, from one consistent view.
     async fn stream_start(&self, job: JobId, after: Seq)
     -> Result<Option<StreamStart>, StoreError>;
