@@ -1,6 +1,7 @@
 //! The upload limits hold on every path: a deferred-length upload cannot outgrow
 //! `uploads.max_size`, a concatenation names each part once, and upload metadata has one size
-//! limit for tus and the WebSocket alike.
+//! limit for tus and the WebSocket alike, and one owner's uploads hold at most
+//! `uploads.max_bytes_per_owner`.
 
 #[path = "uploads_common.rs"]
 mod common;
@@ -121,5 +122,24 @@ async fn metadata_has_one_limit_for_tus_and_the_websocket() -> anyhow::Result<()
             (_, other) => anyhow::bail!("metadata of {} bytes: {other:?}", value.len()),
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_owner_s_uploads_hold_at_most_the_quota() -> anyhow::Result<()> {
+    let gw = Gateway::start(&["--upload-max-bytes-per-owner", "1500"]).await?;
+    let tus = Tus::new(&gw.http());
+    let first = tus.create(1000, &[]).await?;
+    assert_eq!(tus.patch(&first, 0, vec![1; 1000]).await?.status(), 204);
+    let r = post(&tus).header("Upload-Length", "600").send().await?;
+    let (status, code) = code_of(r).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (429, ErrorCode::LimitExceeded.as_str())
+    );
+    // Within what is left, fine; after deleting, the room is back.
+    assert!(tus.create(500, &[]).await.is_ok());
+    assert_eq!(tus.request("DELETE", &first).send().await?.status(), 204);
+    assert!(tus.create(600, &[]).await.is_ok());
     Ok(())
 }

@@ -101,6 +101,9 @@ pub struct Args {
     /// Incomplete uploads one owner may have at once [uploads.max_open_per_owner; default 100]
     #[arg(long, env = "OUTLAST_UPLOAD_MAX_OPEN_PER_OWNER", value_name = "N")]
     pub upload_max_open_per_owner: Option<usize>,
+    /// Stored upload bytes one owner may have, 0 = no quota [uploads.max_bytes_per_owner; default 21474836480]
+    #[arg(long, env = "OUTLAST_UPLOAD_MAX_BYTES_PER_OWNER", value_name = "BYTES")]
+    pub upload_max_bytes_per_owner: Option<u64>,
     /// Refuse uploads (507) that would leave less free disk than this [uploads.min_free_bytes; default 1073741824]
     #[arg(long, env = "OUTLAST_UPLOAD_MIN_FREE_BYTES", value_name = "BYTES")]
     pub upload_min_free_bytes: Option<u64>,
@@ -326,6 +329,7 @@ impl Args {
         set(&mut u.expiry, self.upload_expiry);
         set(&mut u.retention, self.upload_retention);
         set(&mut u.max_open_per_owner, self.upload_max_open_per_owner);
+        set(&mut u.max_bytes_per_owner, self.upload_max_bytes_per_owner);
         set(&mut u.min_free_bytes, self.upload_min_free_bytes);
         let h = &mut config.http;
         set(&mut h.header_read_timeout, self.http_header_read_timeout);

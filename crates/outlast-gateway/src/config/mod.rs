@@ -61,6 +61,8 @@ pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_UPLOAD_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default `uploads.max_open_per_owner`.
 pub const DEFAULT_UPLOAD_MAX_OPEN_PER_OWNER: usize = 100;
+/// Default `uploads.max_bytes_per_owner` (20 GiB).
+pub const DEFAULT_UPLOAD_MAX_BYTES_PER_OWNER: u64 = 20 << 30;
 /// Default `uploads.min_free_bytes`.
 pub const DEFAULT_UPLOAD_MIN_FREE_BYTES: u64 = 1 << 30;
 /// Default `comfyui.servers[].concurrency`.
@@ -390,6 +392,9 @@ pub struct UploadConfig {
     pub retention: Duration,
     /// Incomplete uploads per owner.
     pub max_open_per_owner: usize,
+    /// Stored upload bytes per owner (declared lengths of open uploads, sizes of complete
+    /// ones); a new upload beyond it is refused. 0: no quota.
+    pub max_bytes_per_owner: u64,
     /// Free disk kept in reserve.
     pub min_free_bytes: u64,
 }
@@ -403,6 +408,7 @@ impl Default for UploadConfig {
             expiry: DEFAULT_UPLOAD_EXPIRY,
             retention: DEFAULT_UPLOAD_RETENTION,
             max_open_per_owner: DEFAULT_UPLOAD_MAX_OPEN_PER_OWNER,
+            max_bytes_per_owner: DEFAULT_UPLOAD_MAX_BYTES_PER_OWNER,
             min_free_bytes: DEFAULT_UPLOAD_MIN_FREE_BYTES,
         }
     }

@@ -106,7 +106,15 @@ fn defaults() -> Vec<(&'static str, Shown)> {
             "uploads.max_open_per_owner",
             T(u.max_open_per_owner.to_string()),
         ),
+        (
+            "uploads.max_bytes_per_owner",
+            T(u.max_bytes_per_owner.to_string()),
+        ),
         ("uploads.min_free_bytes", T(u.min_free_bytes.to_string())),
+        (
+            "jobs.max_queued_per_owner",
+            T(c.jobs.max_queued_per_owner.to_string()),
+        ),
         ("tickets.ttl", D(c.tickets.ttl)),
         (
             "http.allow_query_token",

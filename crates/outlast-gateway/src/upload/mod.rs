@@ -227,6 +227,36 @@ impl Uploads {
         Ok(())
     }
 
+    /// Refuses (429 `limit_exceeded`) an upload of `more` bytes that would take the owner's
+    /// stored upload bytes past `max_bytes_per_owner`. A scan of the owner's records; open
+    /// uploads count with their declared length (deferred ones with what they hold).
+    async fn check_quota(&self, owner: &OwnerId, more: u64) -> Result<(), AppError> {
+        let quota = self.cfg.max_bytes_per_owner;
+        if quota == 0 {
+            return Ok(());
+        }
+        let o = owner.clone();
+        let held: u64 = self
+            .blocking(move |s| {
+                Ok(s.all()?
+                    .iter()
+                    .filter(|r| r.owner == o && r.state != UploadState::Failed)
+                    .map(|r| r.length.unwrap_or(r.offset))
+                    .fold(0u64, u64::saturating_add))
+            })
+            .await?;
+        if held.saturating_add(more) > quota {
+            return Err(AppError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "uploads of one owner may hold at most {quota} bytes ({held} held); \
+                     delete some or let them expire"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn reserve_open(&self, owner: &OwnerId) -> Result<(), AppError> {
         let mut counts = self
             .open_counts
@@ -305,6 +335,7 @@ impl Uploads {
         if let Some(len) = new.length {
             self.check_disk(len)?;
         }
+        self.check_quota(owner, new.length.unwrap_or(0)).await?;
         self.reserve_open(owner)?;
         let now = now_ms();
         let filename = new
