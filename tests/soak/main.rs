@@ -136,14 +136,19 @@ fn backoff() -> Backoff {
     Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
 }
 
-/// Submits over HTTP through the proxy until some answer names the job (same key each time).
-async fn submit(s: &Soak, key: &str) -> anyhow::Result<JobId> {
-    let body = serde_json::json!({
+/// The submit JSON of the soak's job under `key` (never answered from the cache).
+fn job_body(args: &Args, key: &str) -> serde_json::Value {
+    serde_json::json!({
         "backend": "demo",
-        "workflow": {"steps": s.args.steps, "step_ms": s.args.step_ms},
+        "workflow": {"steps": args.steps, "step_ms": args.step_ms},
         "idempotency_key": key,
         "cache": false,
-    });
+    })
+}
+
+/// Submits over HTTP through the proxy until some answer names the job (same key each time).
+async fn submit(s: &Soak, key: &str) -> anyhow::Result<JobId> {
+    let body = job_body(&s.args, key);
     if rand::rng().random_bool(s.args.reset_submits.clamp(0.0, 1.0)) {
         // Errors do not matter: this attempt is meant to be cut.
         let _ = reset_submit(s, &body).await;
@@ -482,14 +487,7 @@ async fn compare(s: &Soak) -> anyhow::Result<Report> {
             r.jobs_duplicated += 1;
         }
         // A repeat straight to the gateway must name the same job and create nothing.
-        let again: Submitted = api
-            .submit(&serde_json::json!({
-                "backend": "demo",
-                "workflow": {"steps": s.args.steps, "step_ms": s.args.step_ms},
-                "idempotency_key": key,
-                "cache": false,
-            }))
-            .await?;
+        let again: Submitted = api.submit(&job_body(&s.args, key)).await?;
         if again.created || again.job_id != first {
             r.jobs_duplicated += 1;
         }
