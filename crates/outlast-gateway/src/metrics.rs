@@ -19,6 +19,9 @@ pub const JOBS_RUNNING: &str = "outlast_jobs_running";
 pub const CACHE_HITS: &str = "outlast_cache_hits_total";
 /// Counter `{backend}`: cache lookups that found nothing usable.
 pub const CACHE_MISSES: &str = "outlast_cache_misses_total";
+/// Counter: store transactions that committed event appends (one fsync each; many jobs' events
+/// share one under load: group commit).
+pub const STORE_EVENT_COMMITS: &str = "outlast_store_event_commits_total";
 /// Gauge: open WebSocket sessions.
 pub const WS_CONNECTIONS: &str = "outlast_ws_connections";
 /// Counter: WebSocket sessions ever opened.
@@ -104,6 +107,10 @@ pub const ALL: &[(&str, &str)] = &[
     (
         CACHE_MISSES,
         "Result cache lookups that found nothing usable",
+    ),
+    (
+        STORE_EVENT_COMMITS,
+        "Store transactions that committed event appends (one fsync each)",
     ),
     (WS_CONNECTIONS, "Open WebSocket sessions"),
     (WS_CONNECTIONS_TOTAL, "WebSocket sessions ever opened"),

@@ -1,10 +1,11 @@
 //! The default store: one redb database file, every commit fsynced before it is acknowledged.
 
+mod commit;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use outlast_protocol::replay::coalesce;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::Notify;
@@ -13,7 +14,6 @@ use super::outbox::{self, Delivery, DeliveryStatus};
 use super::{
     CacheEntry, CacheKey, Created, JobRecord, JobStore, Rejected, StoreError, StreamStart,
 };
-use crate::clock::now_ms;
 use crate::hub::Hub;
 
 /// job id (16 bytes) -> JobRecord (MessagePack).
@@ -66,12 +66,12 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
 #[derive(Debug)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    hub: Arc<Hub>,
     /// Held across commit + publish so subscribers see events in commit order. A std Mutex:
     /// it is only taken inside `spawn_blocking`, never across an await.
     write_order: Arc<Mutex<()>>,
-    history_max_events: u64,
     outbox_wake: Arc<Notify>,
+    /// The one thread that commits event appends, many batches per transaction.
+    committer: commit::Committer,
 }
 
 impl EmbeddedStore {
@@ -91,12 +91,21 @@ impl EmbeddedStore {
             txn.open_table(OUTBOX_PROGRESS).map_err(se)?;
         }
         txn.commit().map_err(se)?;
-        Ok(Self {
-            db: Arc::new(db),
+        let db = Arc::new(db);
+        let write_order = Arc::new(Mutex::new(()));
+        let outbox_wake = Arc::new(Notify::new());
+        let committer = commit::Committer::start(commit::Shared {
+            db: Arc::clone(&db),
             hub,
-            write_order: Arc::new(Mutex::new(())),
+            write_order: Arc::clone(&write_order),
             history_max_events,
-            outbox_wake: Arc::new(Notify::new()),
+            outbox_wake: Arc::clone(&outbox_wake),
+        })?;
+        Ok(Self {
+            db,
+            write_order,
+            outbox_wake,
+            committer,
         })
     }
 
@@ -259,79 +268,7 @@ impl JobStore for EmbeddedStore {
         &self,
         batch: Vec<(JobId, EventKind)>,
     ) -> Result<Vec<Result<JobEvent, Rejected>>, StoreError> {
-        let lock = Arc::clone(&self.write_order);
-        let hub = Arc::clone(&self.hub);
-        let max_events = self.history_max_events;
-        let wake = Arc::clone(&self.outbox_wake);
-        self.blocking(move |db| {
-            let _order = lock.lock().unwrap_or_else(PoisonError::into_inner);
-            let txn = db.begin_write().map_err(se)?;
-            let mut results = Vec::with_capacity(batch.len());
-            let mut queued_webhooks = false;
-            {
-                let mut jobs = txn.open_table(JOBS).map_err(se)?;
-                let mut events = txn.open_table(EVENTS).map_err(se)?;
-                let mut webhooks = OutboxTables {
-                    outbox: txn.open_table(OUTBOX).map_err(se)?,
-                    pending: txn.open_table(OUTBOX_PENDING).map_err(se)?,
-                    progress: txn.open_table(OUTBOX_PROGRESS).map_err(se)?,
-                };
-                let at_ms = now_ms();
-                for (job_id, kind) in batch {
-                    let Some(mut record) = load_record(&jobs, job_id)? else {
-                        results.push(Err(Rejected::UnknownJob));
-                        continue;
-                    };
-                    if record.snapshot.state.is_terminal() {
-                        results.push(Err(Rejected::AlreadyTerminal));
-                        continue;
-                    }
-                    let event = JobEvent {
-                        job_id,
-                        seq: record.snapshot.seq.next(),
-                        at_ms,
-                        kind,
-                    };
-                    events
-                        .insert(
-                            event_key(job_id, event.seq).as_slice(),
-                            encode(&event)?.as_slice(),
-                        )
-                        .map_err(se)?;
-                    record.snapshot.apply(&event);
-                    // The webhook delivery commits with its event: it survives a crash.
-                    queued_webhooks |= webhooks.enqueue(&record, &event)?;
-                    record.stored_events += 1;
-                    if record.stored_events > max_events {
-                        let stored = events_after(&events, job_id, Seq::ZERO)?;
-                        let (drop, watermark) = coalesce(
-                            stored.iter().map(|e| (e.seq, &e.kind)),
-                            record.complete_after,
-                        );
-                        for seq in &drop {
-                            events
-                                .remove(event_key(job_id, *seq).as_slice())
-                                .map_err(se)?;
-                        }
-                        record.stored_events -= drop.len() as u64;
-                        record.complete_after = watermark;
-                    }
-                    jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice())
-                        .map_err(se)?;
-                    results.push(Ok(event));
-                }
-            }
-            txn.commit().map_err(se)?;
-            // Durable now: publish in commit order while still holding the order lock.
-            for event in results.iter().flatten() {
-                hub.publish(event.clone());
-            }
-            if queued_webhooks {
-                wake.notify_one();
-            }
-            Ok(results)
-        })
-        .await
+        self.committer.append(batch).await
     }
 
     async fn job_for_key(&self, owner: OwnerId, key: String) -> Result<Option<JobId>, StoreError> {
