@@ -101,7 +101,11 @@ async fn serve_script(
     bytes: &AtomicU64,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::new();
-    for answer in script.iter().copied().chain(std::iter::repeat(Answer::Length("ok", Duration::ZERO))) {
+    for answer in script
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(Answer::Length("ok", Duration::ZERO)))
+    {
         // One whole request: head, then a Content-Length or chunked body.
         let end = loop {
             if let Some(end) = request_end(&buf) {
@@ -127,7 +131,10 @@ async fn serve_script(
             }
             Answer::Length(body, pause) => {
                 tokio::time::sleep(pause).await;
-                let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let text = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
                 sock.write_all(text.as_bytes()).await?;
             }
             Answer::Never => {
@@ -188,7 +195,10 @@ async fn an_idle_connection_is_cut_after_the_idle_time() -> anyhow::Result<()> {
     // A connection that never sends a request.
     let mut silent = TcpStream::connect(gw.client_addr()).await?;
     let took = time_to_close(&mut silent, idle * 10).await?;
-    assert!(took >= idle - Duration::from_millis(50), "cut early: {took:?}");
+    assert!(
+        took >= idle - Duration::from_millis(50),
+        "cut early: {took:?}"
+    );
     assert_eq!(proxy.idle_cuts(), 1);
 
     // A kept-alive connection is cut once it has been idle after its response.
@@ -196,7 +206,10 @@ async fn an_idle_connection_is_cut_after_the_idle_time() -> anyhow::Result<()> {
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await?;
     let took = time_to_close(&mut kept, idle * 10).await?;
-    assert!(took >= idle - Duration::from_millis(50), "cut early: {took:?}");
+    assert!(
+        took >= idle - Duration::from_millis(50),
+        "cut early: {took:?}"
+    );
     assert_eq!(proxy.idle_cuts(), 2);
 
     // A WebSocket on which nothing moves.
@@ -259,7 +272,10 @@ async fn an_origin_that_stalls_a_plain_response_gives_524() -> anyhow::Result<()
     let r = get("/c").await?;
     let took = start.elapsed();
     assert_eq!(r.status(), 524);
-    assert!(took >= timeout - Duration::from_millis(50), "524 after {took:?}");
+    assert!(
+        took >= timeout - Duration::from_millis(50),
+        "524 after {took:?}"
+    );
     assert_eq!(
         origin.connections.load(Ordering::SeqCst),
         1,
@@ -289,7 +305,11 @@ async fn a_body_above_the_limit_gives_413_and_the_origin_never_sees_it() -> anyh
     assert_eq!(origin.bytes.load(Ordering::SeqCst), 0);
 
     // At the limit: forwarded whole.
-    let r = http.post(&url).body(vec![b'x'; limit as usize]).send().await?;
+    let r = http
+        .post(&url)
+        .body(vec![b'x'; limit as usize])
+        .send()
+        .await?;
     assert_eq!(r.status(), 200);
     assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
 
@@ -346,7 +366,11 @@ async fn a_tus_upload_with_patches_below_the_limit_passes() -> anyhow::Result<()
     // A PATCH above the limit is the edge's 413, and nothing of it is stored.
     let r = patch(0, &source[..300_000]).await?;
     assert_eq!(r.status(), 413);
-    assert_eq!(r.headers()["server"], "cf-proxy", "the edge answered, not the gateway");
+    assert_eq!(
+        r.headers()["server"],
+        "cf-proxy",
+        "the edge answered, not the gateway"
+    );
     let head = tus(reqwest::Method::HEAD, &path).send().await?;
     assert_eq!(head.headers()["upload-offset"], "0");
     // PATCHes of 200 000 bytes pass, to the last byte.
@@ -369,7 +393,8 @@ async fn a_tus_upload_with_patches_below_the_limit_passes() -> anyhow::Result<()
 
 /// Submits a demo job over HTTP; returns its id.
 async fn demo_job(gw: &Gateway, steps: u32, step_ms: u64) -> anyhow::Result<JobId> {
-    let body = serde_json::json!({"backend": "demo", "workflow": {"steps": steps, "step_ms": step_ms}});
+    let body =
+        serde_json::json!({"backend": "demo", "workflow": {"steps": steps, "step_ms": step_ms}});
     Ok(gw.api().submit(&body).await?.job_id)
 }
 
@@ -438,12 +463,19 @@ async fn a_job_stream_through_random_edge_restarts_stays_exact() -> anyhow::Resu
     let (mut going_away, mut resets) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(120);
     'connections: loop {
-        anyhow::ensure!(Instant::now() < deadline, "no terminal event; {} events", log.len());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no terminal event; {} events",
+            log.len()
+        );
         // A cut may come before the welcome or the subscription: then connect again.
         let Ok(mut client) = Client::connect(&gw.ws_url(), Codec::Json).await else {
             continue;
         };
-        if subscribe(&mut client, job, log.last().map(|e| e.seq)).await.is_err() {
+        if subscribe(&mut client, job, log.last().map(|e| e.seq))
+            .await
+            .is_err()
+        {
             continue;
         }
         loop {
@@ -470,9 +502,16 @@ async fn a_job_stream_through_random_edge_restarts_stays_exact() -> anyhow::Resu
             }
         }
     }
-    assert_eq!(log, gw.api().events(job).await?, "the client holds exactly the stored log");
+    assert_eq!(
+        log,
+        gw.api().events(job).await?,
+        "the client holds exactly the stored log"
+    );
     assert_eq!(log.iter().filter(|e| e.kind.is_terminal()).count(), 1);
-    assert!(going_away >= 1 && resets >= 1, "1001: {going_away}, resets: {resets}");
+    assert!(
+        going_away >= 1 && resets >= 1,
+        "1001: {going_away}, resets: {resets}"
+    );
     let proxy = gw.edge()?;
     assert!(proxy.stat("random_cuts") >= going_away + resets);
     Ok(())

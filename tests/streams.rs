@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use outlast_e2e::{EdgeConfig, Gateway};
 use outlast_e2e::api::Submitted;
 use outlast_e2e::ws::{Client, Incoming};
+use outlast_e2e::{EdgeConfig, Gateway};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{Codec, EventKind, JobEvent, JobId, JobSpec, Seq};
 use rand::Rng;

@@ -343,7 +343,8 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
 /// Limits: 507 before the disk fills, open uploads per owner, expiry (410/404) with GC.
 #[tokio::test]
 async fn tus_limits_and_expiry() -> anyhow::Result<()> {
-    let full = Gateway::start_behind_edge(&["--upload-min-free-bytes", "1000000000000000000"]).await?;
+    let full =
+        Gateway::start_behind_edge(&["--upload-min-free-bytes", "1000000000000000000"]).await?;
     let tus = Tus::new(&full.http());
     let (s, _) = status_of(
         tus.request("POST", "/v1/uploads")
@@ -352,7 +353,9 @@ async fn tus_limits_and_expiry() -> anyhow::Result<()> {
     .await;
     assert_eq!(s, 507);
 
-    let gw = Gateway::start_behind_edge(&["--upload-max-open-per-owner", "2", "--upload-expiry", "1s"]).await?;
+    let gw =
+        Gateway::start_behind_edge(&["--upload-max-open-per-owner", "2", "--upload-expiry", "1s"])
+            .await?;
     let tus = Tus::new(&gw.http());
     let a = tus.create(10, &[]).await?;
     let _b = tus.create(10, &[]).await?;

@@ -296,7 +296,11 @@ impl Edge {
             Ok(Ok(s)) => s,
             _ => {
                 bump(&self.stats.bad_gateway);
-                return local(cw, &answer("502 Bad Gateway", "the origin is unreachable\n")).await;
+                return local(
+                    cw,
+                    &answer("502 Bad Gateway", "the origin is unreachable\n"),
+                )
+                .await;
             }
         };
         let _ = server.set_nodelay(true);
@@ -899,7 +903,8 @@ impl Activity {
             return std::future::pending().await;
         };
         loop {
-            let due = self.start + Duration::from_millis(self.last_ms.load(Ordering::SeqCst)) + idle;
+            let due =
+                self.start + Duration::from_millis(self.last_ms.load(Ordering::SeqCst)) + idle;
             if Instant::now() < due {
                 tokio::time::sleep_until(due).await;
             } else if self.busy.load(Ordering::SeqCst) > 0 {
@@ -982,7 +987,11 @@ impl<'a> Pacer<'a> {
         }
     }
 
-    async fn write(&mut self, to: &mut (impl AsyncWrite + Unpin), mut data: &[u8]) -> io::Result<()> {
+    async fn write(
+        &mut self,
+        to: &mut (impl AsyncWrite + Unpin),
+        mut data: &[u8],
+    ) -> io::Result<()> {
         while !data.is_empty() {
             let limit = self.rate.load(Ordering::SeqCst);
             if limit != self.limit {

@@ -150,7 +150,11 @@ pub struct ChunkError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// Reading the hex size (`digits` so far); `ext` once a `;` started an extension.
-    Size { value: u64, digits: u8, ext: bool },
+    Size {
+        value: u64,
+        digits: u8,
+        ext: bool,
+    },
     /// The size line's `\r` arrived; `\n` is next.
     SizeLf(u64),
     /// Inside a chunk's data: bytes left.
@@ -301,10 +305,22 @@ mod tests {
     #[test]
     fn response_framing_table() {
         let cases: &[(&str, bool, Body)] = &[
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Body::Length(5)),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Body::None),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Body::Length(5),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                true,
+                Body::None,
+            ),
             ("HTTP/1.1 204 No Content\r\n\r\n", false, Body::None),
-            ("HTTP/1.1 101 Switching Protocols\r\n\r\n", false, Body::None),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                false,
+                Body::None,
+            ),
             ("HTTP/1.1 200 OK\r\n\r\n", false, Body::UntilClose),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -56,7 +56,10 @@ use conn::{Cut, CutOrder, Edge, Scope, Settings};
 
 /// Command line (see the module documentation).
 #[derive(Debug, Parser)]
-#[command(name = "cf-proxy", about = "A Cloudflare-like edge for the test suites")]
+#[command(
+    name = "cf-proxy",
+    about = "A Cloudflare-like edge for the test suites"
+)]
 struct Args {
     /// The origin: `HOST:PORT`.
     #[arg(long)]

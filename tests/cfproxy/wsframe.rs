@@ -90,7 +90,13 @@ mod tests {
 
     #[test]
     fn boundaries_are_found_for_every_length_form_and_split() {
-        for (len, masked) in [(0, false), (5, true), (125, false), (300, true), (70_000, false)] {
+        for (len, masked) in [
+            (0, false),
+            (5, true),
+            (125, false),
+            (300, true),
+            (70_000, false),
+        ] {
             let mut stream = frame(len, masked);
             let first = stream.len();
             stream.extend(frame(3, false));

@@ -17,9 +17,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 pub use api::Api;
-pub use proxy::{EdgeConfig, Proxy};
 pub use process::listening_addr;
 use process::{Launch, Process};
+pub use proxy::{EdgeConfig, Proxy};
 
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
@@ -249,7 +249,9 @@ impl Gateway {
 
     /// The edge in front (fails for a gateway started without one).
     pub fn edge(&self) -> anyhow::Result<&Proxy> {
-        self.edge.as_ref().context("this gateway was started without an edge")
+        self.edge
+            .as_ref()
+            .context("this gateway was started without an edge")
     }
 
     /// The gateway's log so far (for assertion messages).

@@ -19,7 +19,8 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = BIN.get() {
         return Ok(p.clone());
     }
-    let path = crate::process::workspace_binary("OUTLAST_STANDIN_BIN", "outlast-e2e", "comfy-standin")?;
+    let path =
+        crate::process::workspace_binary("OUTLAST_STANDIN_BIN", "outlast-e2e", "comfy-standin")?;
     Ok(BIN.get_or_init(|| path).clone())
 }
 
