@@ -240,7 +240,7 @@ impl Edge {
         let _ = client.set_nodelay(true);
         let act = Activity::new(self.settings.idle);
         let (cr, mut cw) = client.into_split();
-        let mut cr = Reader::new(cr, &act);
+        let mut cr = Reader::new(cr, &act, &s.up_rate);
         let mut cuts = self.cuts.subscribe();
         let end = self.run(&mut cr, &mut cw, &mut cuts, &act).await;
         match end {
@@ -305,7 +305,7 @@ impl Edge {
         };
         let _ = server.set_nodelay(true);
         let (sr, mut sw) = server.into_split();
-        let mut sr = Reader::new(sr, act);
+        let mut sr = Reader::new(sr, act, &self.stats.down_rate);
         let (tx, rx) = mpsc::channel(4);
         let ws = AtomicBool::new(false);
         let end = tokio::select! {
@@ -388,10 +388,8 @@ impl Edge {
                 cr.consume(head.len);
                 return answer_locally(&tx, refusal, cr, head.body).await;
             }
-            if let Err(e) = pacer.write(sw, &cr.buffered()[..head.len]).await {
-                return End::Failed(e);
-            }
-            cr.consume(head.len);
+            // The down half learns of the request before the origin sees it, so a fast answer
+            // can never be taken for bytes nobody asked for.
             let (body_tx, body_rx) = oneshot::channel();
             let (upgraded_tx, upgraded_rx) = oneshot::channel();
             let pending = Pending::Forwarded {
@@ -402,6 +400,10 @@ impl Edge {
             if tx.send(pending).await.is_err() {
                 return std::future::pending().await;
             }
+            if let Err(e) = pacer.write(sw, &cr.buffered()[..head.len]).await {
+                return End::Failed(e);
+            }
+            cr.consume(head.len);
             let limit = Some(self.settings.max_body);
             match forward_body(cr, &mut Filler::Client, sw, &mut pacer, head.body, limit).await {
                 Ok(Forwarded::Complete) => {
@@ -444,6 +446,8 @@ impl Edge {
         let mut pacer = Pacer::new(&self.stats.down_rate, &self.stats.down);
         loop {
             let pending = tokio::select! {
+                // A queued request first: origin bytes after it are its response.
+                biased;
                 p = rx.recv() => p,
                 r = sr.fill() => match r {
                     Ok(0) => {
@@ -916,23 +920,26 @@ impl Activity {
     }
 }
 
-/// A read half with a buffer; every read counts as activity.
+/// A read half with a buffer; every read counts as activity. Under a throttle it reads no more
+/// than the pacer writes at once, so bytes wait in the sender's socket, not in the edge.
 struct Reader<'a> {
     half: OwnedReadHalf,
     buf: Vec<u8>,
     start: usize,
     end: usize,
     act: &'a Activity,
+    rate: &'a AtomicU64,
 }
 
 impl<'a> Reader<'a> {
-    fn new(half: OwnedReadHalf, act: &'a Activity) -> Reader<'a> {
+    fn new(half: OwnedReadHalf, act: &'a Activity, rate: &'a AtomicU64) -> Reader<'a> {
         Reader {
             half,
             buf: vec![0; BUF],
             start: 0,
             end: 0,
             act,
+            rate,
         }
     }
 
@@ -958,13 +965,25 @@ impl<'a> Reader<'a> {
             self.end -= self.start;
             self.start = 0;
         }
-        let n = self.half.read(&mut self.buf[self.end..]).await?;
+        let room = match self.rate.load(Ordering::SeqCst) {
+            0 => self.buf.len(),
+            limit => piece_for(limit),
+        };
+        let until = self.buf.len().min(self.end + room);
+        let n = self.half.read(&mut self.buf[self.end..until]).await?;
         self.end += n;
         if n > 0 {
             self.act.touch();
         }
         Ok(n)
     }
+}
+
+/// Bytes per paced write (and per read) at `limit` bytes per second: a twentieth of a second.
+fn piece_for(limit: u64) -> usize {
+    usize::try_from(limit / 20)
+        .unwrap_or(usize::MAX)
+        .clamp(256, 64 * 1024)
 }
 
 /// Writes at most `rate` bytes per second (0: unlimited), counting what went out.
@@ -1001,10 +1020,7 @@ impl<'a> Pacer<'a> {
             let piece = if limit == 0 {
                 data.len()
             } else {
-                usize::try_from(limit / 20)
-                    .unwrap_or(usize::MAX)
-                    .clamp(256, 64 * 1024)
-                    .min(data.len())
+                piece_for(limit).min(data.len())
             };
             to.write_all(&data[..piece]).await?;
             self.count.fetch_add(piece as u64, Ordering::SeqCst);
