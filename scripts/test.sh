@@ -24,6 +24,8 @@ bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 export OUTLAST_BIN="$bin_dir/outlast"
 # The stand-in ComfyUI server the comfyui suites drive the gateway against (test support only).
 export OUTLAST_STANDIN_BIN="$bin_dir/comfy-standin"
+# The Cloudflare-like edge (tests/cfproxy) the stream, upload and ComfyUI suites run behind.
+export OUTLAST_CFPROXY_BIN="$bin_dir/cf-proxy"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

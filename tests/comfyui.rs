@@ -62,7 +62,7 @@ async fn gateway(standins: &[&StandIn], extra: &[&str]) -> anyhow::Result<Gatewa
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Gateway::start(&refs).await
+    Gateway::start_behind_edge(&refs).await
 }
 
 /// Long-polls until `pick` finds an event of the job; returns it (as JSON).

@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use outlast_e2e::Gateway;
 use outlast_e2e::api::Submitted;
-use outlast_e2e::proxy::Proxy;
 use outlast_e2e::ws::{Client, Incoming};
+use outlast_e2e::{EdgeConfig, Gateway};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{Codec, EventKind, JobEvent, JobId, JobSpec, Seq};
 use rand::Rng;
@@ -122,9 +121,13 @@ fn assert_one_terminal(log: &[JobEvent]) {
 async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> anyhow::Result<()> {
     // Ping every 300 ms; the proxy cuts connections idle for 450 ms (1.5 intervals). The job
     // lasts 3 intervals and is silent for all but its end.
-    let gw = Gateway::start(&["--ping-interval", "300ms"]).await?;
-    let proxy = Proxy::start(gw.addr, Some(Duration::from_millis(450))).await?;
-    let mut client = Client::connect(&format!("ws://{}/v1/ws", proxy.addr), Codec::MsgPack).await?;
+    let edge = EdgeConfig {
+        idle_timeout: Some(Duration::from_millis(450)),
+        ..EdgeConfig::scaled(Duration::from_millis(300))
+    };
+    let gw = Gateway::start_behind(edge.clone(), &["--ping-interval", "300ms"]).await?;
+    let proxy = gw.edge()?;
+    let mut client = Client::connect(&gw.ws_url(), Codec::MsgPack).await?;
     let job = submit_ws(&mut client, demo(1, 900)).await?;
     subscribe(&mut client, job, &[]).await?;
     let mut log = Vec::new();
@@ -159,9 +162,9 @@ async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> any
 
     // Control: the same proxy cuts a connection when the gateway pings too rarely, so the
     // assertion above is not vacuous.
-    let quiet = Gateway::start(&["--ping-interval", "60s"]).await?;
-    let proxy = Proxy::start(quiet.addr, Some(Duration::from_millis(450))).await?;
-    let mut client = Client::connect(&format!("ws://{}/v1/ws", proxy.addr), Codec::MsgPack).await?;
+    let quiet = Gateway::start_behind(edge, &["--ping-interval", "60s"]).await?;
+    let proxy = quiet.edge()?;
+    let mut client = Client::connect(&quiet.ws_url(), Codec::MsgPack).await?;
     let job = submit_ws(&mut client, demo(1, 900)).await?;
     subscribe(&mut client, job, &[]).await?;
     let finished = collect(&mut client, job, &mut Vec::new(), None).await?;
@@ -176,9 +179,9 @@ async fn pings_keep_a_silent_stream_alive_through_an_idle_cutting_proxy() -> any
 #[tokio::test]
 async fn twenty_random_drops_lose_and_duplicate_nothing() -> anyhow::Result<()> {
     for codec in [Codec::MsgPack, Codec::Json] {
-        let gw = Gateway::start(&[]).await?;
-        let proxy = Proxy::start(gw.addr, None).await?;
-        let url = format!("ws://{}/v1/ws", proxy.addr);
+        let gw = Gateway::start_behind_edge(&[]).await?;
+        let proxy = gw.edge()?;
+        let url = gw.ws_url();
         let mut client = Client::connect(&url, codec).await?;
         let job = submit_ws(&mut client, demo(80, 30)).await?;
         let mut log = Vec::new();
@@ -216,7 +219,7 @@ async fn twenty_random_drops_lose_and_duplicate_nothing() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn kill_9_mid_job_reruns_the_demo_job_and_the_stream_continues() -> anyhow::Result<()> {
-    let mut gw = Gateway::start(&["--ping-interval", "1s"]).await?;
+    let mut gw = Gateway::start_behind_edge(&["--ping-interval", "1s"]).await?;
     let mut client = Client::connect(&gw.ws_url(), Codec::Json).await?;
     let job = submit_ws(&mut client, demo(30, 60)).await?;
     subscribe(&mut client, job, &[]).await?;
@@ -255,7 +258,7 @@ async fn kill_9_mid_job_reruns_the_demo_job_and_the_stream_continues() -> anyhow
 
 #[tokio::test]
 async fn exec_jobs_interrupted_by_kill_9_fail_with_a_clear_reason() -> anyhow::Result<()> {
-    let mut gw = Gateway::start(&[
+    let mut gw = Gateway::start_behind_edge(&[
         "--exec-command",
         "echo '{\"progress\":1,\"max\":2}'; sleep 30",
     ])
@@ -290,7 +293,7 @@ async fn exec_jobs_interrupted_by_kill_9_fail_with_a_clear_reason() -> anyhow::R
 
 #[tokio::test]
 async fn same_idempotency_key_is_one_job_over_http_and_websocket() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let api = gw.api();
     let body = serde_json::json!({"backend": "demo", "workflow": {"steps": 1, "step_ms": 1}, "idempotency_key": "order-17"});
     let first = api.submit(&body).await?;
@@ -360,7 +363,7 @@ async fn read_sse(
 
 #[tokio::test]
 async fn sse_resumes_exactly_from_last_event_id() -> anyhow::Result<()> {
-    let gw = Gateway::start(&["--ping-interval", "200ms"]).await?;
+    let gw = Gateway::start_behind_edge(&["--ping-interval", "200ms"]).await?;
     let job = gw
         .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 6, "step_ms": 40}}))
         .await?;
@@ -420,7 +423,7 @@ async fn sse_resumes_exactly_from_last_event_id() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn long_poll_returns_events_after_a_position_and_waits_boundedly() -> anyhow::Result<()> {
-    let gw = Gateway::start(&["--long-poll-timeout", "2s"]).await?;
+    let gw = Gateway::start_behind_edge(&["--long-poll-timeout", "2s"]).await?;
     let job = gw
         .submit(serde_json::json!({"backend": "demo", "workflow": {"steps": 3, "step_ms": 150}}))
         .await?;
@@ -467,7 +470,7 @@ async fn long_poll_returns_events_after_a_position_and_waits_boundedly() -> anyh
 async fn a_client_whose_history_was_coalesced_gets_told_and_gets_a_snapshot() -> anyhow::Result<()>
 {
     // With at most 16 stored events per job, a 40-step job's old progress events are coalesced.
-    let gw = Gateway::start(&["--history-max-events", "16"]).await?;
+    let gw = Gateway::start_behind_edge(&["--history-max-events", "16"]).await?;
     let mut client = Client::connect(&gw.ws_url(), Codec::Json).await?;
     let job = submit_ws(&mut client, demo(40, 5)).await?;
     // Follow it live from the start: a live subscriber still sees every event in order.
@@ -547,6 +550,8 @@ async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() -> anyh
     // 400 progress events with 16 KiB labels: 6.4 MB, far more than socket buffers hold.
     let script = "pad=$(head -c 16384 /dev/zero | tr '\\0' x); i=0; while [ $i -lt 400 ]; do i=$((i+1)); \
                   printf '{\"progress\":%d,\"max\":400,\"label\":\"%s\"}\\n' $i \"$pad\"; done";
+    // Direct, not behind the edge: a proxy in between buffers megabytes in its own sockets, so
+    // the gateway would never see this client as slow. This test is about the gateway's writer.
     let gw =
         Gateway::start(&["--slow-consumer-timeout", "300ms", "--exec-command", script]).await?;
     let job = gw.submit(serde_json::json!({"backend": "exec"})).await?;

@@ -13,7 +13,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Tus, content, header, id_of, sha256_hex, wait_for, ws_upload};
 use outlast_e2e::Gateway;
-use outlast_e2e::proxy::Proxy;
 use outlast_e2e::ws::Client;
 use outlast_protocol::v1::{ClientMsg, Control};
 use outlast_protocol::{Codec, EventKind, FailureCode, JobState, Offset};
@@ -30,7 +29,7 @@ async fn status_of(r: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderM
 /// One row per rule of the tus table (docs: reference/tus.md): status code and headers.
 #[tokio::test]
 async fn tus_protocol_table() -> anyhow::Result<()> {
-    let gw = Gateway::start_with_tokens(
+    let gw = Gateway::start_behind_edge_with_tokens(
         &[("alice", ALICE), ("bob", BOB)],
         &[
             // CORS is off unless origins are listed (the preflight below needs one).
@@ -344,7 +343,8 @@ async fn tus_protocol_table() -> anyhow::Result<()> {
 /// Limits: 507 before the disk fills, open uploads per owner, expiry (410/404) with GC.
 #[tokio::test]
 async fn tus_limits_and_expiry() -> anyhow::Result<()> {
-    let full = Gateway::start(&["--upload-min-free-bytes", "1000000000000000000"]).await?;
+    let full =
+        Gateway::start_behind_edge(&["--upload-min-free-bytes", "1000000000000000000"]).await?;
     let tus = Tus::new(&full.http());
     let (s, _) = status_of(
         tus.request("POST", "/v1/uploads")
@@ -353,7 +353,9 @@ async fn tus_limits_and_expiry() -> anyhow::Result<()> {
     .await;
     assert_eq!(s, 507);
 
-    let gw = Gateway::start(&["--upload-max-open-per-owner", "2", "--upload-expiry", "1s"]).await?;
+    let gw =
+        Gateway::start_behind_edge(&["--upload-max-open-per-owner", "2", "--upload-expiry", "1s"])
+            .await?;
     let tus = Tus::new(&gw.http());
     let a = tus.create(10, &[]).await?;
     let _b = tus.create(10, &[]).await?;
@@ -400,7 +402,7 @@ async fn tus_limits_and_expiry() -> anyhow::Result<()> {
 /// received, and `[0, offset)` equals the source (finishing from there gives its sha256).
 #[tokio::test]
 async fn kill9_during_patch_keeps_a_true_prefix() -> anyhow::Result<()> {
-    let mut gw = Gateway::start(&[]).await?;
+    let mut gw = Gateway::start_behind_edge(&[]).await?;
     let tus = Tus::new(&gw.http());
     let source = content(24 << 20, 9);
     let path = tus.create(source.len() as u64, &[]).await?;
@@ -460,9 +462,9 @@ async fn kill9_during_patch_keeps_a_true_prefix() -> anyhow::Result<()> {
 /// server wrote every byte exactly once.
 #[tokio::test]
 async fn ws_upload_survives_cuts_without_rewriting() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[]).await?;
-    let proxy = Proxy::start(gw.addr, None).await?;
-    let url = format!("ws://{}/v1/ws", proxy.addr);
+    let gw = Gateway::start_behind_edge(&[]).await?;
+    let proxy = gw.edge()?;
+    let url = gw.ws_url();
     let source = content(6 << 20, 3);
     // Cut a few hundred KB after each acknowledged position: bytes are in flight (sent,
     // maybe written, not yet acknowledged) at every cut.
@@ -494,7 +496,7 @@ async fn ws_upload_survives_cuts_without_rewriting() -> anyhow::Result<()> {
 /// A duplicate (same owner, same declared sha256) sends no data, over either transport.
 #[tokio::test]
 async fn duplicate_upload_sends_no_data() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let source = content(1 << 20, 5);
     let first = ws_upload(&gw.ws_url(), &source, 256 << 10, 16 << 20, true, |_| {}).await?;
     assert!(!first.deduplicated);
@@ -535,7 +537,7 @@ async fn duplicate_upload_sends_no_data() -> anyhow::Result<()> {
 /// reaches the owner's WebSocket.
 #[tokio::test]
 async fn transports_share_uploads_and_progress() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let tus = Tus::new(&gw.http());
     let source = content(3 << 20, 8);
 
@@ -669,7 +671,7 @@ fn png(w: u32, h: u32) -> Vec<u8> {
 /// (and fails with `input_unavailable` if the upload is deleted).
 #[tokio::test]
 async fn uploads_are_job_inputs() -> anyhow::Result<()> {
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let tus = Tus::new(&gw.http());
     let image = png(64, 48);
     let path = tus.upload(&image, 1000).await?;

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use common::{Tus, content, id_of, sha256_hex, wait_for};
 use outlast_e2e::Gateway;
-use outlast_e2e::proxy::Proxy;
 use outlast_e2e::ws::Client;
 use outlast_protocol::Codec;
 use outlast_protocol::v1::Control;
@@ -102,7 +101,7 @@ async fn verify(tus: &Tus, path: &str, source: &[u8], allow_resend: bool) -> any
 #[tokio::test]
 async fn tus_js_client_resumes_after_random_interruptions() -> anyhow::Result<()> {
     require_node();
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let tus = Tus::new(&gw.http());
     let dir = tempfile::tempdir()?;
     let endpoint = format!("{}/v1/uploads", gw.http());
@@ -155,7 +154,7 @@ async fn tus_js_client_resumes_after_random_interruptions() -> anyhow::Result<()
 #[tokio::test]
 async fn tus_js_client_parallel_uploads_use_concatenation() -> anyhow::Result<()> {
     require_node();
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let tus = Tus::new(&gw.http());
     let dir = tempfile::tempdir()?;
     let endpoint = format!("{}/v1/uploads", gw.http());
@@ -195,16 +194,17 @@ async fn tus_js_client_parallel_uploads_use_concatenation() -> anyhow::Result<()
 #[tokio::test]
 async fn tus_js_client_survives_a_cutting_proxy() -> anyhow::Result<()> {
     require_node();
-    let gw = Gateway::start(&[]).await?;
-    let proxy = Proxy::start(gw.addr, None).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
+    let proxy = gw.edge()?;
     let tus = Tus::new(&gw.http());
     let dir = tempfile::tempdir()?;
     let source = content(16 << 20, 77);
     let file = dir.path().join("src.bin");
     std::fs::write(&file, &source)?;
     let store = dir.path().join("store.json");
-    let endpoint = format!("http://{}/v1/uploads", proxy.addr);
-    let mut watch = Client::connect(&gw.ws_url(), Codec::Json).await?;
+    let endpoint = format!("{}/v1/uploads", gw.http());
+    // The test's own observer goes past the edge: the cuts below are for the tus client only.
+    let mut watch = Client::connect(&gw.direct_ws_url(), Codec::Json).await?;
     let extra = vec![
         "--chunk".into(),
         (4 << 20).to_string(),
@@ -237,7 +237,7 @@ async fn tus_js_client_survives_a_cutting_proxy() -> anyhow::Result<()> {
 #[tokio::test]
 async fn tuspy_resumes_with_chunk_checksums() -> anyhow::Result<()> {
     require_python();
-    let gw = Gateway::start(&[]).await?;
+    let gw = Gateway::start_behind_edge(&[]).await?;
     let tus = Tus::new(&gw.http());
     let dir = tempfile::tempdir()?;
     let endpoint = format!("{}/v1/uploads", gw.http());

@@ -1,88 +1,131 @@
-//! `cf-proxy`: a Cloudflare-like TCP proxy for the browser tests, with a control port.
+//! `cf-proxy`: a Cloudflare-like edge for the test suites (Rust and browser), with a control port.
 //!
-//! `cf-proxy --upstream ADDR` listens on an ephemeral port and forwards every connection to
-//! ADDR; it prints `cf-proxy: listening on http://A/ control http://B/`. Control (GET on B):
-//! - `/cut?mode=abrupt|1001`: end every WebSocket now (abrupt: no close frame; 1001: a close
-//!   frame "going away" to the browser first, like an edge restart),
-//! - `/refuse_ws?on=1|0`: answer WebSocket upgrades with 403 (a proxy that blocks them),
-//! - `/throttle?up=BYTES_PER_SEC&down=BYTES_PER_SEC` (0 = unlimited),
+//! `cf-proxy --upstream ADDR [--listen ADDR] [--control ADDR]` forwards every connection to the
+//! origin at ADDR and prints `cf-proxy: listening on http://A/ control http://B/` as its first
+//! stdout line. It reads HTTP/1.1 (request and response boundaries on kept-alive connections) and
+//! behaves as Cloudflare's edge does (figures: shared/reference/cloudflare.md):
+//! - `--idle-timeout-ms N` (default 100000, 0: never): a connection on which no byte moves in
+//!   either direction for N ms is cut (WebSockets, and kept-alive connections between requests;
+//!   while a request waits for its response the origin timeout applies instead);
+//! - `--origin-timeout-ms N` (default 100000, 0: never): when the origin sends nothing for N ms
+//!   while the edge waits for a response head, the client gets `524` and the connection closes;
+//!   a silence of N ms inside a response body cuts the connection (Cloudflare's Proxy Read
+//!   Timeout is the time between two reads from the origin). Counted from the end of the
+//!   request body;
+//! - `--max-body-bytes N` (default 104857600): a request whose `Content-Length` is above N gets
+//!   `413` before anything of it reaches the origin; a chunked body is counted as it streams and
+//!   the origin connection is reset (the request never completes there) once it passes N;
+//! - `--random-cut-ms MEAN` (default 0: off): each WebSocket is ended after a random time
+//!   (exponential, this mean), half the time with a `1001 going away` close frame placed between
+//!   two of the origin's frames, half the time with a TCP reset, as an edge restart does;
+//! - `--up-rate`/`--down-rate BYTES_PER_SEC` (default 0: unlimited): throttle per direction and
+//!   connection (up: client to origin).
+//!
+//! Control (GET on the control address; every answer is JSON):
+//! - `/cut?mode=abrupt|1001&scope=ws|all`: end every WebSocket (`scope=ws`, the default) or
+//!   every connection (`all`) now; abrupt: a TCP reset, 1001: a close frame "going away" to the
+//!   client between two frames (connections that are not WebSockets are reset);
+//! - `/random_cut?mean_ms=N`: as `--random-cut-ms` from now on (0: off);
+//! - `/refuse_ws?on=1|0`: answer WebSocket upgrades with 403 (a proxy that blocks them);
+//! - `/refuse_sse?on=1|0`: answer requests accepting `text/event-stream` with 403;
+//! - `/throttle?up=BYTES_PER_SEC&down=BYTES_PER_SEC` (0 = unlimited);
 //! - `/stall`: every WebSocket open now stops forwarding in both directions, without closing
-//!   (a dead NAT mapping or a hung edge: bytes are read and dropped); later connections work,
-//! - `/refuse_sse?on=1|0`: answer requests accepting `text/event-stream` with 403 (a proxy that
-//!   breaks SSE),
-//! - `/stats`: `{"up": bytes browser->server, "down": bytes server->browser, "ws_open": n,
-//!   "ws_total": n, "ws_refused": n, "ws_stalled": n, "sse_refused": n}`.
+//!   (a dead NAT mapping or a hung edge: bytes are read and dropped); later connections work;
+//! - `/stats`: counters: `up`/`down` (bytes client->origin, origin->client), `connections`
+//!   (open), `connections_total`, `requests`, `ws_open`, `ws_total`, `ws_refused`,
+//!   `ws_stalled`, `sse_refused`, `idle_cuts`, `origin_timeouts` (524s and cut bodies),
+//!   `too_large` (413s), `cuts_abrupt`, `cuts_1001`, `random_cuts`, `bad_gateway` (502s).
+//!
+//! `/cut` and `/stall` answer `{"receivers": N}`, the connections they apply to.
 
+mod conn;
+mod http1;
+mod wsframe;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
-#[derive(Default)]
-struct Shared {
-    up: AtomicU64,
-    down: AtomicU64,
-    up_rate: AtomicU64,
-    down_rate: AtomicU64,
-    refuse_ws: AtomicBool,
-    ws_open: AtomicU64,
-    ws_total: AtomicU64,
-    ws_refused: AtomicU64,
-    ws_stalled: AtomicU64,
-    refuse_sse: AtomicBool,
-    sse_refused: AtomicU64,
+use conn::{Cut, CutOrder, Edge, Scope, Settings};
+
+/// Command line (see the module documentation).
+#[derive(Debug, Parser)]
+#[command(
+    name = "cf-proxy",
+    about = "A Cloudflare-like edge for the test suites"
+)]
+struct Args {
+    /// The origin: `HOST:PORT`.
+    #[arg(long)]
+    upstream: String,
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where the control endpoints answer.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    control: SocketAddr,
+    /// Cut connections idle this long (0: never).
+    #[arg(long, default_value_t = 100_000)]
+    idle_timeout_ms: u64,
+    /// 524 when the origin is silent this long before a response head (0: never).
+    #[arg(long, default_value_t = 100_000)]
+    origin_timeout_ms: u64,
+    /// 413 for request bodies above this.
+    #[arg(long, default_value_t = 100 << 20)]
+    max_body_bytes: u64,
+    /// Mean lifetime of a WebSocket before a random edge-restart cut (0: off).
+    #[arg(long, default_value_t = 0)]
+    random_cut_ms: u64,
+    /// Client-to-origin bytes per second per connection (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    up_rate: u64,
+    /// Origin-to-client bytes per second per connection (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    down_rate: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Cut {
-    Abrupt,
-    GoingAway,
-    /// Stop forwarding, keep the connection open.
-    Stall,
-    /// A request on this (non-WebSocket) connection accepts `text/event-stream`: refuse it.
-    RefuseSse,
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut upstream = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--upstream" {
-            upstream = args.next();
-        }
-    }
-    let upstream = upstream.ok_or_else(|| anyhow::anyhow!("usage: cf-proxy --upstream ADDR"))?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let control = TcpListener::bind("127.0.0.1:0").await?;
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen).await?;
+    let control = TcpListener::bind(args.control).await?;
+    let edge = Arc::new(Edge::new(Settings {
+        upstream: args.upstream,
+        idle: millis(args.idle_timeout_ms),
+        origin: millis(args.origin_timeout_ms),
+        max_body: args.max_body_bytes,
+    }));
+    edge.random_mean.send_replace(args.random_cut_ms);
+    edge.stats.up_rate.store(args.up_rate, Ordering::SeqCst);
+    edge.stats.down_rate.store(args.down_rate, Ordering::SeqCst);
     println!(
         "cf-proxy: listening on http://{}/ control http://{}/",
         listener.local_addr()?,
         control.local_addr()?
     );
-    let shared = Arc::new(Shared::default());
-    let (cut_tx, _) = broadcast::channel::<Cut>(16);
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             r = listener.accept() => {
                 let (sock, _) = r?;
-                let (shared, upstream, cut) = (Arc::clone(&shared), upstream.clone(), cut_tx.subscribe());
-                tasks.spawn(async move {
-                    if let Err(e) = proxy(sock, &upstream, &shared, cut).await {
-                        eprintln!("cf-proxy: connection: {e}");
-                    }
-                });
+                let edge = Arc::clone(&edge);
+                tasks.spawn(async move { edge.serve(sock).await });
             }
             r = control.accept() => {
                 let (sock, _) = r?;
-                let (shared, cut_tx) = (Arc::clone(&shared), cut_tx.clone());
+                let edge = Arc::clone(&edge);
                 tasks.spawn(async move {
-                    if let Err(e) = control_request(sock, &shared, &cut_tx).await {
+                    if let Err(e) = control_request(sock, &edge).await {
                         eprintln!("cf-proxy: control: {e}");
                     }
                 });
@@ -92,171 +135,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Reads until the end of the first request head (or EOF); returns what was read.
-async fn read_head(sock: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(2048);
-    let mut tmp = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 * 1024 {
-        let n = sock.read(&mut tmp).await?;
+/// Answers one control request (see the module documentation).
+async fn control_request(mut sock: TcpStream, edge: &Edge) -> anyhow::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut tmp)).await??;
         if n == 0 {
             break;
         }
-        buf.extend_from_slice(&tmp[..n]);
+        head.extend_from_slice(&tmp[..n]);
     }
-    Ok(buf)
-}
-
-fn accepts_event_stream(head: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
-    text.lines()
-        .any(|l| l.starts_with("accept:") && l.contains("text/event-stream"))
-}
-
-fn is_ws_upgrade(head: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
-    text.lines()
-        .any(|l| l.starts_with("upgrade:") && l.contains("websocket"))
-}
-
-async fn proxy(
-    mut client: TcpStream,
-    upstream: &str,
-    shared: &Shared,
-    mut cut: broadcast::Receiver<Cut>,
-) -> anyhow::Result<()> {
-    let head = read_head(&mut client).await?;
-    if head.is_empty() {
-        return Ok(());
-    }
-    let ws = is_ws_upgrade(&head);
-    if ws && shared.refuse_ws.load(Ordering::SeqCst) {
-        shared.ws_refused.fetch_add(1, Ordering::SeqCst);
-        client
-            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .await?;
-        return Ok(());
-    }
-    if !ws && shared.refuse_sse.load(Ordering::SeqCst) && accepts_event_stream(&head) {
-        shared.sse_refused.fetch_add(1, Ordering::SeqCst);
-        client
-            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .await?;
-        return Ok(());
-    }
-    let mut server = TcpStream::connect(upstream).await?;
-    server.set_nodelay(true)?;
-    client.set_nodelay(true)?;
-    shared.up.fetch_add(head.len() as u64, Ordering::SeqCst);
-    server.write_all(&head).await?;
-    if ws {
-        shared.ws_open.fetch_add(1, Ordering::SeqCst);
-        shared.ws_total.fetch_add(1, Ordering::SeqCst);
-    }
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let result = {
-        // Later requests on a kept-alive connection are checked for SSE too.
-        let sse_guard = (!ws).then_some(&shared.refuse_sse);
-        let up = pipe(&mut cr, &mut sw, &shared.up, &shared.up_rate, sse_guard);
-        let down = pipe(&mut sr, &mut cw, &shared.down, &shared.down_rate, None);
-        tokio::select! {
-            r = up => r.map(|sse| sse.then_some(Cut::RefuseSse)),
-            r = down => r.map(|_| None),
-            c = async { loop { match cut.recv().await { Ok(c) => break Some(c), Err(broadcast::error::RecvError::Lagged(_)) => continue, Err(_) => break None } } }, if ws => {
-                if let Some(Cut::GoingAway) = c {
-                    // Close frame from the server side: FIN + opcode 8, unmasked, code 1001.
-                    let _ = cw.write_all(&[0x88, 0x02, 0x03, 0xE9]).await;
-                }
-                Ok(c)
-            }
-        }
-    };
-    if let Ok(Some(Cut::Stall)) = result {
-        // A black hole: read and drop both ways until the browser gives up on the socket.
-        shared.ws_stalled.fetch_add(1, Ordering::SeqCst);
-        tokio::select! {
-            () = drain(&mut cr) => {}
-            () = async { drain(&mut sr).await; std::future::pending::<()>().await } => {}
-        }
-    }
-    if let Ok(Some(Cut::RefuseSse)) = result {
-        shared.sse_refused.fetch_add(1, Ordering::SeqCst);
-        cw.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .await?;
-    }
-    let result = result.map(|_| ());
-    if ws {
-        shared.ws_open.fetch_sub(1, Ordering::SeqCst);
-    }
-    let _ = cw.shutdown().await;
-    result
-}
-
-/// Reads and drops everything until EOF or an error.
-async fn drain(from: &mut (impl AsyncRead + Unpin)) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-/// Copies `from` to `to`, counting bytes and keeping to `rate` bytes/s when it is non-zero.
-/// With `refuse_sse` set, a read holding a request that accepts `text/event-stream` is not
-/// forwarded and the copy ends with `true`.
-async fn pipe(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    count: &AtomicU64,
-    rate: &AtomicU64,
-    refuse_sse: Option<&AtomicBool>,
-) -> anyhow::Result<bool> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut start = Instant::now();
-    let mut sent: u64 = 0;
-    let mut prev_limit = 0;
-    loop {
-        let limit = rate.load(Ordering::SeqCst);
-        if limit != prev_limit {
-            // A new rate counts from now: no burst for the time the connection ran before.
-            (start, sent, prev_limit) = (Instant::now(), 0, limit);
-        }
-        let max = if limit == 0 {
-            buf.len()
-        } else {
-            (limit as usize / 20).clamp(256, buf.len())
-        };
-        let n = from.read(&mut buf[..max]).await?;
-        if n == 0 {
-            to.shutdown().await?;
-            return Ok(false);
-        }
-        if refuse_sse.is_some_and(|r| r.load(Ordering::SeqCst)) && accepts_event_stream(&buf[..n]) {
-            return Ok(true);
-        }
-        to.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::SeqCst);
-        sent += n as u64;
-        if limit > 0 {
-            // Pace: the bytes so far may not have taken less than sent/limit seconds.
-            let due = Duration::from_secs_f64(sent as f64 / limit as f64);
-            let elapsed = start.elapsed();
-            if due > elapsed {
-                tokio::time::sleep(due - elapsed).await;
-            }
-        } else {
-            sent = 0;
-        }
-    }
-}
-
-async fn control_request(
-    mut sock: TcpStream,
-    shared: &Shared,
-    cut: &broadcast::Sender<Cut>,
-) -> anyhow::Result<()> {
-    let head = read_head(&mut sock).await?;
     let line = String::from_utf8_lossy(&head)
         .lines()
         .next()
@@ -270,51 +159,49 @@ async fn control_request(
             .find_map(|kv| kv.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
             .map(str::to_owned)
     };
+    let num = |k: &str| param(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let flag = |k: &str| param(k).as_deref() == Some("1");
+    let s = &edge.stats;
     let (status, body) = match path {
         "/cut" => {
-            let mode = if param("mode").as_deref() == Some("1001") {
+            let cut = if param("mode").as_deref() == Some("1001") {
                 Cut::GoingAway
             } else {
                 Cut::Abrupt
             };
-            let n = cut.send(mode).unwrap_or(0);
+            let scope = if param("scope").as_deref() == Some("all") {
+                Scope::All
+            } else {
+                Scope::WebSockets
+            };
+            let n = edge.order(CutOrder { cut, scope });
             ("200 OK", format!("{{\"receivers\":{n}}}"))
         }
         "/stall" => {
-            let n = cut.send(Cut::Stall).unwrap_or(0);
+            let n = edge.order(CutOrder {
+                cut: Cut::Stall,
+                scope: Scope::WebSockets,
+            });
             ("200 OK", format!("{{\"receivers\":{n}}}"))
         }
+        "/random_cut" => {
+            edge.random_mean.send_replace(num("mean_ms"));
+            ("200 OK", "{}".to_owned())
+        }
         "/refuse_sse" => {
-            shared
-                .refuse_sse
-                .store(param("on").as_deref() == Some("1"), Ordering::SeqCst);
+            s.refuse_sse.store(flag("on"), Ordering::SeqCst);
             ("200 OK", "{}".to_owned())
         }
         "/refuse_ws" => {
-            shared
-                .refuse_ws
-                .store(param("on").as_deref() == Some("1"), Ordering::SeqCst);
+            s.refuse_ws.store(flag("on"), Ordering::SeqCst);
             ("200 OK", "{}".to_owned())
         }
         "/throttle" => {
-            let num = |k| param(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            shared.up_rate.store(num("up"), Ordering::SeqCst);
-            shared.down_rate.store(num("down"), Ordering::SeqCst);
+            s.up_rate.store(num("up"), Ordering::SeqCst);
+            s.down_rate.store(num("down"), Ordering::SeqCst);
             ("200 OK", "{}".to_owned())
         }
-        "/stats" => (
-            "200 OK",
-            format!(
-                "{{\"up\":{},\"down\":{},\"ws_open\":{},\"ws_total\":{},\"ws_refused\":{},\"ws_stalled\":{},\"sse_refused\":{}}}",
-                shared.up.load(Ordering::SeqCst),
-                shared.down.load(Ordering::SeqCst),
-                shared.ws_open.load(Ordering::SeqCst),
-                shared.ws_total.load(Ordering::SeqCst),
-                shared.ws_refused.load(Ordering::SeqCst),
-                shared.ws_stalled.load(Ordering::SeqCst),
-                shared.sse_refused.load(Ordering::SeqCst)
-            ),
-        ),
+        "/stats" => ("200 OK", s.to_json()),
         _ => ("404 Not Found", "{}".to_owned()),
     };
     let answer = format!(

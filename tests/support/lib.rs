@@ -1,6 +1,7 @@
 //! Test harness for the end-to-end suites: starts the real `outlast` binary on an ephemeral
-//! port, talks to it with real clients (tokio-tungstenite, reqwest), and puts a TCP proxy in
-//! between that can cut connections (idle timeouts like Cloudflare's, or on command).
+//! port, talks to it with real clients (tokio-tungstenite, reqwest), and puts the Cloudflare-like
+//! edge (`cf-proxy`, see [`proxy`]) in between: [`Gateway::start_behind_edge`] gives clients the
+//! edge's address, so idle cuts, 524, 413 and cuts on command apply to everything they do.
 
 pub mod api;
 pub mod process;
@@ -18,6 +19,7 @@ use anyhow::Context;
 pub use api::Api;
 pub use process::listening_addr;
 use process::{Launch, Process};
+pub use proxy::{EdgeConfig, Proxy};
 
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
@@ -76,6 +78,17 @@ pub fn set_binary(path: PathBuf) {
     let _ = BIN.set(path);
 }
 
+/// `--token owner=token` for each pair, then `args`.
+fn token_args(tokens: &[(&str, &str)], args: &[&str]) -> Vec<String> {
+    let mut all = Vec::new();
+    for (o, t) in tokens {
+        all.push("--token".to_owned());
+        all.push(format!("{o}={t}"));
+    }
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all
+}
+
 /// A running gateway process with its own data directory.
 #[derive(Debug)]
 pub struct Gateway {
@@ -84,6 +97,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Its data directory (kept across restarts).
     pub data_dir: PathBuf,
+    /// The edge in front, when started behind one: clients use its address.
+    edge: Option<Proxy>,
     _tmp: tempfile::TempDir,
 }
 
@@ -95,6 +110,46 @@ impl Gateway {
 
     /// [`Gateway::start`] with extra environment variables (set last: they win).
     pub async fn start_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
+        Gateway::launch(args, env, None).await
+    }
+
+    /// Starts a gateway behind a Cloudflare-like edge scaled for tests
+    /// ([`EdgeConfig::scaled`] from the gateway's ping interval): [`Gateway::http`],
+    /// [`Gateway::ws_url`] and [`Gateway::api`] then name the edge. Unless `args` set them, the
+    /// gateway pings every [`proxy::SCALED_PING_INTERVAL`], long-polls at most
+    /// [`proxy::SCALED_LONG_POLL`] and takes tus chunks up to [`proxy::SCALED_MAX_CHUNK`].
+    pub async fn start_behind_edge(args: &[&str]) -> anyhow::Result<Gateway> {
+        let ping = match args.iter().position(|a| *a == "--ping-interval") {
+            Some(i) => {
+                let value = args.get(i + 1).context("--ping-interval without a value")?;
+                humantime::parse_duration(value)?
+            }
+            None => proxy::SCALED_PING_INTERVAL,
+        };
+        Gateway::start_behind(EdgeConfig::scaled(ping), args).await
+    }
+
+    /// [`Gateway::start_behind_edge`] with bearer tokens (`owner`, `token`).
+    pub async fn start_behind_edge_with_tokens(
+        tokens: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<Gateway> {
+        let all = token_args(tokens, args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Gateway::start_behind_edge(&refs).await
+    }
+
+    /// Starts a gateway behind an edge configured as `edge` (the gateway defaults of
+    /// [`Gateway::start_behind_edge`] apply).
+    pub async fn start_behind(edge: EdgeConfig, args: &[&str]) -> anyhow::Result<Gateway> {
+        Gateway::launch(args, &[], Some(edge)).await
+    }
+
+    async fn launch(
+        args: &[&str],
+        env: &[(&str, &str)],
+        edge: Option<EdgeConfig>,
+    ) -> anyhow::Result<Gateway> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().join("data");
         let mut launch = Launch::new("gateway", binary(), tmp.path().join("gateway.log"))
@@ -104,15 +159,40 @@ impl Gateway {
             .env
             .push(("OUTLAST_LOG".into(), "info,outlast_gateway=debug".into()));
         launch.env_remove.push("OUTLAST_CONFIG".into());
+        if edge.is_some() {
+            // Environment, so that a test's own flags win.
+            for (k, v) in [
+                (
+                    "OUTLAST_PING_INTERVAL",
+                    humantime::format_duration(proxy::SCALED_PING_INTERVAL).to_string(),
+                ),
+                (
+                    "OUTLAST_LONG_POLL_TIMEOUT",
+                    humantime::format_duration(proxy::SCALED_LONG_POLL).to_string(),
+                ),
+                (
+                    "OUTLAST_UPLOAD_MAX_CHUNK_BYTES",
+                    proxy::SCALED_MAX_CHUNK.to_string(),
+                ),
+            ] {
+                launch.env.push((k.into(), v.into()));
+            }
+        }
         for (k, v) in env {
             launch.env.push(((*k).into(), (*v).into()));
         }
         launch.current_dir = Some(tmp.path().to_path_buf());
         let process = Process::start(launch).await?;
+        let addr = process.addr();
+        let edge = match edge {
+            Some(config) => Some(Proxy::start_with(addr, &config).await?),
+            None => None,
+        };
         Ok(Gateway {
-            addr: process.addr(),
+            addr,
             process,
             data_dir,
+            edge,
             _tmp: tmp,
         })
     }
@@ -122,13 +202,9 @@ impl Gateway {
         tokens: &[(&str, &str)],
         args: &[&str],
     ) -> anyhow::Result<Gateway> {
-        let pairs: Vec<String> = tokens.iter().map(|(o, t)| format!("{o}={t}")).collect();
-        let mut all: Vec<&str> = Vec::new();
-        for pair in &pairs {
-            all.extend(["--token", pair.as_str()]);
-        }
-        all.extend_from_slice(args);
-        Gateway::start(&all).await
+        let all = token_args(tokens, args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Gateway::start(&refs).await
     }
 
     /// The process id while running.
@@ -136,9 +212,14 @@ impl Gateway {
         self.process.pid()
     }
 
-    /// `http://addr`
+    /// Where clients connect: the edge when there is one, else the gateway.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.edge.as_ref().map_or(self.addr, |e| e.addr)
+    }
+
+    /// `http://addr` of [`Gateway::client_addr`].
     pub fn http(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.client_addr())
     }
 
     /// `http://addr` (the same as [`Gateway::http`]).
@@ -146,14 +227,31 @@ impl Gateway {
         self.http()
     }
 
-    /// `ws://addr/v1/ws`
+    /// `ws://addr/v1/ws` of [`Gateway::client_addr`].
     pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.client_addr())
+    }
+
+    /// The HTTP job API without a token, through the edge when there is one.
+    pub fn api(&self) -> Api {
+        Api::new(self.http())
+    }
+
+    /// `http://addr` of the gateway itself, past any edge.
+    pub fn direct_http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ws://addr/v1/ws` of the gateway itself, past any edge.
+    pub fn direct_ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
 
-    /// The HTTP job API without a token.
-    pub fn api(&self) -> Api {
-        Api::new(self.http())
+    /// The edge in front (fails for a gateway started without one).
+    pub fn edge(&self) -> anyhow::Result<&Proxy> {
+        self.edge
+            .as_ref()
+            .context("this gateway was started without an edge")
     }
 
     /// The gateway's log so far (for assertion messages).

@@ -12,6 +12,35 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// A binary of this workspace that the suites start: `$env_var` if set, else `bin` next to the
+/// running test executable (`target/debug/deps/<test>` -> `target/debug/<bin>`), else built
+/// once with cargo (package `package`, debug, honouring `CARGO_TARGET_DIR`).
+pub fn workspace_binary(env_var: &str, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Ok(PathBuf::from(p));
+    }
+    let near = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|d| d.join(bin)))
+        .filter(|p| p.is_file());
+    if let Some(p) = near {
+        return Ok(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    Ok(target.join("debug").join(bin))
+}
+
 /// How to start a process; the listen address is added on every (re)start.
 #[derive(Debug, Clone)]
 pub struct Launch {

@@ -3,11 +3,10 @@
 //! control endpoints.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::process::{Launch, Process};
@@ -20,47 +19,9 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = BIN.get() {
         return Ok(p.clone());
     }
-    let path = match std::env::var_os("OUTLAST_STANDIN_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let near = std::env::current_exe()
-                .ok()
-                .and_then(|exe| {
-                    // target/debug/deps/<test> → target/debug/comfy-standin
-                    exe.parent()?.parent().map(|d| d.join("comfy-standin"))
-                })
-                .filter(|p| p.is_file());
-            match near {
-                Some(p) => p,
-                None => build()?,
-            }
-        }
-    };
+    let path =
+        crate::process::workspace_binary("OUTLAST_STANDIN_BIN", "outlast-e2e", "comfy-standin")?;
     Ok(BIN.get_or_init(|| path).clone())
-}
-
-/// Builds the stand-in (debug) with cargo and returns its path, honouring `CARGO_TARGET_DIR`.
-pub fn build() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "outlast-e2e",
-            "--bin",
-            "comfy-standin",
-        ])
-        .current_dir(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "building comfy-standin failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    Ok(target.join("debug").join("comfy-standin"))
 }
 
 /// A running stand-in ComfyUI process.
