@@ -139,7 +139,9 @@ impl Sse {
                 "position" => {
                     anyhow::ensure!(id.is_none(), "a place is not an event: {id:?}");
                     anyhow::ensure!(data["type"] == "position", "{data}");
-                    seen.push(u32::try_from(data["position"].as_u64().context("position")?)?);
+                    seen.push(u32::try_from(
+                        data["position"].as_u64().context("position")?,
+                    )?);
                 }
                 // The stored entry (replayed first); the live place follows it.
                 "queued" => anyhow::ensure!(id == Some(1), "one queued event, seq 1: {id:?}"),

@@ -506,7 +506,11 @@ mod tests {
         let shown = s.clone().with_place(Some(&live));
         assert_eq!((shown.position, shown.queue_reason), (Some(2), None));
         assert_eq!(shown.seq, Seq(1), "a place is not an event: seq stays");
-        assert_eq!(s.clone().with_place(None), s, "no live place: the stored one");
+        assert_eq!(
+            s.clone().with_place(None),
+            s,
+            "no live place: the stored one"
+        );
         s.apply(&event(job, 2, EventKind::Started { attempt: 1 }));
         assert_eq!((s.position, s.queue_reason.clone()), (None, None));
         let stale = s.clone().with_place(Some(&live));

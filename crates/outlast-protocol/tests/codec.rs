@@ -360,7 +360,9 @@ fn documented_examples_parse() {
         other => panic!("expected a position message, got {other:?}"),
     }
     let bare: ServerMsg = Codec::Json
-        .decode(br#"{"type":"position","job_id":"job_0123456789abcdef0123456789abcdef","position":0}"#)
+        .decode(
+            br#"{"type":"position","job_id":"job_0123456789abcdef0123456789abcdef","position":0}"#,
+        )
         .expect("position without a reason");
     assert!(matches!(
         bare,

@@ -540,7 +540,8 @@ impl Jobs {
     async fn announce_positions(&self) -> Result<(), AppError> {
         let (entered, depths) = {
             let mut sched = self.sched();
-            let places = sched.place_changes(|b| self.backends.get(b).and_then(|b| b.unavailable()));
+            let places =
+                sched.place_changes(|b| self.backends.get(b).and_then(|b| b.unavailable()));
             // Published under the scheduler's lock: a job leaves the queue (start, cancel) under
             // it too, before its `started` or `canceled` is stored, so no place of a job can
             // follow its leaving in a subscriber's channel.

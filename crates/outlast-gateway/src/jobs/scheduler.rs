@@ -342,13 +342,19 @@ mod tests {
         assert_eq!(first.depths, vec![("demo", 3)]);
         assert_eq!(s.place_of(j[2]), (Some(place(2, None)), first.round));
         let quiet = s.place_changes(none);
-        assert!(quiet.entered.is_empty() && quiet.moved.is_empty(), "nothing moved");
+        assert!(
+            quiet.entered.is_empty() && quiet.moved.is_empty(),
+            "nothing moved"
+        );
         assert!(quiet.round > first.round, "rounds only grow");
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
         assert_eq!(s.place_of(j[0]).0, None, "a running job has no place");
         let shift = s.place_changes(none);
         assert!(shift.entered.is_empty(), "moving up stores nothing");
-        assert_eq!(shift.moved, vec![(j[1], place(0, None)), (j[2], place(1, None))]);
+        assert_eq!(
+            shift.moved,
+            vec![(j[1], place(0, None)), (j[2], place(1, None))]
+        );
         // A reason appearing is a change even where the position stays.
         let down = |_: &str| Some("no server".to_owned());
         let changes = s.place_changes(down).moved;
@@ -379,7 +385,10 @@ mod tests {
         assert_eq!(places.entered, vec![(j[0], place(1, None))]);
         assert_eq!(places.moved, vec![(j[1], place(0, None))]);
         s.mark_entered(JobId::random(), place(0, None));
-        assert!(s.place_changes(|_| None).moved.is_empty(), "unknown jobs are not marked");
+        assert!(
+            s.place_changes(|_| None).moved.is_empty(),
+            "unknown jobs are not marked"
+        );
     }
 
     #[test]
