@@ -142,11 +142,14 @@ impl Client {
         }
     }
 
-    /// The next control message, skipping job events and heartbeats.
+    /// The next control message, skipping job events, heartbeats and live queue places
+    /// (`position`: read those with [`Client::recv`]).
     pub async fn next_control(&mut self, timeout: Duration) -> anyhow::Result<Option<Control>> {
         loop {
             match self.recv(timeout).await? {
-                Incoming::Msg(ServerMsg::Control(Control::Heartbeat { .. })) => continue,
+                Incoming::Msg(ServerMsg::Control(
+                    Control::Heartbeat { .. } | Control::Position { .. },
+                )) => continue,
                 Incoming::Msg(ServerMsg::Control(c)) => return Ok(Some(c)),
                 Incoming::Msg(ServerMsg::Event(_)) => continue,
                 Incoming::Closed(_) => return Ok(None),

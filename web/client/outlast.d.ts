@@ -91,7 +91,10 @@ export interface Snapshot {
   created_at_ms: number;
   updated_at_ms: number;
   attempt: number;
+  /** While queued: the live queue position. */
   position?: number;
+  /** While queued: why it waits, if something holds it. */
+  queue_reason?: string;
   progress?: { value: number; max: number; label?: string };
   outputs: OutputInfo[];
   cached: boolean;
@@ -147,12 +150,18 @@ export class Job extends EventTarget {
   readonly state: string;
   readonly lastSeq: number;
   readonly snapshot: Snapshot | null;
+  /** While queued: jobs ahead of it (0 = next), live; null otherwise. */
+  readonly position: number | null;
+  /** While queued: why it waits (an input still uploading, no server reachable, ...), or null. */
+  readonly reason: string | null;
   readonly restored?: boolean;
   /** The final snapshot (any terminal state; check `state`), with output URLs. */
   readonly done: Promise<Snapshot>;
   cancel(): Promise<unknown>;
   addEventListener(type: "event", listener: (e: CustomEvent<JobEvent>) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: "snapshot", listener: (e: CustomEvent<Snapshot>) => void, options?: boolean | AddEventListenerOptions): void;
+  /** The queue place changed (stored `queued` event, live `position` message, snapshot or long-poll answer). */
+  addEventListener(type: "position", listener: (e: CustomEvent<QueuePlace & { jobId: string }>) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: "submitted", listener: (e: CustomEvent<{ jobId: string; created: boolean }>) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: "done", listener: (e: CustomEvent<Snapshot>) => void, options?: boolean | AddEventListenerOptions): void;
   addEventListener(type: "error", listener: (e: CustomEvent<{ error: Error }>) => void, options?: boolean | AddEventListenerOptions): void;
@@ -197,6 +206,17 @@ export class AckPacer {
   ack(offset: number, nowMs: number): void;
   rate(): number;
   window(chunk: number): number;
+}
+export interface QueuePlace {
+  position: number;
+  reason: string | null;
+}
+/** Queue places from every source; each method returns the new place, null (left the queue) or undefined (no change). */
+export class QueuePlaces {
+  get(jobId: string): QueuePlace | null;
+  onEvent(event: JobEvent): QueuePlace | null | undefined;
+  onPosition(message: { job_id: string; position: number; reason?: string | null }): QueuePlace | null | undefined;
+  onSnapshot(snapshot: Snapshot): QueuePlace | null | undefined;
 }
 export class StreamTracker {
   lastSeq(jobId: string): number;

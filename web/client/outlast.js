@@ -123,6 +123,54 @@ export class StreamTracker {
   }
 }
 
+/**
+ * Each job's queue place from every source: the stored `queued` event (on entering the queue),
+ * live `position` messages (WebSocket, SSE), long-poll answers and snapshots. A place is not an
+ * event (no seq): only the newest counts, and one arriving after the job left the queue
+ * (`started`, a terminal event) is stale. Each method returns the new place `{position,
+ * reason}` when it changed, `null` when the job left the queue, `undefined` when nothing changed.
+ */
+export class QueuePlaces {
+  constructor() {
+    this.places = new Map();
+    this.left = new Set();
+  }
+  get(jobId) {
+    return this.places.get(jobId) ?? null;
+  }
+  set(jobId, position, reason) {
+    this.left.delete(jobId);
+    const now = this.places.get(jobId);
+    const next = { position, reason: reason ?? null };
+    if (now && now.position === next.position && now.reason === next.reason) return undefined;
+    this.places.set(jobId, next);
+    return next;
+  }
+  leave(jobId) {
+    this.left.add(jobId);
+    if (!this.places.has(jobId)) return undefined;
+    this.places.delete(jobId);
+    return null;
+  }
+  /** A stored event, accepted once and in order. */
+  onEvent(ev) {
+    if (ev.type === "queued") return this.set(ev.job_id, ev.position, ev.reason);
+    if (ev.type === "started" || TERMINAL.has(ev.type)) return this.leave(ev.job_id);
+    return undefined;
+  }
+  /** A live `position` message (or a long-poll answer's place). */
+  onPosition(m) {
+    if (this.left.has(m.job_id) || typeof m.position !== "number") return undefined;
+    return this.set(m.job_id, m.position, m.reason);
+  }
+  /** A snapshot: its place while queued (`position`, `queue_reason`). */
+  onSnapshot(snap) {
+    if (snap.state !== "queued") return this.leave(snap.job_id);
+    if (typeof snap.position !== "number") return undefined;
+    return this.set(snap.job_id, snap.position, snap.queue_reason);
+  }
+}
+
 export const TERMINAL = new Set(["completed", "failed", "canceled"]);
 export const EVENT_TYPES = ["queued", "started", "progress", "preview", "output", "completed", "failed", "canceled"];
 
@@ -531,7 +579,10 @@ export class Upload extends EventTarget {
 // Job handle
 // ---------------------------------------------------------------------------------------------
 
-/** One job; dispatches `event` (each job event once, in order), `snapshot`, `submitted`, `done`. */
+/**
+ * One job; dispatches `event` (each job event once, in order), `position` (its queue place
+ * whenever it changes, live), `snapshot`, `submitted`, `done`.
+ */
 export class Job extends EventTarget {
   constructor(client, spec, opts = {}) {
     super();
@@ -542,6 +593,9 @@ export class Job extends EventTarget {
     this.id = null;
     this.state = "submitting";
     this.snapshot = null;
+    /** While queued: jobs ahead of it (0 = next) and why it waits; null otherwise. */
+    this.position = null;
+    this.reason = null;
     this._done = deferred();
     this.done = this._done.promise;
     this.finished = false;
@@ -601,6 +655,7 @@ export class Outlast extends EventTarget {
     this.store = new Store(this.opts.storeName, opts.indexedDB ?? globalThis.indexedDB);
     this.preparer = new Preparer(this.opts.wasm);
     this.tracker = new StreamTracker();
+    this.places = new QueuePlaces();
     this.backoff = new Backoff(this.opts.backoffMinMs, this.opts.backoffMaxMs);
     this.jobs = new Map(); // key -> Job
     this.byId = new Map(); // job id -> Job
@@ -1024,6 +1079,9 @@ export class Outlast extends EventTarget {
         if (job && !m.recovered && m.snapshot) this.onSnapshot(job, m.snapshot);
         return;
       }
+      case "position":
+        this.onPosition(m);
+        return;
       case "upload_ack":
         this.uploadWaiters.get(m.upload_id)?.onAck(m);
         return;
@@ -1112,13 +1170,14 @@ export class Outlast extends EventTarget {
         return;
       }
       if (e.type === "snapshot") this.onSnapshot(job, d);
+      else if (e.type === "position") this.onPosition(d);
       else this.onEvent(d);
       if (job.finished) {
         es.close();
         this.httpStreams.delete(job.id);
       }
     };
-    for (const t of [...EVENT_TYPES, "snapshot"]) es.addEventListener(t, onData);
+    for (const t of [...EVENT_TYPES, "snapshot", "position"]) es.addEventListener(t, onData);
     es.onerror = () => {
       if (job.finished) return es.close();
       if (!got) this.sseFailures += 1;
@@ -1151,6 +1210,9 @@ export class Outlast extends EventTarget {
           backoff.reset();
           if (!r.recovered && r.snapshot) this.onSnapshot(job, r.snapshot);
           for (const ev of r.events || []) this.onEvent(ev);
+          if (r.state === "queued" && typeof r.position === "number") {
+            this.onPosition({ job_id: job.id, position: r.position, reason: r.queue_reason });
+          }
           if (r.done && !job.finished) await this.finish(job);
         } catch (e) {
           if (ctl.signal.aborted) break;
@@ -1293,6 +1355,7 @@ export class Outlast extends EventTarget {
     job.snapshot = this.withOutputUrls(snap);
     job.state = snap.state;
     job.dispatchEvent(new CustomEvent("snapshot", { detail: job.snapshot }));
+    this.showPlace(job, this.places.onSnapshot(snap));
     job.save().catch(() => {});
     if (TERMINAL.has(snap.state)) this.finish(job);
   }
@@ -1303,9 +1366,27 @@ export class Outlast extends EventTarget {
     if (ev.type === "output") ev = { ...ev, url: this.outputUrl(ev.job_id, ev.name) };
     job.state = TERMINAL.has(ev.type) ? ev.type : ev.type === "queued" ? "queued" : "running";
     job.dispatchEvent(new CustomEvent("event", { detail: ev }));
+    this.showPlace(job, this.places.onEvent(ev));
     if (TERMINAL.has(ev.type)) this.finish(job);
     else if (ev.type !== "progress" || ev.value === ev.max) job.save().catch(() => {});
     else this.saveLater(job);
+  }
+
+  /** A live `position` message (WebSocket, SSE) or a long-poll answer's place. */
+  onPosition(m) {
+    const job = this.byId.get(m.job_id);
+    if (!job || job.finished) return;
+    this.showPlace(job, this.places.onPosition(m));
+  }
+
+  /** Updates `job.position`/`job.reason`; a new place is dispatched as `position`. */
+  showPlace(job, place) {
+    if (place === undefined) return;
+    job.position = place ? place.position : null;
+    job.reason = place ? place.reason : null;
+    if (!place) return;
+    if (job.state === "submitted" || job.state === "submitting") job.state = "queued";
+    job.dispatchEvent(new CustomEvent("position", { detail: { jobId: job.id, position: place.position, reason: place.reason } }));
   }
 
   saveLater(job) {

@@ -1,10 +1,10 @@
 // Unit tests of the browser client's pure parts (node --test web/test/): backoff, chunk sizing,
-// stream tracking, chunk frame header, sha256, tus metadata and the IndexedDB store (with a
-// small in-memory fake of the IndexedDB API).
+// stream tracking, queue places, chunk frame header, sha256, tus metadata and the IndexedDB
+// store (with a small in-memory fake of the IndexedDB API).
 import test from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { AckPacer, Backoff, ChunkSizer, StreamTracker, chunkHeader, Sha256, sha256Blob, tusMetadata, Store, isPreparable, newKey } from "../client/outlast.js";
+import { AckPacer, Backoff, ChunkSizer, Job, Outlast, QueuePlaces, StreamTracker, chunkHeader, Sha256, sha256Blob, tusMetadata, Store, isPreparable, newKey } from "../client/outlast.js";
 
 test("backoff: full jitter between 0.5 s and 20 s, doubling, reset", () => {
   const b = new Backoff();
@@ -50,6 +50,64 @@ test("stream tracker: every event once, in order, resumes from the last seq", ()
   assert.equal(t.lastSeq("job_a"), 5, "set never moves backwards");
   t.set("job_c", 9);
   assert.deepEqual(t.behind({ job_a: 7, job_b: 1, job_c: 9, job_x: 4 }), ["job_a"]);
+});
+
+test("queue places: stored entry, live moves, snapshots; stale and repeated places change nothing", () => {
+  const p = new QueuePlaces();
+  const job = "job_a";
+  assert.deepEqual(p.onEvent({ job_id: job, seq: 1, type: "queued", position: 4 }), { position: 4, reason: null });
+  assert.equal(p.onPosition({ job_id: job, position: 4 }), undefined, "the same place again: no change");
+  assert.deepEqual(p.onPosition({ job_id: job, position: 2 }), { position: 2, reason: null });
+  assert.deepEqual(p.onPosition({ job_id: job, position: 2, reason: "no ComfyUI server is reachable" }), { position: 2, reason: "no ComfyUI server is reachable" });
+  assert.equal(p.onEvent({ job_id: job, seq: 2, type: "progress", value: 1, max: 2 }), undefined);
+  assert.equal(p.onEvent({ job_id: job, seq: 3, type: "started", attempt: 1 }), null, "left the queue");
+  assert.equal(p.get(job), null);
+  assert.equal(p.onPosition({ job_id: job, position: 0 }), undefined, "a place after started is stale");
+  // A restart queues it again (stored, with a reason): live places count again.
+  assert.deepEqual(p.onEvent({ job_id: job, seq: 4, type: "queued", position: 0, reason: "restarted" }), { position: 0, reason: "restarted" });
+  assert.deepEqual(p.onPosition({ job_id: job, position: 1 }), { position: 1, reason: null });
+  // Snapshots: the live place while queued, none after.
+  const snap = { job_id: "job_b", state: "queued", seq: 1, position: 3, queue_reason: "waiting for input upl_x" };
+  assert.deepEqual(p.onSnapshot(snap), { position: 3, reason: "waiting for input upl_x" });
+  assert.equal(p.onSnapshot(snap), undefined);
+  assert.equal(p.onSnapshot({ ...snap, state: "completed", position: undefined }), null);
+  assert.equal(p.onPosition({ job_id: "job_b", position: 9 }), undefined, "finished: stale");
+  assert.equal(p.onPosition({ job_id: "job_c", position: "x" }), undefined, "not a position");
+});
+
+test("client: live position messages, SSE/poll places and stored queued events reach job.position and its `position` event", () => {
+  // The client's message routing without a socket: only what onMessage/onEvent touch.
+  const client = Object.create(Outlast.prototype);
+  Object.assign(client, {
+    byId: new Map(),
+    pendingReq: new Map(),
+    tracker: new StreamTracker(),
+    places: new QueuePlaces(),
+    store: { put: async () => {}, delete: async () => {} },
+    outputUrl: (id, name) => "/v1/jobs/" + id + "/outputs/" + name,
+    log: () => {},
+  });
+  const job = new Job(client, { backend: "demo" });
+  job.id = "job_0123456789abcdef0123456789abcdef";
+  job.state = "submitted";
+  client.byId.set(job.id, job);
+  const seen = [];
+  job.addEventListener("position", (e) => seen.push([e.detail.position, e.detail.reason]));
+  client.onMessage({ type: "queued", job_id: job.id, seq: 1, at_ms: 1, position: 5 });
+  client.onMessage({ type: "position", job_id: job.id, position: 3 });
+  client.onMessage({ type: "position", job_id: job.id, position: 3 });
+  client.onMessage({ type: "position", job_id: "job_ffffffffffffffffffffffffffffffff", position: 0 });
+  client.onPosition({ job_id: job.id, position: 1, reason: "waiting for input upl_y" });
+  assert.deepEqual(seen, [[5, null], [3, null], [1, "waiting for input upl_y"]]);
+  assert.equal(job.position, 1);
+  assert.equal(job.reason, "waiting for input upl_y");
+  assert.equal(job.state, "queued");
+  assert.equal(client.tracker.lastSeq(job.id), 1, "a place is not an event: the resume point stays");
+  client.onMessage({ type: "started", job_id: job.id, seq: 2, at_ms: 2, attempt: 1 });
+  assert.equal(job.position, null);
+  client.onMessage({ type: "position", job_id: job.id, position: 0 });
+  assert.equal(seen.length, 3, "a stale place after started is not shown");
+  assert.equal(job.state, "running");
 });
 
 test("chunk frame header: 0xC1, 16 id bytes, u64 big-endian offset", () => {

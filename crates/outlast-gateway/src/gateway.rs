@@ -80,6 +80,7 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
     let jobs = Arc::new(
         Jobs::new(
             Arc::new(store),
+            Arc::clone(&hub),
             OutputStore::new(data.join("outputs")),
             backends,
             Arc::clone(&uploads) as Arc<dyn InputResolver>,

@@ -230,9 +230,11 @@ pub struct OutputInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
-    /// The job is waiting; `position` 0 means it is next.
+    /// The job entered the queue (on submission, or again after a restart); `position` 0 means
+    /// it is next. Stored once per entry: later moves are sent live as `position` messages
+    /// ([`crate::v1::Control::Position`]), never stored.
     Queued {
-        /// Jobs ahead of this one for the same backend.
+        /// Jobs ahead of this one for the same backend when it entered.
         position: u32,
         /// Why it is (again) queued, e.g. after a gateway restart.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,6 +335,17 @@ pub struct JobEvent {
     pub kind: EventKind,
 }
 
+/// A queued job's place in its backend's queue: what `position` messages, snapshots and long-poll
+/// answers carry. Live state, never stored as an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePlace {
+    /// Jobs ahead of this one for the same backend; 0 means it is next.
+    pub position: u32,
+    /// Why it waits, if something holds it besides the jobs ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Latest progress, as kept in a snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressInfo {
@@ -360,9 +373,14 @@ pub struct JobSnapshot {
     pub created_at_ms: u64,
     /// Time of the newest event, Unix milliseconds.
     pub updated_at_ms: u64,
-    /// Queue position while queued.
+    /// Queue position while queued: the live one in the gateway's answers, the one at entry
+    /// when folded from stored events alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u32>,
+    /// Why a queued job waits (an input still uploading, no backend server reachable, a
+    /// restart); like `position`, live in the gateway's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_reason: Option<String>,
     /// Run attempt (0 before the first start).
     pub attempt: u32,
     /// Latest progress while running (kept after completion).
@@ -382,6 +400,16 @@ pub struct JobSnapshot {
 }
 
 impl JobSnapshot {
+    /// Puts a queued job's live place in (the scheduler's, newer than the stored `queued`
+    /// event); does nothing for a job that is not queued.
+    pub fn with_place(mut self, place: Option<&QueuePlace>) -> Self {
+        if let (JobState::Queued, Some(p)) = (self.state, place) {
+            self.position = Some(p.position);
+            self.queue_reason = p.reason.clone();
+        }
+        self
+    }
+
     /// The snapshot of a job that has no events yet.
     pub fn new(job_id: JobId, backend: String, created_at_ms: u64) -> Self {
         Self {
@@ -392,6 +420,7 @@ impl JobSnapshot {
             created_at_ms,
             updated_at_ms: created_at_ms,
             position: None,
+            queue_reason: None,
             attempt: 0,
             progress: None,
             outputs: Vec::new(),
@@ -412,10 +441,14 @@ impl JobSnapshot {
             self.state = state;
             if state != JobState::Queued {
                 self.position = None;
+                self.queue_reason = None;
             }
         }
         match &event.kind {
-            EventKind::Queued { position, .. } => self.position = Some(*position),
+            EventKind::Queued { position, reason } => {
+                self.position = Some(*position);
+                self.queue_reason = reason.clone();
+            }
             EventKind::Started { attempt } => {
                 self.attempt = *attempt;
                 self.progress = None;
@@ -436,5 +469,51 @@ impl JobSnapshot {
             EventKind::Failed(failure) => self.error = Some(failure.clone()),
             EventKind::Canceled { reason } => self.cancel_reason = Some(reason.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(job: JobId, seq: u64, kind: EventKind) -> JobEvent {
+        JobEvent {
+            job_id: job,
+            seq: Seq(seq),
+            at_ms: seq,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_shows_the_live_place_only_while_queued() {
+        let job = JobId::random();
+        let mut s = JobSnapshot::new(job, "demo".into(), 0);
+        let entered = EventKind::Queued {
+            position: 7,
+            reason: Some("waiting for input".into()),
+        };
+        s.apply(&event(job, 1, entered));
+        assert_eq!(
+            (s.position, s.queue_reason.as_deref()),
+            (Some(7), Some("waiting for input"))
+        );
+        // The scheduler's place is newer than the stored entry.
+        let live = QueuePlace {
+            position: 2,
+            reason: None,
+        };
+        let shown = s.clone().with_place(Some(&live));
+        assert_eq!((shown.position, shown.queue_reason), (Some(2), None));
+        assert_eq!(shown.seq, Seq(1), "a place is not an event: seq stays");
+        assert_eq!(
+            s.clone().with_place(None),
+            s,
+            "no live place: the stored one"
+        );
+        s.apply(&event(job, 2, EventKind::Started { attempt: 1 }));
+        assert_eq!((s.position, s.queue_reason.clone()), (None, None));
+        let stale = s.clone().with_place(Some(&live));
+        assert_eq!(stale.position, None, "a running job has no place");
     }
 }

@@ -25,5 +25,5 @@ pub use error::{ErrorBody, ErrorCode};
 pub use ids::{IdempotencyKey, JobId, Offset, OwnerId, Seq, UploadId};
 pub use job::{
     EventKind, Failure, FailureCode, JobEvent, JobSnapshot, JobSpec, JobState, OutputInfo,
-    ProgressInfo, WebhookEvent, WebhookSpec,
+    ProgressInfo, QueuePlace, WebhookEvent, WebhookSpec,
 };

@@ -163,6 +163,19 @@ pub enum Control {
         /// Newest stored sequence number per subscribed job.
         jobs: BTreeMap<JobId, Seq>,
     },
+    /// A queued job's current place, sent live to its subscribers: after `subscribed` and the
+    /// replayed events, and whenever the place changes (at most once per job per scheduling
+    /// round). Not a job event: no `seq`, never stored, never replayed; only the newest one
+    /// counts. Ignore one for a job that already left the queue (`started` or terminal).
+    Position {
+        /// The job.
+        job_id: JobId,
+        /// Jobs ahead of it for the same backend; 0 means it is next.
+        position: u32,
+        /// Why it waits, if something holds it besides the jobs ahead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// Answer to `submit`.
     Submitted {
         /// From the request.

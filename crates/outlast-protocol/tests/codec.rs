@@ -59,17 +59,34 @@ fn server_msg() -> impl Strategy<Value = ServerMsg> {
             created
         }
         .into()),
-        (job_id(), any::<u64>()).prop_map(|(job_id, seq)| {
-            let mut snapshot = JobSnapshot::new(job_id, "demo".into(), 1);
-            snapshot.seq = Seq(seq);
-            Control::Subscribed {
-                req: None,
+        (job_id(), any::<u32>(), proptest::option::of(".{0,20}")).prop_map(
+            |(job_id, position, reason)| Control::Position {
                 job_id,
-                recovered: false,
-                snapshot: Some(snapshot),
+                position,
+                reason
             }
             .into()
-        }),
+        ),
+        (
+            job_id(),
+            any::<u64>(),
+            proptest::option::of((any::<u32>(), proptest::option::of(".{0,20}")))
+        )
+            .prop_map(|(job_id, seq, place)| {
+                let mut snapshot = JobSnapshot::new(job_id, "demo".into(), 1);
+                snapshot.seq = Seq(seq);
+                if let Some((position, reason)) = place {
+                    snapshot.position = Some(position);
+                    snapshot.queue_reason = reason;
+                }
+                Control::Subscribed {
+                    req: None,
+                    job_id,
+                    recovered: false,
+                    snapshot: Some(snapshot),
+                }
+                .into()
+            }),
         proptest::collection::vec(
             prop_oneof![
                 (job_id(), any::<bool>()).prop_map(|(job_id, created)| BatchAnswer::Submitted {
@@ -329,6 +346,32 @@ fn documented_examples_parse() {
         .decode(br#"{"type":"heartbeat","jobs":{"job_0123456789abcdef0123456789abcdef":7}}"#)
         .expect("heartbeat");
     assert!(matches!(hb, ServerMsg::Control(Control::Heartbeat { .. })));
+    // A live queue place: a control message, not an event (no seq).
+    let place: ServerMsg = Codec::Json
+        .decode(br#"{"type":"position","job_id":"job_0123456789abcdef0123456789abcdef","position":3,"reason":"waiting for input upl_0123456789abcdef0123456789abcdef"}"#)
+        .expect("position");
+    match place {
+        ServerMsg::Control(Control::Position {
+            position, reason, ..
+        }) => {
+            assert_eq!(position, 3);
+            assert!(reason.is_some_and(|r| r.starts_with("waiting for input")));
+        }
+        other => panic!("expected a position message, got {other:?}"),
+    }
+    let bare: ServerMsg = Codec::Json
+        .decode(
+            br#"{"type":"position","job_id":"job_0123456789abcdef0123456789abcdef","position":0}"#,
+        )
+        .expect("position without a reason");
+    assert!(matches!(
+        bare,
+        ServerMsg::Control(Control::Position {
+            position: 0,
+            reason: None,
+            ..
+        })
+    ));
     let failed: ServerMsg = Codec::Json
         .decode(br#"{"job_id":"job_0123456789abcdef0123456789abcdef","seq":9,"at_ms":1,"type":"failed","code":"command_failed","message":"exit status 2","detail":{"exit_status":2}}"#)
         .expect("failed event");

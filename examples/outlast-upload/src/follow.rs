@@ -1,8 +1,9 @@
 //! Follows every job of the run over one WebSocket: subscribes each after its last seen seq
 //! (the protocol crate's `StreamTracker`), reconnects with jittered backoff (`Backoff`) after
-//! a cut or a gateway restart, and hands finished jobs to the downloader.
+//! a cut or a gateway restart, and hands finished jobs to the downloader. Queue positions come
+//! from the stored `queued` event, the gateway's live `position` messages and snapshots.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outlast_protocol::client::{Delivery, StreamTracker};
@@ -25,6 +26,8 @@ struct Follower<'a> {
     tracker: StreamTracker,
     /// Open jobs: id -> state index.
     open: HashMap<JobId, usize>,
+    /// Open jobs that left the queue (started): a live place for one of them is stale.
+    left_queue: HashSet<JobId>,
     done: mpsc::UnboundedSender<usize>,
 }
 
@@ -39,6 +42,7 @@ pub async fn follow(
         ctx,
         tracker: StreamTracker::new(),
         open: HashMap::new(),
+        left_queue: HashSet::new(),
         done,
     };
     let mut retry = Retry::new("follow", ctx.args.retry_for);
@@ -162,6 +166,11 @@ impl Follower<'_> {
                     Delivery::Gap { .. } => self.subscribe(ws, e.job_id).await?,
                 }
             }
+            ServerMsg::Control(Control::Position {
+                job_id,
+                position,
+                reason,
+            }) => self.place(job_id, position, reason),
             ServerMsg::Control(Control::Subscribed {
                 job_id,
                 recovered: false,
@@ -183,6 +192,22 @@ impl Follower<'_> {
         Ok(())
     }
 
+    /// A queued job's place (not an event: nothing is stored, the resume point stays).
+    fn place(&mut self, job_id: JobId, position: u32, reason: Option<String>) {
+        let Some(&idx) = self.open.get(&job_id) else {
+            return;
+        };
+        if self.left_queue.contains(&job_id) {
+            return;
+        }
+        self.ctx.report.emit(Event::JobQueued {
+            job_id: job_id.to_string(),
+            file: self.file_of(idx),
+            position,
+            reason,
+        });
+    }
+
     fn file_of(&self, idx: usize) -> String {
         self.ctx
             .store
@@ -197,17 +222,23 @@ impl Follower<'_> {
         let job_id = e.job_id.to_string();
         self.ctx.store.update(|s| s.jobs[idx].last_seq = e.seq.0);
         match e.kind {
-            EventKind::Queued { position, reason } => self.ctx.report.emit(Event::JobQueued {
-                job_id,
-                file,
-                position,
-                reason,
-            }),
-            EventKind::Started { attempt } => self.ctx.report.emit(Event::JobStarted {
-                job_id,
-                file,
-                attempt,
-            }),
+            EventKind::Queued { position, reason } => {
+                self.left_queue.remove(&e.job_id);
+                self.ctx.report.emit(Event::JobQueued {
+                    job_id,
+                    file,
+                    position,
+                    reason,
+                })
+            }
+            EventKind::Started { attempt } => {
+                self.left_queue.insert(e.job_id);
+                self.ctx.report.emit(Event::JobStarted {
+                    job_id,
+                    file,
+                    attempt,
+                })
+            }
             EventKind::Progress { value, max, label } => self.ctx.report.emit(Event::JobProgress {
                 job_id,
                 file,
@@ -255,6 +286,18 @@ impl Follower<'_> {
                 rec.outputs.push(o.clone());
             }
         });
+        match (snap.state, snap.position) {
+            (JobState::Queued, Some(position)) => {
+                self.left_queue.remove(&snap.job_id);
+                self.place(snap.job_id, position, snap.queue_reason.clone());
+            }
+            (JobState::Queued, None) => {
+                self.left_queue.remove(&snap.job_id);
+            }
+            _ => {
+                self.left_queue.insert(snap.job_id);
+            }
+        }
         if snap.state.is_terminal() {
             let error = snap
                 .error
@@ -267,6 +310,7 @@ impl Follower<'_> {
 
     async fn finish(&mut self, idx: usize, id: JobId, state: JobState, error: Option<String>) {
         self.open.remove(&id);
+        self.left_queue.remove(&id);
         let outputs = self.ctx.store.update(|s| {
             let rec = &mut s.jobs[idx];
             rec.state = Some(state);

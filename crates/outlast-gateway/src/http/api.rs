@@ -20,6 +20,7 @@ use tower_http::services::ServeFile;
 use super::owner::Owner;
 use super::state::AppState;
 use crate::error::AppError;
+use crate::hub::Pushed;
 use crate::jobs::Submitted;
 
 /// Parses a job id from a path; malformed ids are simply unknown.
@@ -200,8 +201,8 @@ pub async fn get_job(
     Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<Json<JobSnapshot>, AppError> {
-    let record = state.jobs.owned(&owner, parse_job(&id)?).await?;
-    Ok(Json(record.snapshot))
+    let snapshot = state.jobs.snapshot(&owner, parse_job(&id)?).await?;
+    Ok(Json(snapshot))
 }
 
 #[derive(Serialize)]
@@ -250,12 +251,18 @@ pub struct PollAnswer {
     next_after: Seq,
     /// The job's state.
     state: JobState,
+    /// The queued job's live place (absent when not queued, or not announced yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u32>,
+    /// Why the queued job waits, if something holds it besides the jobs ahead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_reason: Option<String>,
     /// True when nothing more will ever come.
     done: bool,
 }
 
 /// `GET /v1/jobs/{id}/poll?after=N&timeout_ms=T`: events after N, waiting up to T for the
-/// first one (bounded well below proxies' 100 s limit).
+/// first one or for a new queue place (bounded well below proxies' 100 s limit).
 pub async fn poll(
     State(state): State<AppState>,
     Owner(owner): Owner,
@@ -277,10 +284,18 @@ pub async fn poll(
             && !open.state.is_terminal()
             && !wait.is_zero()
         {
-            tokio::select! {
-                _ = live.recv() => {}
-                () = tokio::time::sleep(wait) => {}
-                () = state.shutdown.cancelled() => {}
+            let timeout = tokio::time::sleep(wait);
+            tokio::pin!(timeout);
+            loop {
+                tokio::select! {
+                    item = live.recv() => match item {
+                        // A place the answer would show anyway: keep waiting.
+                        Some(Ok(Pushed::Place(p))) if p.round <= open.round => continue,
+                        _ => break,
+                    },
+                    () = &mut timeout => break,
+                    () = state.shutdown.cancelled() => break,
+                }
             }
             open = state.jobs.open_stream(&owner, job, after).await?;
         }
@@ -307,6 +322,8 @@ pub async fn poll(
         events: open.events,
         next_after,
         state: open.state,
+        position: open.place.as_ref().map(|p| p.position),
+        queue_reason: open.place.and_then(|p| p.reason),
         done,
     }))
 }

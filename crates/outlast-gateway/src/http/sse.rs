@@ -2,8 +2,9 @@
 //! `Last-Event-ID` (or `?after=N`), for clients that cannot use the WebSocket.
 //!
 //! `id:` is the sequence number, `event:` the event type, `data:` the event as JSON. When
-//! history is gone the stream starts with `event: snapshot`. A comment line goes out every
-//! ping interval. After the terminal event the stream ends; a reconnect after it gets 204, which
+//! history is gone the stream starts with `event: snapshot`. A queued job's live place is
+//! `event: position` without an `id:` (it is not an event; `Last-Event-ID` stays put). A
+//! comment line goes out every ping interval. After the terminal event the stream ends; a reconnect after it gets 204, which
 //! tells browsers' EventSource to stop.
 
 use std::collections::VecDeque;
@@ -16,14 +17,15 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use outlast_protocol::replay::{Cursor, Live};
-use outlast_protocol::{JobEvent, JobId, JobSnapshot, OwnerId, Seq};
+use outlast_protocol::v1::Control;
+use outlast_protocol::{JobEvent, JobId, JobSnapshot, OwnerId, QueuePlace, Seq};
 use serde::Deserialize;
 
 use super::api::parse_job;
 use super::owner::Owner;
 use super::state::AppState;
 use crate::error::AppError;
-use crate::hub::JobSubscription;
+use crate::hub::{JobSubscription, Pushed};
 
 /// Query of the SSE endpoint.
 #[derive(Debug, Deserialize)]
@@ -36,6 +38,8 @@ pub struct SseQuery {
 enum Item {
     Snapshot(JobSnapshot),
     Event(JobEvent),
+    /// The `position` message (no `id:`).
+    Place(Control),
 }
 
 fn to_sse(item: &Item) -> Event {
@@ -50,6 +54,10 @@ fn to_sse(item: &Item) -> Event {
             .event(e.kind.name())
             .json_data(e)
             .unwrap_or_else(|_| Event::default().comment("event encoding failed")),
+        Item::Place(p) => Event::default()
+            .event("position")
+            .json_data(p)
+            .unwrap_or_else(|_| Event::default().comment("position encoding failed")),
     }
 }
 
@@ -60,6 +68,8 @@ struct Feed {
     pending: VecDeque<Item>,
     live: Option<JobSubscription>,
     cursor: Cursor,
+    /// The newest scheduler round whose place was sent (older places are stale).
+    place_round: u64,
     done: bool,
 }
 
@@ -74,8 +84,21 @@ impl Feed {
                 self.cursor.on_replayed(e.seq);
                 self.done |= e.kind.is_terminal();
             }
+            Item::Place(_) => {}
         }
         self.pending.push_back(item);
+    }
+
+    /// The queued job's place after a (re)read of the store, as of `round`.
+    fn push_place(&mut self, place: Option<QueuePlace>, round: u64) {
+        self.place_round = self.place_round.max(round);
+        if let Some(QueuePlace { position, reason }) = place {
+            self.push(Item::Place(Control::Position {
+                job_id: self.job,
+                position,
+                reason,
+            }));
+        }
     }
 
     async fn next_item(&mut self) -> Option<Item> {
@@ -93,7 +116,13 @@ impl Feed {
             };
             let after = match next {
                 None => return None,
-                Some(Ok(event)) => match self.cursor.on_live(event.seq) {
+                Some(Ok(Pushed::Place(p))) => {
+                    if p.round > self.place_round && !self.done {
+                        self.push_place(Some(p.place.clone()), p.round);
+                    }
+                    continue;
+                }
+                Some(Ok(Pushed::Event(event))) => match self.cursor.on_live(event.seq) {
                     Live::Duplicate => continue,
                     Live::Deliver => {
                         self.push(Item::Event(event.event.clone()));
@@ -115,6 +144,9 @@ impl Feed {
             }
             for e in open.events {
                 self.push(Item::Event(e));
+            }
+            if !self.done {
+                self.push_place(open.place, open.round);
             }
         }
     }
@@ -149,6 +181,7 @@ pub async fn events(
         pending: VecDeque::new(),
         live: Some(live),
         cursor: Cursor::new(after),
+        place_round: 0,
         done: false,
     };
     if let Some(s) = open.snapshot {
@@ -156,6 +189,9 @@ pub async fn events(
     }
     for e in open.events {
         feed.push(Item::Event(e));
+    }
+    if !feed.done {
+        feed.push_place(open.place, open.round);
     }
     if feed.pending.is_empty() && open.state.is_terminal() {
         // Nothing more will ever come: 204 makes EventSource stop reconnecting.

@@ -16,7 +16,7 @@ use outlast_protocol::codec::{DecodeError, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 use outlast_protocol::keepalive::{Keepalive, KeepaliveAction};
 use outlast_protocol::replay::{Cursor, Live};
 use outlast_protocol::v1::{BatchAnswer, ClientMsg, Control, PROTOCOL, ServerMsg};
-use outlast_protocol::{Codec, ErrorCode, Frame, JobId, OwnerId, Seq};
+use outlast_protocol::{Codec, ErrorCode, Frame, JobId, OwnerId, QueuePlace, Seq};
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -25,7 +25,7 @@ use super::owner::Authed;
 use super::state::AppState;
 use crate::auth::{Credential, Principal, Scope};
 use crate::error::AppError;
-use crate::hub::{JobSubscription, Published};
+use crate::hub::{JobSubscription, Pushed};
 use crate::metrics as m;
 
 /// Subscriptions one connection may hold.
@@ -125,6 +125,9 @@ struct Session {
     subs: StreamMap<JobId, JobSubscription>,
     /// The newest sequence number sent per subscribed job.
     last_sent: HashMap<JobId, Cursor>,
+    /// The newest scheduler round whose place was shown per subscribed job: an older place
+    /// still in the channel is stale and dropped.
+    place_round: HashMap<JobId, u64>,
     /// Uploads written over this connection, and the owner's upload progress.
     uploads: super::upload_ws::SessionUploads,
 }
@@ -143,6 +146,7 @@ impl Session {
             socket,
             subs: StreamMap::new(),
             last_sent: HashMap::new(),
+            place_round: HashMap::new(),
         };
         let end = session.drive().await;
         // Commit what arrived for uploads before anything else, so a resume sees it.
@@ -357,17 +361,8 @@ impl Session {
                 }
             }
             ClientMsg::Get { req, job_id } => {
-                match self.state.jobs.owned(&self.owner, job_id).await {
-                    Ok(record) => {
-                        self.send(
-                            Control::Snapshot {
-                                req,
-                                snapshot: record.snapshot,
-                            }
-                            .into(),
-                        )
-                        .await
-                    }
+                match self.state.jobs.snapshot(&self.owner, job_id).await {
+                    Ok(snapshot) => self.send(Control::Snapshot { req, snapshot }.into()).await,
                     Err(e) => self.error(req, e.code, e.message).await,
                 }
             }
@@ -472,19 +467,54 @@ impl Session {
         }
         self.last_sent.insert(job, Cursor::new(Some(last)));
         self.subs.insert(job, live);
-        Ok(())
+        self.show_place(job, open.place, open.round).await
+    }
+
+    /// After a replay: the queued job's current place, and the round it is from.
+    async fn show_place(
+        &mut self,
+        job: JobId,
+        place: Option<QueuePlace>,
+        round: u64,
+    ) -> Result<(), ()> {
+        self.place_round.insert(job, round);
+        match place {
+            Some(QueuePlace { position, reason }) => {
+                let msg = Control::Position {
+                    job_id: job,
+                    position,
+                    reason,
+                };
+                self.send(msg.into()).await
+            }
+            None => Ok(()),
+        }
     }
 
     fn unsubscribe(&mut self, job: JobId) {
         self.subs.remove(&job);
         self.last_sent.remove(&job);
+        self.place_round.remove(&job);
     }
 
     async fn forward(
         &mut self,
         job: JobId,
-        item: Result<Arc<Published>, BroadcastStreamRecvError>,
+        item: Result<Pushed, BroadcastStreamRecvError>,
     ) -> Result<(), ()> {
+        let item = match item {
+            Ok(Pushed::Place(place)) => {
+                // Not an event: no cursor. Only a place newer than the one shown goes out.
+                let shown = self.place_round.entry(job).or_default();
+                if place.round <= *shown {
+                    return Ok(());
+                }
+                *shown = place.round;
+                return self.send(place.message()).await;
+            }
+            Ok(Pushed::Event(event)) => Ok(event),
+            Err(e) => Err(e),
+        };
         let cursor = self.last_sent.entry(job).or_default();
         let live = match &item {
             Ok(event) => cursor.on_live(event.seq),
@@ -544,10 +574,12 @@ impl Session {
         }
         if open.state.is_terminal() {
             self.unsubscribe(job);
+            Ok(())
         } else {
             self.last_sent.insert(job, Cursor::new(Some(newest)));
+            // Places may have been lost with the lagged events: show the current one.
+            self.show_place(job, open.place, open.round).await
         }
-        Ok(())
     }
 }
 

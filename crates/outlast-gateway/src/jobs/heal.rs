@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outlast_protocol::{EventKind, Failure, FailureCode, JobId, JobState};
+use outlast_protocol::{EventKind, Failure, FailureCode, JobId, JobState, QueuePlace};
 use tokio_util::sync::CancellationToken;
 
 use super::Jobs;
@@ -43,6 +43,8 @@ impl Jobs {
         };
         let running = record.snapshot.state == JobState::Running;
         let policy = backend.restart_policy();
+        // The `queued` event stored here, if any: the job's entry is then announced already.
+        let mut stored_entry = None;
         let what = match cause {
             Cause::Restart => "the gateway restarted while the job was running",
             Cause::Stranded => "the job's run was lost",
@@ -67,8 +69,9 @@ impl Jobs {
                 position: 0,
                 reason: Some(format!("{what}; {how}")),
             };
-            if self.emit(job, queued).await?.is_none() {
-                return Ok(()); // it finished meanwhile
+            match self.emit(job, queued).await? {
+                Some(event) => stored_entry = Some(event.kind),
+                None => return Ok(()), // it finished meanwhile
             }
         }
         let first_in_line = running && policy == RestartPolicy::Resume;
@@ -86,6 +89,9 @@ impl Jobs {
                     uploads: pending,
                 };
                 sched.set_waiting(job, Some(waiting));
+                if let Some(EventKind::Queued { position, reason }) = stored_entry {
+                    sched.mark_entered(job, QueuePlace { position, reason });
+                }
             }
         }
         self.wake.notify_one();

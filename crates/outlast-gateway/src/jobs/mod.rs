@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use outlast_protocol::replay::{self, ReplayPlan};
 use outlast_protocol::{
     ErrorCode, EventKind, Failure, FailureCode, JobEvent, JobId, JobSnapshot, JobSpec, JobState,
-    OwnerId, Seq, UploadId,
+    OwnerId, QueuePlace, Seq, UploadId,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{Backend, InputResolver, JobHandle, Readiness};
 use crate::clock::now_ms;
 use crate::error::AppError;
+use crate::hub::{Hub, LivePlace};
 use crate::metrics as m;
 use crate::outputs::OutputStore;
 use crate::store::{Created, JobRecord, JobStore};
@@ -47,6 +48,11 @@ pub struct StreamOpen {
     pub events: Vec<JobEvent>,
     /// The job's state when the stream was opened.
     pub state: JobState,
+    /// The queued job's live place when the stream was opened (none when it is not queued or
+    /// not announced yet); send it after the replayed events.
+    pub place: Option<QueuePlace>,
+    /// The scheduler's round at that time: live places of this round or earlier are stale.
+    pub round: u64,
 }
 
 /// Result of a submission.
@@ -69,8 +75,11 @@ pub struct Jobs {
     handle: JobHandle,
     backends: HashMap<&'static str, Arc<dyn Backend>>,
     inputs: Arc<dyn InputResolver>,
-    // A std Mutex: only short, synchronous queue operations happen under it.
+    // A std Mutex: only short, synchronous queue operations happen under it (and the hub's
+    // publication of live places, itself a short std-locked map operation).
     sched: Mutex<Scheduler>,
+    /// Where live queue places go (the same channels as stored events).
+    hub: Arc<Hub>,
     wake: Arc<Notify>,
     tracker: TaskTracker,
     work_root: PathBuf,
@@ -91,8 +100,10 @@ pub fn spec_digest(spec: &JobSpec) -> [u8; 32] {
 
 impl Jobs {
     /// Builds the service; call [`Jobs::recover`] and then spawn [`Jobs::dispatch_loop`].
+    /// `hub` is the one the store publishes to: live places travel beside stored events.
     pub fn new(
         store: Arc<dyn JobStore>,
+        hub: Arc<Hub>,
         outputs: OutputStore,
         backends: Vec<Arc<dyn Backend>>,
         inputs: Arc<dyn InputResolver>,
@@ -109,6 +120,7 @@ impl Jobs {
             backends: backends.into_iter().map(|b| (b.name(), b)).collect(),
             inputs,
             sched: Mutex::new(Scheduler::default()),
+            hub,
             wake,
             tracker,
             work_root,
@@ -207,10 +219,24 @@ impl Jobs {
         }
     }
 
-    /// The newest `limit` jobs of `owner`, newest first.
+    /// The snapshot of `job` if `owner` owns it, with its live queue place.
+    pub async fn snapshot(&self, owner: &OwnerId, job: JobId) -> Result<JobSnapshot, AppError> {
+        let record = self.owned(owner, job).await?;
+        let (place, _) = self.sched().place_of(job);
+        Ok(record.snapshot.with_place(place.as_ref()))
+    }
+
+    /// The newest `limit` jobs of `owner`, newest first, with their live queue places.
     pub async fn list(&self, owner: &OwnerId, limit: usize) -> Result<Vec<JobSnapshot>, AppError> {
         let records = self.handle.store.owned_by(owner.clone(), limit).await?;
-        Ok(records.into_iter().map(|r| r.snapshot).collect())
+        let sched = self.sched();
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let (place, _) = sched.place_of(r.snapshot.job_id);
+                r.snapshot.with_place(place.as_ref())
+            })
+            .collect())
     }
 
     /// Submits a job. Idempotent per (owner, idempotency key).
@@ -377,18 +403,28 @@ impl Jobs {
             .filter(|s| &s.record.owner == owner)
             .ok_or_else(|| AppError::not_found("job"))?;
         let state = start.record.snapshot.state;
+        // Read after the store: a place announced before that read was published before it too,
+        // so `round` covers every place already in the subscriber's channel.
+        let (place, round) = match state {
+            JobState::Queued => self.sched().place_of(job),
+            _ => (None, self.sched().place_of(job).1),
+        };
         Ok(match replay::plan(after, start.record.bounds()) {
             ReplayPlan::Exact { .. } => StreamOpen {
                 recovered: true,
                 snapshot: None,
                 events: start.events,
                 state,
+                place,
+                round,
             },
             ReplayPlan::Snapshot { .. } => StreamOpen {
                 recovered: false,
-                snapshot: Some(start.record.snapshot),
+                snapshot: Some(start.record.snapshot.with_place(place.as_ref())),
                 events: Vec::new(),
                 state,
+                place,
+                round,
             },
         })
     }
@@ -473,7 +509,7 @@ impl Jobs {
                 tracing::error!(error = %e, "could not look at jobs waiting for uploads");
             }
             if let Err(e) = self.announce_positions().await {
-                tracing::error!(error = %e, "could not store queue positions");
+                tracing::error!(error = %e, "could not store queue entries");
             }
             if shutdown.is_cancelled() {
                 break;
@@ -498,22 +534,47 @@ impl Jobs {
         }
     }
 
+    /// One announcement round: stores a `queued` event for each job that entered the queue and
+    /// sends every moved job's new place live (nothing stored), so a queue of N jobs costs O(N)
+    /// stored events however often it shifts.
     async fn announce_positions(&self) -> Result<(), AppError> {
-        let scheduler::Places {
-            changed: changes,
-            depths,
-        } = self
-            .sched()
-            .place_changes(|b| self.backends.get(b).and_then(|b| b.unavailable()));
+        let (entered, depths) = {
+            let mut sched = self.sched();
+            let places =
+                sched.place_changes(|b| self.backends.get(b).and_then(|b| b.unavailable()));
+            // Published under the scheduler's lock: a job leaves the queue (start, cancel) under
+            // it too, before its `started` or `canceled` is stored, so no place of a job can
+            // follow its leaving in a subscriber's channel.
+            for (job_id, place) in places.moved {
+                self.hub.publish_place(LivePlace {
+                    job_id,
+                    place,
+                    round: places.round,
+                });
+            }
+            (places.entered, places.depths)
+        };
         for (backend, depth) in depths {
             metrics::gauge!(m::QUEUE_DEPTH, "backend" => backend).set(depth as f64);
         }
-        if !changes.is_empty() {
-            let batch = changes
-                .into_iter()
-                .map(|(job, (position, reason))| (job, EventKind::Queued { position, reason }))
-                .collect();
-            self.handle.store.append(batch).await?;
+        if entered.is_empty() {
+            return Ok(());
+        }
+        let jobs: Vec<JobId> = entered.iter().map(|(job, _)| *job).collect();
+        let batch = entered
+            .into_iter()
+            .map(|(job, p)| {
+                let kind = EventKind::Queued {
+                    position: p.position,
+                    reason: p.reason,
+                };
+                (job, kind)
+            })
+            .collect();
+        if let Err(e) = self.handle.store.append(batch).await {
+            // Not stored: the next round announces these jobs as entering again.
+            self.sched().forget_entered(jobs);
+            return Err(e.into());
         }
         Ok(())
     }

@@ -1,25 +1,31 @@
 //! The scheduler's state and decisions, without I/O: which jobs wait where (a [`FairQueue`] per
-//! backend), which run, which positions changed since they were last announced, and which jobs
-//! may start in the free slots. The job service drives it under a short std lock and does the
-//! storing and spawning itself.
+//! backend), which run, which places are new or changed since they were last announced, and
+//! which jobs may start in the free slots. The job service drives it under a short std lock and
+//! does the storing, publishing and spawning itself.
+//!
+//! A job's place is announced in two ways: the first time after it entered the queue as a
+//! stored `queued` event (`Places::entered`), afterwards only live (`Places::moved`), so a queue
+//! of N jobs costs O(N) stored events however often it shifts. Each announcement is a *round*;
+//! rounds only grow, which lets subscribers drop a place older than one they already showed.
 
 use std::collections::{HashMap, HashSet};
 
-use outlast_protocol::{JobId, OwnerId, UploadId};
+use outlast_protocol::{JobId, OwnerId, QueuePlace, UploadId};
 use tokio_util::sync::CancellationToken;
 
 use super::queue::FairQueue;
 
-/// A queued job's place as announced to its subscribers: position and waiting reason.
-pub type Place = (u32, Option<String>);
-
 /// What [`Scheduler::place_changes`] found: places to announce, and each queue's depth.
 #[derive(Debug, Default, PartialEq)]
 pub struct Places {
-    /// Jobs whose place changed since it was last announced.
-    pub changed: Vec<(JobId, Place)>,
+    /// Jobs announced for the first time since they entered the queue: store their `queued`.
+    pub entered: Vec<(JobId, QueuePlace)>,
+    /// Jobs whose place changed since it was last announced: send it live, store nothing.
+    pub moved: Vec<(JobId, QueuePlace)>,
     /// Jobs waiting per backend.
     pub depths: Vec<(&'static str, usize)>,
+    /// The round these places belong to.
+    pub round: u64,
 }
 
 /// A job the scheduler decided to start.
@@ -42,8 +48,11 @@ pub struct Scheduler {
     queued: HashSet<JobId>,
     running: HashMap<JobId, CancellationToken>,
     running_per_backend: HashMap<&'static str, usize>,
-    /// The place last announced per queued job.
-    announced: HashMap<JobId, Place>,
+    /// The place last announced per queued job; a queued job missing here has not been
+    /// announced since it entered the queue.
+    announced: HashMap<JobId, QueuePlace>,
+    /// How many announcement rounds ran.
+    round: u64,
     /// Queued jobs whose inputs are still uploading: they keep their place in the queue but
     /// are passed over when slots free up.
     waiting: HashMap<JobId, Waiting>,
@@ -157,30 +166,63 @@ impl Scheduler {
         }
     }
 
-    /// The places that changed since they were last announced (and marks them announced), and
-    /// the depth of every queue. `reason` says why a backend cannot start anything now.
+    /// A new announcement round: the places of jobs that entered the queue since the last round
+    /// and of jobs whose place changed (each marked announced), and the depth of every queue.
+    /// `reason` says why a backend cannot start anything now.
     pub fn place_changes(&mut self, reason: impl Fn(&str) -> Option<String>) -> Places {
-        let mut changes = Vec::new();
-        let mut depths = Vec::new();
+        self.round += 1;
+        let mut places = Places {
+            round: self.round,
+            ..Places::default()
+        };
         for (backend, queue) in &self.queues {
             let order = queue.order();
-            depths.push((*backend, order.len()));
+            places.depths.push((*backend, order.len()));
             let why = reason(backend);
             for (i, job) in order.into_iter().enumerate() {
                 let reason = match self.waiting.get(&job) {
                     Some(w) => Some(w.reason()),
                     None => why.clone(),
                 };
-                let place = (u32::try_from(i).unwrap_or(u32::MAX), reason);
-                if self.announced.get(&job) != Some(&place) {
-                    self.announced.insert(job, place.clone());
-                    changes.push((job, place));
+                let place = QueuePlace {
+                    position: u32::try_from(i).unwrap_or(u32::MAX),
+                    reason,
+                };
+                match self.announced.get(&job) {
+                    Some(last) if *last == place => {}
+                    Some(_) => {
+                        self.announced.insert(job, place.clone());
+                        places.moved.push((job, place));
+                    }
+                    None => {
+                        self.announced.insert(job, place.clone());
+                        places.entered.push((job, place));
+                    }
                 }
             }
         }
-        Places {
-            changed: changes,
-            depths,
+        places
+    }
+
+    /// The place last announced for `job` (none when it is not queued, or not announced yet),
+    /// and the current round: places of this round or earlier are already known.
+    pub fn place_of(&self, job: JobId) -> (Option<QueuePlace>, u64) {
+        (self.announced.get(&job).cloned(), self.round)
+    }
+
+    /// `job`'s `queued` event is stored already (a restart stored it with its reason): the next
+    /// round announces it live only.
+    pub fn mark_entered(&mut self, job: JobId, place: QueuePlace) {
+        if self.queued.contains(&job) {
+            self.announced.insert(job, place);
+        }
+    }
+
+    /// The `queued` events of `jobs` could not be stored: the next round announces them as
+    /// entering again.
+    pub fn forget_entered(&mut self, jobs: impl IntoIterator<Item = JobId>) {
+        for job in jobs {
+            self.announced.remove(&job);
         }
     }
 
@@ -272,35 +314,80 @@ mod tests {
         assert!(s.is_queued("demo", j[3]));
     }
 
+    fn place(position: u32, reason: Option<&str>) -> QueuePlace {
+        QueuePlace {
+            position,
+            reason: reason.map(str::to_owned),
+        }
+    }
+
     #[test]
-    fn places_are_announced_once_per_change() {
+    fn a_place_is_stored_on_entry_and_sent_live_once_per_change() {
         let mut s = Scheduler::default();
         let j = jobs(3);
         for job in &j {
             s.enqueue("demo", owner("alice"), *job);
         }
         let none = |_: &str| None;
-        let Places {
-            changed: changes,
-            depths,
-        } = s.place_changes(none);
+        let first = s.place_changes(none);
         assert_eq!(
-            changes,
-            vec![(j[0], (0, None)), (j[1], (1, None)), (j[2], (2, None))]
+            first.entered,
+            vec![
+                (j[0], place(0, None)),
+                (j[1], place(1, None)),
+                (j[2], place(2, None))
+            ]
         );
-        assert_eq!(depths, vec![("demo", 3)]);
-        assert!(s.place_changes(none).changed.is_empty(), "nothing moved");
+        assert!(first.moved.is_empty());
+        assert_eq!(first.depths, vec![("demo", 3)]);
+        assert_eq!(s.place_of(j[2]), (Some(place(2, None)), first.round));
+        let quiet = s.place_changes(none);
+        assert!(
+            quiet.entered.is_empty() && quiet.moved.is_empty(),
+            "nothing moved"
+        );
+        assert!(quiet.round > first.round, "rounds only grow");
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
-        let changes = s.place_changes(none).changed;
-        assert_eq!(changes, vec![(j[1], (0, None)), (j[2], (1, None))]);
+        assert_eq!(s.place_of(j[0]).0, None, "a running job has no place");
+        let shift = s.place_changes(none);
+        assert!(shift.entered.is_empty(), "moving up stores nothing");
+        assert_eq!(
+            shift.moved,
+            vec![(j[1], place(0, None)), (j[2], place(1, None))]
+        );
         // A reason appearing is a change even where the position stays.
         let down = |_: &str| Some("no server".to_owned());
-        let changes = s.place_changes(down).changed;
+        let changes = s.place_changes(down).moved;
         assert_eq!(changes.len(), 2);
         assert!(
             changes
                 .iter()
-                .all(|(_, p)| p.1.as_deref() == Some("no server"))
+                .all(|(_, p)| p.reason.as_deref() == Some("no server"))
+        );
+        // Entering again (a job that was lost and is queued anew) stores again.
+        s.finished("demo", j[0]);
+        assert!(s.enqueue("demo", owner("alice"), j[0]));
+        let again = s.place_changes(down);
+        assert_eq!(again.entered, vec![(j[0], place(2, Some("no server")))]);
+        // An entry whose event could not be stored is announced as entering once more.
+        s.forget_entered([j[0]]);
+        assert_eq!(s.place_changes(down).entered.len(), 1);
+    }
+
+    #[test]
+    fn a_job_whose_entry_is_stored_already_moves_live_only() {
+        let mut s = Scheduler::default();
+        let j = jobs(2);
+        s.enqueue("demo", owner("alice"), j[0]);
+        s.enqueue_front("demo", owner("bob"), j[1]);
+        s.mark_entered(j[1], place(0, Some("the gateway restarted")));
+        let places = s.place_changes(|_| None);
+        assert_eq!(places.entered, vec![(j[0], place(1, None))]);
+        assert_eq!(places.moved, vec![(j[1], place(0, None))]);
+        s.mark_entered(JobId::random(), place(0, None));
+        assert!(
+            s.place_changes(|_| None).moved.is_empty(),
+            "unknown jobs are not marked"
         );
     }
 
@@ -332,10 +419,16 @@ mod tests {
             uploads: vec![upload],
         };
         s.set_waiting(j[0], Some(waiting));
-        let changes = s.place_changes(|_| None).changed;
+        let changes = s.place_changes(|_| None).entered;
         assert_eq!(
             changes[0],
-            (j[0], (0, Some(format!("waiting for input {upload}"))))
+            (
+                j[0],
+                QueuePlace {
+                    position: 0,
+                    reason: Some(format!("waiting for input {upload}"))
+                }
+            )
         );
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[1]], "passed over");
         assert!(s.is_queued("demo", j[0]), "still queued, first in line");
