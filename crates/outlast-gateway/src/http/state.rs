@@ -11,6 +11,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
+use super::stream_limit::StreamLimit;
 use crate::upload::Uploads;
 
 /// Shared state of the gateway; cheap to clone.
@@ -32,4 +33,6 @@ pub struct AppState {
     pub uploads: Arc<Uploads>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Job streams open per owner (WebSocket subscriptions, SSE, long-polls), bounded.
+    pub streams: Arc<StreamLimit>,
 }

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 
 use super::outbox::{self, Delivery, DeliveryStatus};
 use super::{
-    CacheEntry, CacheKey, Created, JobRecord, JobStore, Rejected, StoreError, StreamStart,
+    CacheEntry, CacheKey, Created, JobRecord, JobStore, PageLimit, Rejected, StoreError,
+    StreamStart,
 };
 use crate::clock::now_ms;
 use crate::hub::Hub;
@@ -126,14 +127,35 @@ fn events_after(
     job: JobId,
     after: Seq,
 ) -> Result<Vec<JobEvent>, StoreError> {
+    let unbounded = PageLimit {
+        events: usize::MAX,
+        bytes: usize::MAX,
+    };
+    Ok(events_page(table, job, after, unbounded)?.0)
+}
+
+/// The first events after `after` within `limit`, and whether more are stored. The key range
+/// is walked lazily, so only the page (and one more key, to answer `more`) is read.
+fn events_page(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    job: JobId,
+    after: Seq,
+    limit: PageLimit,
+) -> Result<(Vec<JobEvent>, bool), StoreError> {
     let from = event_key(job, after.next());
     let to = event_key(job, Seq(u64::MAX));
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for item in table.range(from.as_slice()..=to.as_slice()).map_err(se)? {
+        if out.len() >= limit.events.max(1) || (!out.is_empty() && bytes >= limit.bytes) {
+            return Ok((out, true));
+        }
         let (_, v) = item.map_err(se)?;
-        out.push(decode(v.value())?);
+        let value = v.value();
+        bytes = bytes.saturating_add(value.len());
+        out.push(decode(value)?);
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// The outbox's tables inside one write transaction.
@@ -360,6 +382,7 @@ impl JobStore for EmbeddedStore {
         &self,
         job: JobId,
         after: Seq,
+        limit: PageLimit,
     ) -> Result<Option<StreamStart>, StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(se)?;
@@ -368,8 +391,12 @@ impl JobStore for EmbeddedStore {
                 return Ok(None);
             };
             let events = txn.open_table(EVENTS).map_err(se)?;
-            let events = events_after(&events, job, after)?;
-            Ok(Some(StreamStart { record, events }))
+            let (events, more) = events_page(&events, job, after, limit)?;
+            Ok(Some(StreamStart {
+                record,
+                events,
+                more,
+            }))
         })
         .await
     }
