@@ -169,14 +169,14 @@ pub async fn events(
         _stall: stall.map(|Extension(s)| s.arm(state.config.streams.sse_write_timeout)),
     };
     feed.push_page(first);
-    let mut first = true;
+    let mut first_event = true;
     let stream = futures::stream::unfold(feed, move |mut feed| async move {
         let item = feed.next_item().await?;
         Some((item, feed))
     })
     .map(move |item| {
         let mut event = to_sse(&item);
-        if std::mem::take(&mut first) {
+        if std::mem::take(&mut first_event) {
             event = event.retry(Duration::from_secs(2));
         }
         Ok::<_, Infallible>(event)

@@ -590,3 +590,64 @@ impl JobStore for EmbeddedStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with one job of `n` progress events whose labels are `label` bytes long.
+    async fn store_with(n: u64, label: usize) -> (tempfile::TempDir, EmbeddedStore, JobId) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("t.redb"), Arc::new(Hub::new()), 1 << 20)
+            .expect("open");
+        let owner: OwnerId = "alice".parse().expect("owner");
+        let spec = JobSpec::new("demo", serde_json::json!({}));
+        let Created::New(record) = store.create(owner, spec, [0; 32], 0).await.expect("create")
+        else {
+            panic!("a new job");
+        };
+        let job = record.snapshot.job_id;
+        let batch = (1..=n)
+            .map(|value| {
+                let label = Some("x".repeat(label));
+                (job, EventKind::Progress { value, max: n, label })
+            })
+            .collect();
+        store.append(batch).await.expect("append");
+        (dir, store, job)
+    }
+
+    #[tokio::test]
+    async fn history_is_read_in_pages_bounded_by_events_and_bytes() {
+        let events = |n| PageLimit { events: n, bytes: usize::MAX };
+        let bytes = |b| PageLimit { events: usize::MAX, bytes: b };
+        // (events stored, label bytes, after, limit, seqs of the page, more)
+        let cases: &[(u64, usize, u64, PageLimit, (u64, u64), bool)] = &[
+            (600, 0, 0, PageLimit::REPLAY, (1, 256), true),
+            (600, 0, 256, PageLimit::REPLAY, (257, 512), true),
+            (600, 0, 512, PageLimit::REPLAY, (513, 600), false),
+            (600, 0, 600, PageLimit::REPLAY, (601, 600), false),
+            (10, 0, 0, events(10), (1, 10), false),
+            (10, 0, 0, events(9), (1, 9), true),
+            (10, 0, 0, events(0), (1, 1), true),
+            // 64 KiB events: a 256 KiB page ends once its bytes reach the limit.
+            (10, 64 * 1024, 0, PageLimit::REPLAY, (1, 4), true),
+            // One event larger than the byte limit is still a page of one.
+            (3, 4096, 1, bytes(100), (2, 2), true),
+            (3, 4096, 2, bytes(100), (3, 3), false),
+        ];
+        for &(n, label, after, limit, (first, last), more) in cases {
+            let (_dir, store, job) = store_with(n, label).await;
+            let page = store
+                .stream_start(job, Seq(after), limit)
+                .await
+                .expect("read")
+                .expect("the job");
+            let seqs: Vec<u64> = page.events.iter().map(|e| e.seq.0).collect();
+            let case = format!("{n} events of {label} B after {after}, {limit:?}");
+            assert_eq!(seqs, (first..=last).collect::<Vec<_>>(), "{case}");
+            assert_eq!(page.more, more, "{case}: more");
+            assert_eq!(page.record.snapshot.seq, Seq(n), "{case}: the record");
+        }
+    }
+}
