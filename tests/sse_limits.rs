@@ -41,7 +41,11 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// A raw TCP client with a tiny receive window that asks for a job's SSE stream.
-async fn raw_sse(gw: &Gateway, job: JobId, last_event_id: Option<u64>) -> anyhow::Result<TcpStream> {
+async fn raw_sse(
+    gw: &Gateway,
+    job: JobId,
+    last_event_id: Option<u64>,
+) -> anyhow::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut stream = socket.connect(gw.addr).await?;
@@ -108,7 +112,12 @@ async fn drain(mut stream: TcpStream) -> String {
 }
 
 /// Waits (bounded) until `/metrics` shows the counter at `at_least`.
-async fn wait_counter(api: &Api, name: &str, at_least: u64, within: Duration) -> anyhow::Result<()> {
+async fn wait_counter(
+    api: &Api,
+    name: &str,
+    at_least: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
         if api.counter(name).await? >= at_least {
@@ -138,7 +147,10 @@ async fn a_client_that_stops_reading_sse_is_cut_in_time_and_memory_stays_bounded
     .await?;
     let pid = gw.pid().context("gateway pid")?;
     let api = gw.api();
-    let job: JobId = gw.submit(serde_json::json!({"backend": "exec"})).await?.parse()?;
+    let job: JobId = gw
+        .submit(serde_json::json!({"backend": "exec"}))
+        .await?
+        .parse()?;
     api.wait_for_snapshot(job, Duration::from_secs(240), |s| {
         s.state == JobState::Completed
     })
@@ -225,7 +237,10 @@ async fn a_cut_sse_client_resumes_with_last_event_id_and_gets_exactly_the_rest()
     ])
     .await?;
     let api = gw.api();
-    let job: JobId = gw.submit(serde_json::json!({"backend": "exec"})).await?.parse()?;
+    let job: JobId = gw
+        .submit(serde_json::json!({"backend": "exec"}))
+        .await?
+        .parse()?;
     api.wait_for_snapshot(job, T, |s| s.state == JobState::Completed)
         .await?;
     let stored = gw.full_log(&job.to_string()).await?;
@@ -258,7 +273,10 @@ async fn a_cut_sse_client_resumes_with_last_event_id_and_gets_exactly_the_rest()
     assert_eq!(rest.first().map(|e| e.0), Some(last + 1));
     let all: Vec<serde_json::Value> = first.iter().chain(&rest).map(|e| e.2.clone()).collect();
     assert_eq!(all.len(), stored.len());
-    assert!(all == stored, "prefix + resumed rest is exactly the stored log");
+    assert!(
+        all == stored,
+        "prefix + resumed rest is exactly the stored log"
+    );
     for (id, event, data) in first.iter().chain(&rest) {
         assert_eq!(data["seq"], *id);
         assert_eq!(data["type"], event.as_str());
@@ -267,8 +285,8 @@ async fn a_cut_sse_client_resumes_with_last_event_id_and_gets_exactly_the_rest()
 }
 
 #[tokio::test]
-async fn a_long_history_replays_exactly_over_sse_long_poll_and_the_websocket()
--> anyhow::Result<()> {
+async fn a_long_history_replays_exactly_over_sse_long_poll_and_the_websocket() -> anyhow::Result<()>
+{
     let steps = 2000u64;
     let gw = Gateway::start(&[]).await?;
     let api = gw.api();
@@ -286,8 +304,16 @@ async fn a_long_history_replays_exactly_over_sse_long_poll_and_the_websocket()
     // What every transport must deliver: seq 1..=newest, progress 1..=steps in order, one
     // terminal event last.
     let check = |seqs: &[u64], progress: &[u64], what: &str| {
-        assert_eq!(seqs, (1..=newest).collect::<Vec<_>>(), "{what}: every seq once, in order");
-        assert_eq!(progress, (1..=steps).collect::<Vec<_>>(), "{what}: progress in order");
+        assert_eq!(
+            seqs,
+            (1..=newest).collect::<Vec<_>>(),
+            "{what}: every seq once, in order"
+        );
+        assert_eq!(
+            progress,
+            (1..=steps).collect::<Vec<_>>(),
+            "{what}: progress in order"
+        );
     };
 
     // SSE from the beginning, read to its end.
@@ -314,7 +340,10 @@ async fn a_long_history_replays_exactly_over_sse_long_poll_and_the_websocket()
         pages += 1;
         assert!(p.events.len() <= 256, "a page of {} events", p.events.len());
         assert!(p.recovered && p.snapshot.is_none());
-        assert_eq!(p.done, !p.more, "done exactly on the last page of a finished job");
+        assert_eq!(
+            p.done, !p.more,
+            "done exactly on the last page of a finished job"
+        );
         polled.extend(p.events);
         after = p.next_after;
         if !p.more {
@@ -322,7 +351,10 @@ async fn a_long_history_replays_exactly_over_sse_long_poll_and_the_websocket()
         }
         anyhow::ensure!(pages < 100, "the pages never end");
     }
-    assert!(pages >= newest.div_ceil(256), "{pages} pages for {newest} events");
+    assert!(
+        pages >= newest.div_ceil(256),
+        "{pages} pages for {newest} events"
+    );
     let seqs: Vec<u64> = polled.iter().map(|e| e.seq.0).collect();
     let progress: Vec<u64> = polled
         .iter()
@@ -393,7 +425,9 @@ async fn one_owners_streams_on_every_transport_share_one_limit_answered_with_429
             assert_eq!(status, 429, "{what}");
             assert_eq!(body["code"], "limit_exceeded", "{what}: {body}");
             assert!(
-                body["message"].as_str().is_some_and(|m| m.contains("streams.max_per_owner")),
+                body["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("streams.max_per_owner")),
                 "{what}: {body}"
             );
             assert_eq!(retry.as_deref(), Some("5"), "{what}: Retry-After");
@@ -401,7 +435,10 @@ async fn one_owners_streams_on_every_transport_share_one_limit_answered_with_429
     };
     for (path, what) in [
         (format!("/v1/jobs/{a1}/events"), "SSE"),
-        (format!("/v1/jobs/{a2}/poll?after=0&timeout_ms=0"), "long-poll"),
+        (
+            format!("/v1/jobs/{a2}/poll?after=0&timeout_ms=0"),
+            "long-poll",
+        ),
     ] {
         let r = alice.get(&path).send().await?;
         let status = r.status().as_u16();

@@ -366,7 +366,11 @@ fn bad_values_are_refused_naming_their_key() {
             "",
             "streams.sse_write_timeout",
         ),
-        (&[], "[streams]\nsse_write_timeout = \"0s\"", "streams.sse_write_timeout"),
+        (
+            &[],
+            "[streams]\nsse_write_timeout = \"0s\"",
+            "streams.sse_write_timeout",
+        ),
         (&["--history-max-events", "15"], "", "history_max_events"),
         (&[], "history_max_events = 0", "history_max_events"),
         (&[], "cache_ttl = \"3651days\"", "cache_ttl"),

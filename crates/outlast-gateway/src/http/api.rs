@@ -279,9 +279,10 @@ pub async fn poll(
     let mut pages = Pages::new(owner, job, after);
     let result = async {
         let mut open = pages.next(&state.jobs).await?;
-        if open.as_ref().is_some_and(|o| {
-            o.events.is_empty() && o.snapshot.is_none() && !o.state.is_terminal()
-        }) && !wait.is_zero()
+        if open
+            .as_ref()
+            .is_some_and(|o| o.events.is_empty() && o.snapshot.is_none() && !o.state.is_terminal())
+            && !wait.is_zero()
         {
             tokio::select! {
                 _ = live.recv() => {}

@@ -7,11 +7,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::stream_limit::StreamLimit;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
-use super::stream_limit::StreamLimit;
 use crate::upload::Uploads;
 
 /// Shared state of the gateway; cheap to clone.

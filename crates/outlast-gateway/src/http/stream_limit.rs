@@ -73,7 +73,11 @@ impl StreamLimit {
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        let mut open = self.limit.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self
+            .limit
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.owner) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -107,7 +111,9 @@ mod tests {
     fn zero_means_no_limit_and_empty_owners_leave_the_map() {
         let limit = StreamLimit::new(0);
         let a: OwnerId = "alice".parse().expect("a");
-        let permits: Vec<_> = (0..5000).map(|_| limit.acquire(&a).expect("no limit")).collect();
+        let permits: Vec<_> = (0..5000)
+            .map(|_| limit.acquire(&a).expect("no limit"))
+            .collect();
         assert_eq!(limit.open(&a), 5000);
         drop(permits);
         assert_eq!(limit.open(&a), 0);

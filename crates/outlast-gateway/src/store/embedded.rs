@@ -610,7 +610,14 @@ mod tests {
         let batch = (1..=n)
             .map(|value| {
                 let label = Some("x".repeat(label));
-                (job, EventKind::Progress { value, max: n, label })
+                (
+                    job,
+                    EventKind::Progress {
+                        value,
+                        max: n,
+                        label,
+                    },
+                )
             })
             .collect();
         store.append(batch).await.expect("append");
@@ -619,8 +626,14 @@ mod tests {
 
     #[tokio::test]
     async fn history_is_read_in_pages_bounded_by_events_and_bytes() {
-        let events = |n| PageLimit { events: n, bytes: usize::MAX };
-        let bytes = |b| PageLimit { events: usize::MAX, bytes: b };
+        let events = |n| PageLimit {
+            events: n,
+            bytes: usize::MAX,
+        };
+        let bytes = |b| PageLimit {
+            events: usize::MAX,
+            bytes: b,
+        };
         // (events stored, label bytes, after, limit, seqs of the page, more)
         let cases: &[(u64, usize, u64, PageLimit, (u64, u64), bool)] = &[
             (600, 0, 0, PageLimit::REPLAY, (1, 256), true),
