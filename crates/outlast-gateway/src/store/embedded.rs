@@ -624,6 +624,9 @@ mod tests {
         (dir, store, job)
     }
 
+    /// (events stored, label bytes, after, limit, first and last seq of the page, more)
+    type Case = (u64, usize, u64, PageLimit, (u64, u64), bool);
+
     #[tokio::test]
     async fn history_is_read_in_pages_bounded_by_events_and_bytes() {
         let events = |n| PageLimit {
@@ -635,7 +638,7 @@ mod tests {
             bytes: b,
         };
         // (events stored, label bytes, after, limit, seqs of the page, more)
-        let cases: &[(u64, usize, u64, PageLimit, (u64, u64), bool)] = &[
+        let cases: &[Case] = &[
             (600, 0, 0, PageLimit::REPLAY, (1, 256), true),
             (600, 0, 256, PageLimit::REPLAY, (257, 512), true),
             (600, 0, 512, PageLimit::REPLAY, (513, 600), false),
