@@ -37,6 +37,9 @@ pub struct Polled {
     pub state: JobState,
     /// True when nothing more will ever come.
     pub done: bool,
+    /// True when the answer is one page of a longer stored history.
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,9 +153,18 @@ impl Api {
         Ok(r.json().await?)
     }
 
-    /// Every stored event of a job so far.
+    /// Every stored event of a job so far (polled page by page, without waiting).
     pub async fn events(&self, job: impl Display) -> anyhow::Result<Vec<JobEvent>> {
-        Ok(self.poll(job, Seq::ZERO, Duration::ZERO).await?.events)
+        let mut all = Vec::new();
+        let mut after = Seq::ZERO;
+        loop {
+            let page = self.poll(&job, after, Duration::ZERO).await?;
+            all.extend(page.events);
+            if !page.more {
+                return Ok(all);
+            }
+            after = page.next_after;
+        }
     }
 
     /// Long-polls until the job's terminal event (bounded by `within`); every event, in order.

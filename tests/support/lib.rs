@@ -288,10 +288,22 @@ impl Gateway {
         Ok(self.api().submit(&body).await?.job_id.to_string())
     }
 
-    /// Every stored event of a job as raw JSON (for wire-format comparisons).
+    /// Every stored event of a job as raw JSON (for wire-format comparisons), polled page by
+    /// page without waiting.
     pub async fn full_log(&self, job: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-        let url = format!("{}/v1/jobs/{job}/poll?after=0&timeout_ms=0", self.http());
-        let v: serde_json::Value = reqwest::get(url).await?.json().await?;
-        Ok(v["events"].as_array().context("events")?.clone())
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let url = format!(
+                "{}/v1/jobs/{job}/poll?after={after}&timeout_ms=0",
+                self.http()
+            );
+            let v: serde_json::Value = reqwest::get(url).await?.json().await?;
+            all.extend(v["events"].as_array().context("events")?.iter().cloned());
+            if v["more"] != true {
+                return Ok(all);
+            }
+            after = v["next_after"].as_u64().context("next_after")?;
+        }
     }
 }

@@ -112,6 +112,7 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
 
     let state = AppState {
         auth: Arc::new(Auth::new(&crate::auth::AuthSettings::from_config(&config))),
+        streams: http::stream_limit::StreamLimit::new(config.streams.max_per_owner),
         config,
         jobs,
         hub,

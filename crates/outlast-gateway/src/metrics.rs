@@ -65,6 +65,11 @@ pub const HTTP_REFUSED: &str = "outlast_http_connections_refused_total";
 pub const HTTP_IDLE_CLOSED: &str = "outlast_http_idle_closed_total";
 /// Counter: request bodies cut by `http.body_idle_timeout` or `http.body_read_timeout`.
 pub const HTTP_BODY_TIMEOUTS: &str = "outlast_http_body_timeouts_total";
+/// Counter: job streams (WebSocket subscriptions, SSE, long-polls) refused by
+/// `streams.max_per_owner`.
+pub const STREAMS_REFUSED: &str = "outlast_streams_refused_total";
+/// Counter: responses ended because the client stopped reading (`streams.sse_write_timeout`).
+pub const HTTP_WRITE_STALLS: &str = "outlast_http_write_stalls_total";
 /// Counter: ComfyUI WebSocket reconnects.
 pub const COMFYUI_RECONNECTS: &str = "outlast_comfyui_reconnects_total";
 /// Counter: reconciliations of a prompt from ComfyUI's history and queue.
@@ -94,6 +99,14 @@ pub const ALL: &[(&str, &str)] = &[
     (
         HTTP_BODY_TIMEOUTS,
         "Request bodies cut for arriving too slowly",
+    ),
+    (
+        STREAMS_REFUSED,
+        "Job streams refused by the per-owner stream limit",
+    ),
+    (
+        HTTP_WRITE_STALLS,
+        "Streaming responses ended because the client stopped reading",
     ),
     (
         JOBS_REFUSED,

@@ -173,6 +173,12 @@ pub struct Args {
     /// New jobs one owner may create at once above the rate [jobs.submit_burst; default 200]
     #[arg(long, env = "OUTLAST_JOBS_SUBMIT_BURST", value_name = "N")]
     pub jobs_submit_burst: Option<u32>,
+    /// Job streams (WebSocket subscriptions, SSE, long-polls) one owner may follow at once, 0 = no limit [streams.max_per_owner; default 1024]
+    #[arg(long, env = "OUTLAST_STREAMS_MAX_PER_OWNER", value_name = "N")]
+    pub streams_max_per_owner: Option<usize>,
+    /// End an SSE response that cannot be written this long (the client stopped reading) [streams.sse_write_timeout; default 30s]
+    #[arg(long, env = "OUTLAST_STREAMS_SSE_WRITE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub streams_sse_write_timeout: Option<Duration>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -349,6 +355,14 @@ impl Args {
             self.jobs_submits_per_second,
         );
         set(&mut config.jobs.submit_burst, self.jobs_submit_burst);
+        set(
+            &mut config.streams.max_per_owner,
+            self.streams_max_per_owner,
+        );
+        set(
+            &mut config.streams.sse_write_timeout,
+            self.streams_sse_write_timeout,
+        );
         let any_comfy = !self.comfyui.is_empty()
             || self.comfyui_concurrency.is_some()
             || self.comfyui_poll_interval.is_some()

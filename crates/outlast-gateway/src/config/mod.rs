@@ -8,6 +8,7 @@
 mod args;
 mod http;
 mod jobs;
+mod streams;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +23,7 @@ use serde::{Deserialize, Deserializer};
 pub use args::{Args, Command, TokenArgs};
 pub use http::*;
 pub use jobs::*;
+pub use streams::*;
 
 /// Default `listen`.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -164,6 +166,8 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// The job service (`[jobs]`).
     pub jobs: JobsConfig,
+    /// Job streams: the per-owner limit and the SSE write timeout (`[streams]`).
+    pub streams: StreamsConfig,
 }
 
 impl Default for Config {
@@ -193,6 +197,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             tickets: TicketConfig::default(),
             jobs: JobsConfig::default(),
+            streams: StreamsConfig::default(),
         }
     }
 }
@@ -779,6 +784,7 @@ impl Config {
         self.http
             .validate(self.ping_interval.max(self.long_poll_timeout))?;
         self.jobs.validate()?;
+        self.streams.validate()?;
         if self.cache_ttl > MAX_CACHE_TTL {
             return Err(err("cache_ttl", "must be at most 3650d"));
         }

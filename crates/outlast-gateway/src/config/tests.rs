@@ -115,6 +115,11 @@ fn defaults() -> Vec<(&'static str, Shown)> {
             "jobs.max_queued_per_owner",
             T(c.jobs.max_queued_per_owner.to_string()),
         ),
+        (
+            "streams.max_per_owner",
+            T(c.streams.max_per_owner.to_string()),
+        ),
+        ("streams.sse_write_timeout", D(c.streams.sse_write_timeout)),
         ("tickets.ttl", D(c.tickets.ttl)),
         (
             "http.allow_query_token",
@@ -204,7 +209,7 @@ fn file_then_environment_then_flag() {
         [&'static str; 3],
         Read,
     );
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         (
             "ping_interval = \"{}\"",
             "OUTLAST_PING_INTERVAL",
@@ -225,6 +230,13 @@ fn file_then_environment_then_flag() {
             "--demo-concurrency",
             ["3", "4", "5"],
             |c| c.demo_concurrency.to_string(),
+        ),
+        (
+            "[streams]\nmax_per_owner = {}",
+            "OUTLAST_STREAMS_MAX_PER_OWNER",
+            "--streams-max-per-owner",
+            ["6", "7", "8"],
+            |c| c.streams.max_per_owner.to_string(),
         ),
         (
             "[uploads]\nmax_size = {}",
@@ -349,6 +361,16 @@ fn bad_values_are_refused_naming_their_key() {
             "slow_consumer_timeout",
         ),
         (&["--long-poll-timeout", "0s"], "", "long_poll_timeout"),
+        (
+            &["--streams-sse-write-timeout", "0s"],
+            "",
+            "streams.sse_write_timeout",
+        ),
+        (
+            &[],
+            "[streams]\nsse_write_timeout = \"0s\"",
+            "streams.sse_write_timeout",
+        ),
         (&["--history-max-events", "15"], "", "history_max_events"),
         (&[], "history_max_events = 0", "history_max_events"),
         (&[], "cache_ttl = \"3651days\"", "cache_ttl"),
@@ -499,6 +521,7 @@ fn unknown_keys_in_the_file_are_refused_naming_the_key() {
         ("[demo]\nconcurency = 1", "concurency"),
         ("[auth]\ntoken = {}", "token"),
         ("[comfyui]\npoll = \"1s\"", "poll"),
+        ("[streams]\nmax_per_stream = 3", "max_per_stream"),
     ] {
         let e = load(&[], &[], file).expect_err(file);
         assert_eq!(e.key, key, "{file}: {e}");

@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use outlast_protocol::replay::Cursor;
 use outlast_protocol::{
     ErrorBody, ErrorCode, IdempotencyKey, JobEvent, JobId, JobSnapshot, JobSpec, JobState, OwnerId,
     Seq,
@@ -22,6 +21,7 @@ use super::state::AppState;
 use crate::error::AppError;
 use crate::hub::Pushed;
 use crate::jobs::Submitted;
+use crate::jobs::pages::Pages;
 
 /// Parses a job id from a path; malformed ids are simply unknown.
 pub fn parse_job(id: &str) -> Result<JobId, AppError> {
@@ -259,10 +259,13 @@ pub struct PollAnswer {
     queue_reason: Option<String>,
     /// True when nothing more will ever come.
     done: bool,
+    /// True when this answer is one page of a longer stored history: poll again at once.
+    more: bool,
 }
 
-/// `GET /v1/jobs/{id}/poll?after=N&timeout_ms=T`: events after N, waiting up to T for the
-/// first one or for a new queue place (bounded well below proxies' 100 s limit).
+/// `GET /v1/jobs/{id}/poll?after=N&timeout_ms=T`: events after N (one page of history at
+/// most, [`Pages`]), waiting up to T for the first one or for a new queue place (bounded well below proxies' 100 s
+/// limit). A poll in progress is one of its owner's `streams.max_per_owner` streams.
 pub async fn poll(
     State(state): State<AppState>,
     Owner(owner): Owner,
@@ -275,46 +278,45 @@ pub async fn poll(
         .timeout_ms
         .map_or(state.config.long_poll_timeout, Duration::from_millis)
         .min(state.config.long_poll_timeout);
-    // Released when this handler returns or is dropped mid-wait (a cut long-poll).
+    // Both released when this handler returns or is dropped mid-wait (a cut long-poll).
+    let permit = state.streams.acquire(&owner)?;
     let mut live = state.hub.subscribe(job);
+    // The same page and cursor rules as the WebSocket and SSE: a snapshot sets the position,
+    // replayed events move it forward; the client continues after it.
+    let mut pages = Pages::new(owner, job, after);
     let result = async {
-        let mut open = state.jobs.open_stream(&owner, job, after).await?;
-        if open.events.is_empty()
-            && open.snapshot.is_none()
-            && !open.state.is_terminal()
+        let mut open = pages.next(&state.jobs).await?;
+        if open
+            .as_ref()
+            .is_some_and(|o| o.events.is_empty() && o.snapshot.is_none() && !o.state.is_terminal())
             && !wait.is_zero()
         {
+            let shown = open.as_ref().map_or(0, |o| o.round);
             let timeout = tokio::time::sleep(wait);
             tokio::pin!(timeout);
             loop {
                 tokio::select! {
                     item = live.recv() => match item {
                         // A place the answer would show anyway: keep waiting.
-                        Some(Ok(Pushed::Place(p))) if p.round <= open.round => continue,
+                        Some(Ok(Pushed::Place(p))) if p.round <= shown => continue,
                         _ => break,
                     },
                     () = &mut timeout => break,
                     () = state.shutdown.cancelled() => break,
                 }
             }
-            open = state.jobs.open_stream(&owner, job, after).await?;
+            pages.reread();
+            open = pages.next(&state.jobs).await?;
         }
-        Ok::<_, AppError>(open)
+        open.ok_or_else(|| AppError::internal("a poll read no page"))
     }
     .await;
-    drop(live);
+    drop((live, permit));
     let open = result?;
-    // The same cursor rules as the WebSocket and SSE: a snapshot sets the position, replayed
-    // events move it forward; the client continues after it.
-    let mut cursor = Cursor::new(after);
-    if let Some(s) = &open.snapshot {
-        cursor.on_snapshot(s.seq);
-    }
-    for e in &open.events {
-        cursor.on_replayed(e.seq);
-    }
-    let next_after = cursor.position();
-    let done = open.state.is_terminal() && open.events.last().is_none_or(|e| e.kind.is_terminal());
+    let next_after = pages.position();
+    let done = open.state.is_terminal()
+        && !open.more
+        && open.events.last().is_none_or(|e| e.kind.is_terminal());
     Ok(Json(PollAnswer {
         job_id: job,
         recovered: open.recovered,
@@ -325,6 +327,7 @@ pub async fn poll(
         position: open.place.as_ref().map(|p| p.position),
         queue_reason: open.place.and_then(|p| p.reason),
         done,
+        more: open.more,
     }))
 }
 

@@ -9,6 +9,7 @@ pub mod owner;
 pub mod serve;
 pub mod sse;
 pub mod state;
+pub mod stream_limit;
 pub mod tickets;
 pub mod tus;
 pub mod upload_ws;

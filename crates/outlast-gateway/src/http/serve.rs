@@ -10,6 +10,10 @@
 //!   `body_idle_timeout` ends in an error (a tus PATCH commits what arrived and releases its
 //!   upload), and a job API body must be whole within `body_read_timeout`. The answer is then
 //!   408 `request_timeout` with `Connection: close`.
+//! - **Stalled writes**: every request carries the connection's [`WriteStall`]; a streaming
+//!   response (SSE) arms it, and then a write that makes no progress for the armed time (the
+//!   client stopped reading and every buffer is full) fails: the connection is reset and
+//!   dropped with everything the response held.
 //! - **Connection count**: up to `max_connections` are served normally; the next
 //!   `reserved_connections` serve only `/healthz`, `/readyz` and `/metrics` (others get 503
 //!   `overloaded`), so probes answer at the limit; beyond those a connection gets a short 503
@@ -177,15 +181,19 @@ struct Connection {
 impl Connection {
     async fn run(self, tcp: TcpStream, place: Place) {
         let activity = Arc::new(Activity::now());
+        let stall = WriteStall::default();
         let io = TokioIo::new(Watched {
             inner: tcp,
             activity: Arc::clone(&activity),
+            stall: stall.clone(),
+            stall_timer: None,
             _place: place,
         });
         let (router, limits, probes_only) =
             (self.router, Arc::clone(&self.limits), self.probes_only);
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let (router, limits) = (router.clone(), Arc::clone(&limits));
+            req.extensions_mut().insert(stall.clone());
             async move {
                 Ok::<_, std::convert::Infallible>(answer(router, &limits, probes_only, req).await)
             }
@@ -353,11 +361,91 @@ impl Activity {
     }
 }
 
-/// A socket that notes when bytes move and holds its connection's [`Place`].
+/// A connection's limit on stalled writes, in every request's extensions. Off until a
+/// response that must not wait for a client that stopped reading arms it ([`WriteStall::arm`]);
+/// then a write that makes no progress for that long fails the connection.
+#[derive(Debug, Clone, Default)]
+pub struct WriteStall(Arc<AtomicU64>);
+
+/// An armed [`WriteStall`]; dropping it (the response's body ended) disarms it.
+#[derive(Debug)]
+pub struct StallArmed(WriteStall);
+
+impl WriteStall {
+    /// Arms the limit at `limit` until the returned guard is dropped.
+    pub fn arm(&self, limit: Duration) -> StallArmed {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.0.store(ms, Ordering::Relaxed);
+        StallArmed(self.clone())
+    }
+
+    fn limit(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+impl Drop for StallArmed {
+    fn drop(&mut self) {
+        self.0.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A socket that notes when bytes move, fails writes stalled past an armed [`WriteStall`],
+/// and holds its connection's [`Place`].
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
+    stall: WriteStall,
+    /// Runs while a write waits for room under an armed limit; any progress clears it.
+    stall_timer: Option<Pin<Box<Sleep>>>,
     _place: Place,
+}
+
+impl Watched {
+    /// A write's outcome with the activity and stall rules applied. While armed, a write that
+    /// stays pending for the limit fails with `TimedOut`; the timer registers the waker, so
+    /// hyper polls the write again when it fires even though the socket never became writable.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.activity.touch();
+                }
+                self.stall_timer = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let Some(limit) = self.stall.limit() else {
+                    self.stall_timer = None;
+                    return Poll::Pending;
+                };
+                let timer = self
+                    .stall_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.stall_timer = None;
+                metrics::counter!(m::HTTP_WRITE_STALLS).increment(1);
+                tracing::info!(?limit, "ending a response the client stopped reading");
+                // Reset rather than close: nobody will read the unsent bytes, so the kernel
+                // should not keep them (and retry them) for minutes.
+                let _ = self.inner.set_zero_linger();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                )))
+            }
+            other => other,
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -377,27 +465,23 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -4,28 +4,39 @@
 //! `id:` is the sequence number, `event:` the event type, `data:` the event as JSON. When
 //! history is gone the stream starts with `event: snapshot`. A queued job's live place is
 //! `event: position` without an `id:` (it is not an event; `Last-Event-ID` stays put). A
-//! comment line goes out every ping interval. After the terminal event the stream ends; a reconnect after it gets 204, which
-//! tells browsers' EventSource to stop.
+//! comment line goes out every ping interval. After the terminal event the stream ends; a
+//! reconnect after it gets 204, which tells browsers' EventSource to stop.
+//!
+//! Careful with memory and with clients that stop reading: history is read a page at a time
+//! ([`Pages`]), only when the one before was written, so a stream holds one page however long
+//! the job's history is; the response arms the connection's [`WriteStall`] at
+//! `streams.sse_write_timeout`, so a client that stops reading is cut (it resumes with
+//! `Last-Event-ID`); and each stream holds one of its owner's `streams.max_per_owner` places.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use outlast_protocol::replay::{Cursor, Live};
+use outlast_protocol::replay::Live;
 use outlast_protocol::v1::Control;
-use outlast_protocol::{JobEvent, JobId, JobSnapshot, OwnerId, QueuePlace, Seq};
+use outlast_protocol::{JobEvent, JobId, JobSnapshot, QueuePlace, Seq};
 use serde::Deserialize;
 
 use super::api::parse_job;
 use super::owner::Owner;
+use super::serve::{StallArmed, WriteStall};
 use super::state::AppState;
+use super::stream_limit::StreamPermit;
 use crate::error::AppError;
 use crate::hub::{JobSubscription, Pushed};
+use crate::jobs::StreamOpen;
+use crate::jobs::pages::Pages;
 
 /// Query of the SSE endpoint.
 #[derive(Debug, Deserialize)]
@@ -61,39 +72,49 @@ fn to_sse(item: &Item) -> Event {
     }
 }
 
+/// One SSE stream: at most one page of history waiting to be written, the live subscription,
+/// and the places it holds (its owner's stream permit, the armed write-stall limit), all given
+/// back when the response ends or its connection is dropped.
 struct Feed {
     state: AppState,
-    owner: OwnerId,
     job: JobId,
+    /// Items of the page being written; refilled only once empty.
     pending: VecDeque<Item>,
-    live: Option<JobSubscription>,
-    cursor: Cursor,
+    /// Where the stream is, and whether stored history is still unread.
+    pages: Pages,
+    live: JobSubscription,
     /// The newest scheduler round whose place was sent (older places are stale).
     place_round: u64,
     done: bool,
+    _permit: StreamPermit,
+    _stall: Option<StallArmed>,
 }
 
 impl Feed {
-    fn push(&mut self, item: Item) {
-        match &item {
-            Item::Snapshot(s) => {
-                self.cursor.on_snapshot(s.seq);
-                self.done |= s.state.is_terminal();
-            }
-            Item::Event(e) => {
-                self.cursor.on_replayed(e.seq);
-                self.done |= e.kind.is_terminal();
-            }
-            Item::Place(_) => {}
+    /// Queues a page read from the store (the cursor already moved past it); after the last
+    /// page, the queued job's place as of that read.
+    fn push_page(&mut self, page: StreamOpen) {
+        if let Some(s) = page.snapshot {
+            self.done |= s.state.is_terminal();
+            self.pending.push_back(Item::Snapshot(s));
         }
-        self.pending.push_back(item);
+        for e in page.events {
+            self.done |= e.kind.is_terminal();
+            self.pending.push_back(Item::Event(e));
+        }
+        if !page.more {
+            self.push_place(page.place, page.round);
+        }
     }
 
-    /// The queued job's place after a (re)read of the store, as of `round`.
+    /// The queued job's place as of scheduler round `round` (none: not queued or not placed).
     fn push_place(&mut self, place: Option<QueuePlace>, round: u64) {
         self.place_round = self.place_round.max(round);
+        if self.done {
+            return;
+        }
         if let Some(QueuePlace { position, reason }) = place {
-            self.push(Item::Place(Control::Position {
+            self.pending.push_back(Item::Place(Control::Position {
                 job_id: self.job,
                 position,
                 reason,
@@ -106,47 +127,37 @@ impl Feed {
             if let Some(item) = self.pending.pop_front() {
                 return Some(item);
             }
-            if self.done {
+            if self.done || self.state.shutdown.is_cancelled() {
                 return None;
             }
-            let live = self.live.as_mut()?;
+            if self.pages.unread() {
+                // The next page of history, read only now that the last one was written.
+                let page = self.pages.next(&self.state.jobs).await.ok()??;
+                self.push_page(page);
+                continue;
+            }
             let next = tokio::select! {
-                n = live.next() => n,
+                n = self.live.next() => n,
                 () = self.state.shutdown.cancelled() => return None,
             };
-            let after = match next {
+            match next {
                 None => return None,
                 Some(Ok(Pushed::Place(p))) => {
-                    if p.round > self.place_round && !self.done {
+                    if p.round > self.place_round {
                         self.push_place(Some(p.place.clone()), p.round);
                     }
-                    continue;
                 }
-                Some(Ok(Pushed::Event(event))) => match self.cursor.on_live(event.seq) {
-                    Live::Duplicate => continue,
+                Some(Ok(Pushed::Event(event))) => match self.pages.cursor().on_live(event.seq) {
+                    Live::Duplicate => {}
                     Live::Deliver => {
-                        self.push(Item::Event(event.event.clone()));
-                        continue;
+                        self.done |= event.kind.is_terminal();
+                        self.pending.push_back(Item::Event(event.event.clone()));
                     }
-                    Live::Gap { after } => after,
+                    // Events are missing before this one: read them from the store.
+                    Live::Gap { .. } => self.pages.reread(),
                 },
-                Some(Err(_)) => self.cursor.position(),
-            };
-            // Lagged or a gap: re-read from the store.
-            let open = self
-                .state
-                .jobs
-                .open_stream(&self.owner, self.job, Some(after))
-                .await
-                .ok()?;
-            if let Some(s) = open.snapshot {
-                self.push(Item::Snapshot(s));
-            }
-            for e in open.events {
-                self.push(Item::Event(e));
-            }
-            if !self.done {
-                self.push_place(open.place, open.round);
+                // This receiver lagged behind its channel: the store has what it missed.
+                Some(Err(_)) => self.pages.reread(),
             }
         }
     }
@@ -158,6 +169,7 @@ pub async fn events(
     Owner(owner): Owner,
     Path(id): Path<String>,
     Query(q): Query<SseQuery>,
+    stall: Option<Extension<WriteStall>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let job = parse_job(&id)?;
@@ -171,40 +183,37 @@ pub async fn events(
         None => q.after,
     }
     .map(Seq);
+    let permit = state.streams.acquire(&owner)?;
     // Subscribe before reading history; the subscription releases itself when the feed ends.
     let live = state.hub.subscribe(job);
-    let open = state.jobs.open_stream(&owner, job, after).await?;
-    let mut feed = Feed {
-        state: state.clone(),
-        owner,
-        job,
-        pending: VecDeque::new(),
-        live: Some(live),
-        cursor: Cursor::new(after),
-        place_round: 0,
-        done: false,
+    let mut pages = Pages::new(owner, job, after);
+    let Some(first) = pages.next(&state.jobs).await? else {
+        return Err(AppError::internal("a stream's first page was not read"));
     };
-    if let Some(s) = open.snapshot {
-        feed.push(Item::Snapshot(s));
-    }
-    for e in open.events {
-        feed.push(Item::Event(e));
-    }
-    if !feed.done {
-        feed.push_place(open.place, open.round);
-    }
-    if feed.pending.is_empty() && open.state.is_terminal() {
+    if first.events.is_empty() && first.snapshot.is_none() && first.state.is_terminal() {
         // Nothing more will ever come: 204 makes EventSource stop reconnecting.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let mut first = true;
+    let mut feed = Feed {
+        state: state.clone(),
+        job,
+        place_round: 0,
+        pending: VecDeque::new(),
+        pages,
+        live,
+        done: false,
+        _permit: permit,
+        _stall: stall.map(|Extension(s)| s.arm(state.config.streams.sse_write_timeout)),
+    };
+    feed.push_page(first);
+    let mut first_event = true;
     let stream = futures::stream::unfold(feed, move |mut feed| async move {
         let item = feed.next_item().await?;
         Some((item, feed))
     })
     .map(move |item| {
         let mut event = to_sse(&item);
-        if std::mem::take(&mut first) {
+        if std::mem::take(&mut first_event) {
             event = event.retry(Duration::from_secs(2));
         }
         Ok::<_, Infallible>(event)

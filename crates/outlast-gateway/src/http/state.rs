@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::stream_limit::StreamLimit;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -32,4 +33,6 @@ pub struct AppState {
     pub uploads: Arc<Uploads>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// Job streams open per owner (WebSocket subscriptions, SSE, long-polls), bounded.
+    pub streams: Arc<StreamLimit>,
 }

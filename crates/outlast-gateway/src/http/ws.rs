@@ -23,9 +23,11 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::owner::Authed;
 use super::state::AppState;
+use super::stream_limit::StreamPermit;
 use crate::auth::{Credential, Principal, Scope};
 use crate::error::AppError;
 use crate::hub::{JobSubscription, Pushed};
+use crate::jobs::pages::Pages;
 use crate::metrics as m;
 
 /// Subscriptions one connection may hold.
@@ -128,6 +130,8 @@ struct Session {
     /// The newest scheduler round whose place was shown per subscribed job: an older place
     /// still in the channel is stale and dropped.
     place_round: HashMap<JobId, u64>,
+    /// Each subscription's place among its owner's `streams.max_per_owner`.
+    permits: HashMap<JobId, StreamPermit>,
     /// Uploads written over this connection, and the owner's upload progress.
     uploads: super::upload_ws::SessionUploads,
 }
@@ -147,6 +151,7 @@ impl Session {
             subs: StreamMap::new(),
             last_sent: HashMap::new(),
             place_round: HashMap::new(),
+            permits: HashMap::new(),
         };
         let end = session.drive().await;
         // Commit what arrived for uploads before anything else, so a resume sees it.
@@ -431,43 +436,24 @@ impl Session {
             return self.error(req, ErrorCode::LimitExceeded, msg).await;
         }
         self.unsubscribe(job);
+        let permit = match self.state.streams.acquire(&self.owner) {
+            Ok(permit) => permit,
+            Err(e) => return self.error(req, e.code, e.message).await,
+        };
         // Subscribe to live events before reading history, so nothing falls in between;
         // overlaps are dropped by sequence number.
         let live = self.state.hub.subscribe(job);
-        let open = match self.state.jobs.open_stream(&self.owner, job, after).await {
-            Ok(open) => open,
-            Err(e) => return self.error(req, e.code, e.message).await,
-        };
-        if after.is_some() {
-            metrics::counter!(m::WS_RESUMES, "recovered" => if open.recovered { "true" } else { "false" })
-                .increment(1);
-        }
-        let mut last = open
-            .snapshot
-            .as_ref()
-            .map_or(after.unwrap_or(Seq::ZERO), |s| s.seq);
-        let terminal = open.state.is_terminal();
-        self.send(
-            Control::Subscribed {
-                req,
-                job_id: job,
-                recovered: open.recovered,
-                snapshot: open.snapshot,
-            }
-            .into(),
-        )
-        .await?;
-        for event in open.events {
-            last = event.seq;
-            self.send(event.into()).await?;
-        }
-        if terminal {
+        let pages = Pages::new(self.owner.clone(), job, after);
+        let Some((last, place, round)) =
+            self.replay(job, pages, Some(req), after.is_some()).await?
+        else {
             // Nothing can follow a terminal event (dropping `live` releases the channel).
             return Ok(());
-        }
+        };
         self.last_sent.insert(job, Cursor::new(Some(last)));
         self.subs.insert(job, live);
-        self.show_place(job, open.place, open.round).await
+        self.permits.insert(job, permit);
+        self.show_place(job, place, round).await
     }
 
     /// After a replay: the queued job's current place, and the round it is from.
@@ -491,10 +477,58 @@ impl Session {
         }
     }
 
+    /// Sends a job's stored history a page at a time, each page read only once the one before
+    /// was sent. `subscribe` is the `req` of a `subscribe`, answered by `subscribed` before the
+    /// first page; a catch-up (`None`) sends `subscribed` only with a snapshot. Ok(None) when
+    /// the job is finished or a `subscribe` cannot read it (the client got an `error`), else
+    /// the position to follow live from (a catch-up that failed stays where it was) with the
+    /// queued job's place and scheduler round as of the last page read.
+    async fn replay(
+        &mut self,
+        job: JobId,
+        mut pages: Pages,
+        mut subscribe: Option<Option<u64>>,
+        resume: bool,
+    ) -> Result<Option<(Seq, Option<QueuePlace>, u64)>, ()> {
+        let catching_up = subscribe.is_none();
+        let mut terminal = false;
+        let (mut place, mut round) = (None, 0);
+        loop {
+            let page = match pages.next(&self.state.jobs).await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) => {
+                    self.error(subscribe.flatten(), e.code, e.message).await?;
+                    return Ok(catching_up.then(|| (pages.position(), None, 0)));
+                }
+            };
+            if resume && subscribe.is_some() {
+                metrics::counter!(m::WS_RESUMES, "recovered" => if page.recovered { "true" } else { "false" })
+                    .increment(1);
+            }
+            if subscribe.is_some() || page.snapshot.is_some() {
+                let msg = Control::Subscribed {
+                    req: subscribe.take().flatten(),
+                    job_id: job,
+                    recovered: page.recovered,
+                    snapshot: page.snapshot,
+                };
+                self.send(msg.into()).await?;
+            }
+            terminal = page.state.is_terminal();
+            (place, round) = (page.place, page.round);
+            for event in page.events {
+                self.send(event.into()).await?;
+            }
+        }
+        Ok((!terminal).then(|| (pages.position(), place, round)))
+    }
+
     fn unsubscribe(&mut self, job: JobId) {
         self.subs.remove(&job);
         self.last_sent.remove(&job);
         self.place_round.remove(&job);
+        self.permits.remove(&job);
     }
 
     async fn forward(
@@ -548,38 +582,16 @@ impl Session {
     }
 
     async fn catch_up(&mut self, job: JobId, last: Seq) -> Result<(), ()> {
-        let open = match self
-            .state
-            .jobs
-            .open_stream(&self.owner, job, Some(last))
-            .await
-        {
-            Ok(open) => open,
-            Err(e) => return self.error(None, e.code, e.message).await,
-        };
-        let mut newest = last;
-        if let Some(snapshot) = open.snapshot {
-            newest = snapshot.seq;
-            let msg = Control::Subscribed {
-                req: None,
-                job_id: job,
-                recovered: false,
-                snapshot: Some(snapshot),
-            };
-            self.send(msg.into()).await?;
+        let pages = Pages::new(self.owner.clone(), job, Some(last));
+        match self.replay(job, pages, None, false).await? {
+            Some((newest, place, round)) => {
+                self.last_sent.insert(job, Cursor::new(Some(newest)));
+                // Places may have been lost with the lagged events: show the current one.
+                self.show_place(job, place, round).await?;
+            }
+            None => self.unsubscribe(job),
         }
-        for event in open.events {
-            newest = event.seq;
-            self.send(event.into()).await?;
-        }
-        if open.state.is_terminal() {
-            self.unsubscribe(job);
-            Ok(())
-        } else {
-            self.last_sent.insert(job, Cursor::new(Some(newest)));
-            // Places may have been lost with the lagged events: show the current one.
-            self.show_place(job, open.place, open.round).await
-        }
+        Ok(())
     }
 }
 

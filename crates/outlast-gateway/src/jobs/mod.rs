@@ -8,6 +8,7 @@ pub mod admission;
 pub mod bounds;
 pub mod cache;
 pub mod heal;
+pub mod pages;
 pub mod queue;
 mod runner;
 pub mod scheduler;
@@ -32,7 +33,7 @@ use crate::error::AppError;
 use crate::hub::{Hub, LivePlace};
 use crate::metrics as m;
 use crate::outputs::OutputStore;
-use crate::store::{Created, JobRecord, JobStore};
+use crate::store::{Created, JobRecord, JobStore, PageLimit};
 use crate::webhooks::WebhookPolicy;
 use cache::ResultCache;
 use scheduler::{Scheduler, Waiting};
@@ -44,7 +45,7 @@ pub struct StreamOpen {
     pub recovered: bool,
     /// Set when history was gone: continue after `snapshot.seq`.
     pub snapshot: Option<JobSnapshot>,
-    /// Events to replay.
+    /// Events to replay: one page ([`PageLimit::REPLAY`]), never the whole of a long history.
     pub events: Vec<JobEvent>,
     /// The job's state when the stream was opened.
     pub state: JobState,
@@ -53,6 +54,8 @@ pub struct StreamOpen {
     pub place: Option<QueuePlace>,
     /// The scheduler's round at that time: live places of this round or earlier are stale.
     pub round: u64,
+    /// More stored events follow this page: read on after it ([`pages::Pages`] does).
+    pub more: bool,
 }
 
 /// Result of a submission.
@@ -388,7 +391,8 @@ impl Jobs {
         }
     }
 
-    /// Opens a job's stream for `owner` after `after` (None: from the beginning).
+    /// Opens a job's stream for `owner` after `after` (None: from the beginning): the first
+    /// page of what follows `after`, or the snapshot when that history is gone.
     pub async fn open_stream(
         &self,
         owner: &OwnerId,
@@ -398,7 +402,7 @@ impl Jobs {
         let start = self
             .handle
             .store
-            .stream_start(job, after.unwrap_or(Seq::ZERO))
+            .stream_start(job, after.unwrap_or(Seq::ZERO), PageLimit::REPLAY)
             .await?
             .filter(|s| &s.record.owner == owner)
             .ok_or_else(|| AppError::not_found("job"))?;
@@ -417,7 +421,9 @@ impl Jobs {
                 state,
                 place,
                 round,
+                more: start.more,
             },
+            // The snapshot stands for everything up to its seq, which is the newest stored.
             ReplayPlan::Snapshot { .. } => StreamOpen {
                 recovered: false,
                 snapshot: Some(start.record.snapshot.with_place(place.as_ref())),
@@ -425,6 +431,7 @@ impl Jobs {
                 state,
                 place,
                 round,
+                more: false,
             },
         })
     }

@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 
 use super::outbox::{self, Delivery, DeliveryStatus};
 use super::{
-    CacheEntry, CacheKey, Created, JobRecord, JobStore, Rejected, StoreError, StreamStart,
+    CacheEntry, CacheKey, Created, JobRecord, JobStore, PageLimit, Rejected, StoreError,
+    StreamStart,
 };
 use crate::hub::Hub;
 
@@ -135,14 +136,35 @@ fn events_after(
     job: JobId,
     after: Seq,
 ) -> Result<Vec<JobEvent>, StoreError> {
+    let unbounded = PageLimit {
+        events: usize::MAX,
+        bytes: usize::MAX,
+    };
+    Ok(events_page(table, job, after, unbounded)?.0)
+}
+
+/// The first events after `after` within `limit`, and whether more are stored. The key range
+/// is walked lazily, so only the page (and one more key, to answer `more`) is read.
+fn events_page(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    job: JobId,
+    after: Seq,
+    limit: PageLimit,
+) -> Result<(Vec<JobEvent>, bool), StoreError> {
     let from = event_key(job, after.next());
     let to = event_key(job, Seq(u64::MAX));
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for item in table.range(from.as_slice()..=to.as_slice()).map_err(se)? {
+        if out.len() >= limit.events.max(1) || (!out.is_empty() && bytes >= limit.bytes) {
+            return Ok((out, true));
+        }
         let (_, v) = item.map_err(se)?;
-        out.push(decode(v.value())?);
+        let value = v.value();
+        bytes = bytes.saturating_add(value.len());
+        out.push(decode(value)?);
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// The outbox's tables inside one write transaction.
@@ -297,6 +319,7 @@ impl JobStore for EmbeddedStore {
         &self,
         job: JobId,
         after: Seq,
+        limit: PageLimit,
     ) -> Result<Option<StreamStart>, StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(se)?;
@@ -305,8 +328,12 @@ impl JobStore for EmbeddedStore {
                 return Ok(None);
             };
             let events = txn.open_table(EVENTS).map_err(se)?;
-            let events = events_after(&events, job, after)?;
-            Ok(Some(StreamStart { record, events }))
+            let (events, more) = events_page(&events, job, after, limit)?;
+            Ok(Some(StreamStart {
+                record,
+                events,
+                more,
+            }))
         })
         .await
     }
@@ -498,5 +525,82 @@ impl JobStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store with one job of `n` progress events whose labels are `label` bytes long.
+    async fn store_with(n: u64, label: usize) -> (tempfile::TempDir, EmbeddedStore, JobId) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("t.redb"), Arc::new(Hub::new()), 1 << 20)
+            .expect("open");
+        let owner: OwnerId = "alice".parse().expect("owner");
+        let spec = JobSpec::new("demo", serde_json::json!({}));
+        let Created::New(record) = store.create(owner, spec, [0; 32], 0).await.expect("create")
+        else {
+            panic!("a new job");
+        };
+        let job = record.snapshot.job_id;
+        let batch = (1..=n)
+            .map(|value| {
+                let label = Some("x".repeat(label));
+                (
+                    job,
+                    EventKind::Progress {
+                        value,
+                        max: n,
+                        label,
+                    },
+                )
+            })
+            .collect();
+        store.append(batch).await.expect("append");
+        (dir, store, job)
+    }
+
+    /// (events stored, label bytes, after, limit, first and last seq of the page, more)
+    type Case = (u64, usize, u64, PageLimit, (u64, u64), bool);
+
+    #[tokio::test]
+    async fn history_is_read_in_pages_bounded_by_events_and_bytes() {
+        let events = |n| PageLimit {
+            events: n,
+            bytes: usize::MAX,
+        };
+        let bytes = |b| PageLimit {
+            events: usize::MAX,
+            bytes: b,
+        };
+        // (events stored, label bytes, after, limit, seqs of the page, more)
+        let cases: &[Case] = &[
+            (600, 0, 0, PageLimit::REPLAY, (1, 256), true),
+            (600, 0, 256, PageLimit::REPLAY, (257, 512), true),
+            (600, 0, 512, PageLimit::REPLAY, (513, 600), false),
+            (600, 0, 600, PageLimit::REPLAY, (601, 600), false),
+            (10, 0, 0, events(10), (1, 10), false),
+            (10, 0, 0, events(9), (1, 9), true),
+            (10, 0, 0, events(0), (1, 1), true),
+            // 64 KiB events: a 256 KiB page ends once its bytes reach the limit.
+            (10, 64 * 1024, 0, PageLimit::REPLAY, (1, 4), true),
+            // One event larger than the byte limit is still a page of one.
+            (3, 4096, 1, bytes(100), (2, 2), true),
+            (3, 4096, 2, bytes(100), (3, 3), false),
+        ];
+        for &(n, label, after, limit, (first, last), more) in cases {
+            let (_dir, store, job) = store_with(n, label).await;
+            let page = store
+                .stream_start(job, Seq(after), limit)
+                .await
+                .expect("read")
+                .expect("the job");
+            let seqs: Vec<u64> = page.events.iter().map(|e| e.seq.0).collect();
+            let case = format!("{n} events of {label} B after {after}, {limit:?}");
+            assert_eq!(seqs, (first..=last).collect::<Vec<_>>(), "{case}");
+            assert_eq!(page.more, more, "{case}: more");
+            assert_eq!(page.record.snapshot.seq, Seq(n), "{case}: the record");
+        }
     }
 }

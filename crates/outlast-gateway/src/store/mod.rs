@@ -74,13 +74,34 @@ pub enum Rejected {
     AlreadyTerminal,
 }
 
-/// A stream's starting point, read from one consistent view.
+/// How much of a stream's history one read returns: a page is never held whole when a job has
+/// a long history, so a subscriber that resumes from 0 costs one page of memory at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// Most events in a page (at least 1).
+    pub events: usize,
+    /// A page ends once its events' stored bytes reach this (a page holds at least one
+    /// event, so one event larger than this is still a page).
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    /// The page every subscriber reads (WebSocket, SSE, long-poll): 256 events or 256 KiB.
+    pub const REPLAY: PageLimit = PageLimit {
+        events: 256,
+        bytes: 256 * 1024,
+    };
+}
+
+/// One page of a stream, read from one consistent view.
 #[derive(Debug, Clone)]
 pub struct StreamStart {
     /// The job.
     pub record: JobRecord,
-    /// Stored events with `seq > after` (all of them when the plan is exact).
+    /// The first stored events with `seq > after`, in order, within the page limit.
     pub events: Vec<JobEvent>,
+    /// True when more events after the last of `events` were stored when this page was read.
+    pub more: bool,
 }
 
 /// A storage failure (I/O, corruption). Never caused by client input.
@@ -113,9 +134,14 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// The job an owner's idempotency key names, if any.
     async fn job_for_key(&self, owner: OwnerId, key: String) -> Result<Option<JobId>, StoreError>;
 
-    /// The record and the stored events after `after`, from one consistent view.
-    async fn stream_start(&self, job: JobId, after: Seq)
-    -> Result<Option<StreamStart>, StoreError>;
+    /// The record and the first stored events after `after` (one page within `limit`), from
+    /// one consistent view. A reader continues after the page's last event while `more`.
+    async fn stream_start(
+        &self,
+        job: JobId,
+        after: Seq,
+        limit: PageLimit,
+    ) -> Result<Option<StreamStart>, StoreError>;
 
     /// Every job that is not terminal, in submission order (for recovery after a restart).
     async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError>;

@@ -314,7 +314,7 @@ mod tests {
             assert_eq!(published.event.seq, Seq(expected));
         }
         let start = store
-            .stream_start(jobs[5], Seq::ZERO)
+            .stream_start(jobs[5], Seq::ZERO, crate::store::PageLimit::REPLAY)
             .await
             .expect("read")
             .expect("job");
