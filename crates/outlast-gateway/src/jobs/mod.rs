@@ -342,14 +342,19 @@ impl Jobs {
         if record.snapshot.state.is_terminal() {
             return Ok(record.snapshot.state);
         }
-        self.sched()
+        let running = self
+            .sched()
             .cancel(record.spec.backend.as_str(), owner, job);
         self.wake.notify_one();
+        if running {
+            // Its runner stores `canceled` once the work has stopped (see `runner`).
+            return self.await_stop(owner, job).await;
+        }
         match self
             .emit(
                 job,
                 EventKind::Canceled {
-                    reason: "canceled by its owner".into(),
+                    reason: runner::CANCEL_REASON.into(),
                 },
             )
             .await?
