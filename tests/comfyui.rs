@@ -977,8 +977,7 @@ async fn a_canceled_prompt_is_canceled_only_after_comfyui_stopped_it_and_its_slo
 }
 
 #[tokio::test]
-async fn a_cancel_while_comfyui_is_unreachable_is_retried_until_it_answers() -> anyhow::Result<()>
-{
+async fn a_cancel_while_comfyui_is_unreachable_is_retried_until_it_answers() -> anyhow::Result<()> {
     let mut comfy = StandIn::start(&["--step-ms", "100"]).await?;
     let gw = gateway(&[&comfy], &[]).await?;
     let a = gw.submit(job(txt2img(400, 41))).await?;
@@ -1002,7 +1001,12 @@ async fn a_cancel_while_comfyui_is_unreachable_is_retried_until_it_answers() -> 
     );
     // The restarted ComfyUI no longer has the prompt: that confirms it is gone.
     wait_log(&gw, "ComfyUI confirmed the prompt is gone", 1, T).await?;
-    assert!(gw.api().counter("outlast_comfyui_cancel_retries_total").await? >= 3);
+    assert!(
+        gw.api()
+            .counter("outlast_comfyui_cancel_retries_total")
+            .await?
+            >= 3
+    );
     assert_eq!(count(&gw.full_log(&a).await?, "canceled"), 1);
     // The slot is free again: a new job runs to completion.
     let next = gw.submit(job(txt2img(2, 42))).await?;
@@ -1095,7 +1099,10 @@ async fn an_exec_job_is_canceled_only_once_its_process_group_is_gone() -> anyhow
         "`canceled` came before the command finished its SIGTERM handler"
     );
     assert!(!alive(sh), "the shell {sh} is gone (reaped) at `canceled`");
-    assert!(!alive(sleep), "its child {sleep} is gone (reaped) at `canceled`");
+    assert!(
+        !alive(sleep),
+        "its child {sleep} is gone (reaped) at `canceled`"
+    );
     Ok(())
 }
 

@@ -581,9 +581,16 @@ async fn interrupt_is_asynchronous_and_takes_effect_at_the_next_step() -> anyhow
         .flatten()
         .filter_map(|i| i[1].as_str())
         .collect();
-    assert_eq!(running, [pid.as_str()], "still running after /interrupt: {q}");
+    assert_eq!(
+        running,
+        [pid.as_str()],
+        "still running after /interrupt: {q}"
+    );
     assert!(
-        get(&s, &format!("/history/{pid}")).await?.get(&pid).is_none(),
+        get(&s, &format!("/history/{pid}"))
+            .await?
+            .get(&pid)
+            .is_none(),
         "no history entry before the step ends"
     );
     // At the step's end: `execution_interrupted` (no further progress), then it leaves.
@@ -599,7 +606,11 @@ async fn interrupt_is_asynchronous_and_takes_effect_at_the_next_step() -> anyhow
         .context("execution_interrupted")?;
     // Before it only the step's own `progress_state`: no further step was reported.
     assert!(t[..i].iter().all(|t| t == "progress_state"), "{t:?}");
-    assert_eq!(t[i..], ["execution_interrupted", "status", "executing"], "{t:?}");
+    assert_eq!(
+        t[i..],
+        ["execution_interrupted", "status", "executing"],
+        "{t:?}"
+    );
     let q = get(&s, "/queue").await?;
     assert_eq!(q["queue_running"], json!([]), "{q}");
     let entry = history_entry(&s, &pid).await?;

@@ -20,13 +20,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outlast_protocol::{Failure, FailureCode, JobSpec};
-use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use outlast_protocol::{Failure, FailureCode, JobSpec};
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -119,7 +119,10 @@ async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> Result<(),
         }
         match killed_at {
             None if started.elapsed() >= grace => {
-                tracing::info!(pgid = pgid.as_raw(), "the process group outlived SIGTERM by the grace period; SIGKILL");
+                tracing::info!(
+                    pgid = pgid.as_raw(),
+                    "the process group outlived SIGTERM by the grace period; SIGKILL"
+                );
                 let _ = killpg(pgid, Signal::SIGKILL);
                 killed_at = Some(Instant::now());
             }

@@ -151,8 +151,7 @@ impl Jobs {
             Outcome::Shutdown { canceled: false } => return Ok(()),
             Outcome::Shutdown { canceled: true } => {
                 tracing::warn!(%job, "the gateway stops before the canceled job's stop was confirmed; storing `canceled`");
-                metrics::counter!(m::CANCELS_UNCONFIRMED, "backend" => backend.name())
-                    .increment(1);
+                metrics::counter!(m::CANCELS_UNCONFIRMED, "backend" => backend.name()).increment(1);
                 (cancel_event(), JobState::Canceled)
             }
             Outcome::Canceled => (cancel_event(), JobState::Canceled),
