@@ -566,7 +566,8 @@ fn exec_settings_from_file_and_flags_combine() {
         Some(ExecConfig {
             command: "run.sh".into(),
             timeout: dur("10m"),
-            concurrency: 2
+            concurrency: 2,
+            kill_grace: crate::config::DEFAULT_EXEC_KILL_GRACE,
         })
     );
 }
