@@ -36,6 +36,9 @@ use crate::webhooks::WebhookPolicy;
 use cache::ResultCache;
 use scheduler::{Scheduler, Waiting};
 
+/// The reason stored with `canceled` when the owner canceled the job.
+const CANCEL_REASON: &str = "canceled by its owner";
+
 /// What a subscriber gets first.
 #[derive(Debug, Clone)]
 pub struct StreamOpen {
@@ -354,7 +357,7 @@ impl Jobs {
             .emit(
                 job,
                 EventKind::Canceled {
-                    reason: runner::CANCEL_REASON.into(),
+                    reason: CANCEL_REASON.into(),
                 },
             )
             .await?

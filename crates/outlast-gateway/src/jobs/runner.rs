@@ -14,15 +14,12 @@ use std::time::Duration;
 use outlast_protocol::{EventKind, Failure, FailureCode, JobId, JobState};
 use tokio_util::sync::CancellationToken;
 
-use super::Jobs;
+use super::{CANCEL_REASON, Jobs};
 use crate::backend::{Backend, JobContext};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
 use crate::store::JobRecord;
-
-/// The reason stored with `canceled` when the owner canceled the job.
-pub(super) const CANCEL_REASON: &str = "canceled by its owner";
 
 /// How long a cancel request waits for a running job's stop to be confirmed before it answers
 /// `running` (the `canceled` event follows when the stop is confirmed). Local stops (demo, a
