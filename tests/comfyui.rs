@@ -869,3 +869,261 @@ async fn outputs_stored_before_a_crash_are_not_stored_again() -> anyhow::Result<
     assert_eq!(executed(&comfy).await?, 1);
     Ok(())
 }
+
+// ---- Cancel means stopped (issue 11, item 6) ----
+
+/// The stand-in's ordered log of what happened to prompts (`/_standin/stats` `log`).
+async fn standin_log(s: &StandIn) -> anyhow::Result<Vec<Value>> {
+    Ok(s.stats().await?["log"]
+        .as_array()
+        .context("stats.log")?
+        .clone())
+}
+
+/// Index of the first log entry with this event for this prompt.
+fn log_index(log: &[Value], event: &str, prompt: &str) -> Option<usize> {
+    log.iter()
+        .position(|e| e["event"] == event && e["prompt_id"] == prompt)
+}
+
+/// The prompt id of the `n`th prompt queued on the stand-in.
+fn queued_prompt(log: &[Value], n: usize) -> Option<String> {
+    log.iter()
+        .filter(|e| e["event"] == "queued")
+        .nth(n)
+        .and_then(|e| e["prompt_id"].as_str())
+        .map(str::to_owned)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Polls the gateway's log (bounded) until `needle` occurs at least `n` times.
+async fn wait_log(gw: &Gateway, needle: &str, n: usize, within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if gw.log_text().matches(needle).count() >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{needle:?} not logged {n} times; log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_canceled_prompt_is_canceled_only_after_comfyui_stopped_it_and_its_slot_waits()
+-> anyhow::Result<()> {
+    // Long steps: ComfyUI's interrupt lands at the end of the current one.
+    let comfy = StandIn::start(&["--step-ms", "400"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let a = gw.submit(job(txt2img(200, 31))).await?;
+    wait_event(&gw, &a, T, |e| e["type"] == "progress" && e["max"] == 200).await?;
+    // One slot: the next job waits for it.
+    let b = gw.submit(job(txt2img(2, 32))).await?;
+    let prompt_a = queued_prompt(&standin_log(&comfy).await?, 0).context("A's prompt")?;
+    cancel(&gw, &a).await?;
+    let canceled = wait_event(&gw, &a, T, |e| e["type"] == "canceled").await?;
+
+    // When `canceled` is there, ComfyUI has already stopped the prompt.
+    let log = standin_log(&comfy).await?;
+    let ended = log_index(&log, "ended", &prompt_a)
+        .with_context(|| format!("`canceled` arrived while ComfyUI still ran it: {log:?}"))?;
+    assert_eq!(log[ended]["status"], "interrupted", "{log:?}");
+    assert!(
+        log[ended]["at_ms"].as_u64() <= canceled["at_ms"].as_u64(),
+        "ComfyUI's stop ({}) precedes `canceled` ({})",
+        log[ended],
+        canceled
+    );
+    let q: Value = reqwest::get(format!("{}/queue", comfy.url()))
+        .await?
+        .json()
+        .await?;
+    assert!(
+        !q.to_string().contains(&prompt_a),
+        "the prompt left ComfyUI's queue: {q}"
+    );
+
+    // The slot was freed only then: B's prompt reached ComfyUI after A's stop.
+    let log_b = finished(&gw, &b, T).await?;
+    assert_eq!(
+        log_b.last().map(|e| e["type"].clone()),
+        Some(json!("completed"))
+    );
+    let log = standin_log(&comfy).await?;
+    let prompt_b = queued_prompt(&log, 1).context("B's prompt")?;
+    let queued_b = log_index(&log, "queued", &prompt_b).context("B queued")?;
+    assert!(
+        ended < queued_b,
+        "B was sent to ComfyUI before A stopped: {log:?}"
+    );
+    let started_b = log_b
+        .iter()
+        .find(|e| e["type"] == "started")
+        .context("B started")?;
+    assert!(started_b["at_ms"].as_u64() >= log[ended]["at_ms"].as_u64());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_while_comfyui_is_unreachable_is_retried_until_it_answers() -> anyhow::Result<()> {
+    let mut comfy = StandIn::start(&["--step-ms", "100"]).await?;
+    let gw = gateway(&[&comfy], &[]).await?;
+    let a = gw.submit(job(txt2img(400, 41))).await?;
+    wait_event(&gw, &a, T, |e| e["type"] == "progress" && e["max"] == 400).await?;
+    comfy.kill9().await?;
+    // The stop cannot be confirmed: the answer is `running`, `canceled` follows.
+    assert_eq!(
+        gw.api().cancel(&a).await?,
+        outlast_protocol::JobState::Running
+    );
+    // Retried, each retry in the log; the job stays running meanwhile.
+    wait_log(&gw, "ComfyUI did not answer the cancel; retrying", 3, T).await?;
+    let s = gw.api().snapshot(&a).await?;
+    assert_eq!(s.state, outlast_protocol::JobState::Running, "{s:?}");
+    let back_at = now_ms();
+    comfy.restart().await?;
+    let canceled = wait_event(&gw, &a, T, |e| e["type"] == "canceled").await?;
+    assert!(
+        canceled["at_ms"].as_u64() >= Some(back_at),
+        "canceled only once ComfyUI answered: {canceled}"
+    );
+    // The restarted ComfyUI no longer has the prompt: that confirms it is gone.
+    wait_log(&gw, "ComfyUI confirmed the prompt is gone", 1, T).await?;
+    assert!(
+        gw.api()
+            .counter("outlast_comfyui_cancel_retries_total")
+            .await?
+            >= 3
+    );
+    assert_eq!(count(&gw.full_log(&a).await?, "canceled"), 1);
+    // The slot is free again: a new job runs to completion.
+    let next = gw.submit(job(txt2img(2, 42))).await?;
+    let log = finished(&gw, &next, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_past_its_bound_is_reported_and_the_slot_stays_drained_until_comfyui_answers()
+-> anyhow::Result<()> {
+    let mut comfy = StandIn::start(&["--step-ms", "100"]).await?;
+    let gw = gateway(&[&comfy], &["--comfyui-cancel-timeout", "1s"]).await?;
+    let a = gw.submit(job(txt2img(400, 51))).await?;
+    wait_event(&gw, &a, T, |e| e["type"] == "progress" && e["max"] == 400).await?;
+    comfy.kill9().await?;
+    let asked_at = now_ms();
+    cancel(&gw, &a).await?;
+    let canceled = wait_event(&gw, &a, T, |e| e["type"] == "canceled").await?;
+    assert!(
+        canceled["at_ms"].as_u64() >= Some(asked_at + 1000),
+        "reported after the 1 s bound: {canceled}"
+    );
+    wait_log(&gw, "did not confirm the prompt stopped within 1s", 1, T).await?;
+    assert_eq!(
+        gw.api()
+            .counter("outlast_cancels_unconfirmed_total{backend=\"comfyui\"}")
+            .await?,
+        1
+    );
+    // The drained slot comes back once ComfyUI answers and confirms.
+    comfy.restart().await?;
+    wait_log(&gw, "the drained ComfyUI slot is free again", 1, T).await?;
+    let next = gw.submit(job(txt2img(2, 52))).await?;
+    let log = finished(&gw, &next, T).await?;
+    assert_eq!(
+        log.last().map(|e| e["type"].clone()),
+        Some(json!("completed"))
+    );
+    Ok(())
+}
+
+/// True while a process with this pid exists (zombies included).
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Reads a pid the job's command wrote, waiting (bounded) for the file.
+async fn read_pid(path: &std::path::Path) -> anyhow::Result<i32> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Ok(text) = tokio::fs::read_to_string(path).await
+            && let Ok(pid) = text.trim().parse()
+        {
+            return Ok(pid);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} not written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_exec_job_is_canceled_only_once_its_process_group_is_gone() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().display().to_string();
+    // A shell with a child `sleep`; on SIGTERM the shell takes half a second to clean up and
+    // notes that it did.
+    let script = format!(
+        "echo $$ > {dir}/sh.pid; sleep 300 & echo $! > {dir}/sleep.pid; \
+         trap 'sleep 0.5; echo done > {dir}/cleaned; exit 0' TERM; wait"
+    );
+    let gw = Gateway::start(&["--exec-command", &script]).await?;
+    let id = gw
+        .submit(json!({"backend": "exec", "workflow": {}}))
+        .await?;
+    let sh = read_pid(&tmp.path().join("sh.pid")).await?;
+    let sleep = read_pid(&tmp.path().join("sleep.pid")).await?;
+    assert!(alive(sh) && alive(sleep));
+    cancel(&gw, &id).await?;
+    wait_event(&gw, &id, T, |e| e["type"] == "canceled").await?;
+    assert!(
+        tmp.path().join("cleaned").exists(),
+        "`canceled` came before the command finished its SIGTERM handler"
+    );
+    assert!(!alive(sh), "the shell {sh} is gone (reaped) at `canceled`");
+    assert!(
+        !alive(sleep),
+        "its child {sleep} is gone (reaped) at `canceled`"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_exec_job_ignoring_sigterm_is_killed_after_the_grace_and_then_canceled()
+-> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().display().to_string();
+    // Ignored signals are inherited: neither the shell nor its `sleep` dies of SIGTERM.
+    let script = format!(
+        "trap '' TERM; echo $$ > {dir}/sh.pid; sleep 300 & echo $! > {dir}/sleep.pid; wait"
+    );
+    let gw = Gateway::start(&["--exec-command", &script, "--exec-kill-grace", "700ms"]).await?;
+    let id = gw
+        .submit(json!({"backend": "exec", "workflow": {}}))
+        .await?;
+    let sh = read_pid(&tmp.path().join("sh.pid")).await?;
+    let sleep = read_pid(&tmp.path().join("sleep.pid")).await?;
+    let asked_at = now_ms();
+    cancel(&gw, &id).await?;
+    let canceled = wait_event(&gw, &id, T, |e| e["type"] == "canceled").await?;
+    assert!(
+        canceled["at_ms"].as_u64() >= Some(asked_at + 700),
+        "SIGKILL only after the grace period: {canceled}"
+    );
+    assert!(!alive(sh) && !alive(sleep), "both are gone at `canceled`");
+    Ok(())
+}

@@ -558,6 +558,93 @@ async fn interrupt_stops_the_running_prompt_only() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn interrupt_is_asynchronous_and_takes_effect_at_the_next_step() -> anyhow::Result<()> {
+    // Long steps, so "at once" and "at the next step" are far apart.
+    const STEP_MS: u64 = 600;
+    let s = StandIn::start(&["--step-ms", &STEP_MS.to_string()]).await?;
+    let (mut ws, _) = Ws::connect(&s, "C").await?;
+    let pid = submit(&s, json!({"prompt": txt2img(50, 5), "client_id": "C"})).await?;
+    // Right after a step's `progress` the next step has just begun.
+    ws.until_type("progress").await?;
+    let asked = tokio::time::Instant::now();
+    let (code, body) = post(&s, "/interrupt", json!({"prompt_id": pid})).await?;
+    assert_eq!((code, body), (200, Value::Null));
+    // It answers at once, and the prompt is still running: the step goes on.
+    let q = get(&s, "/queue").await?;
+    assert!(
+        asked.elapsed() < Duration::from_millis(STEP_MS / 2),
+        "/interrupt waited for the step"
+    );
+    let running: Vec<&str> = q["queue_running"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i[1].as_str())
+        .collect();
+    assert_eq!(
+        running,
+        [pid.as_str()],
+        "still running after /interrupt: {q}"
+    );
+    assert!(
+        get(&s, &format!("/history/{pid}"))
+            .await?
+            .get(&pid)
+            .is_none(),
+        "no history entry before the step ends"
+    );
+    // At the step's end: `execution_interrupted` (no further progress), then it leaves.
+    let evs = ws.until_done(&pid).await?;
+    let t = types(&evs);
+    assert!(
+        asked.elapsed() >= Duration::from_millis(STEP_MS / 2),
+        "interrupted before the current step ended"
+    );
+    let i = t
+        .iter()
+        .position(|t| t == "execution_interrupted")
+        .context("execution_interrupted")?;
+    // Before it only the step's own `progress_state`: no further step was reported.
+    assert!(t[..i].iter().all(|t| t == "progress_state"), "{t:?}");
+    assert_eq!(
+        t[i..],
+        ["execution_interrupted", "status", "executing"],
+        "{t:?}"
+    );
+    let q = get(&s, "/queue").await?;
+    assert_eq!(q["queue_running"], json!([]), "{q}");
+    let entry = history_entry(&s, &pid).await?;
+    assert_eq!(
+        message_types(&entry).last().map(String::as_str),
+        Some("execution_interrupted")
+    );
+    // The stats log orders it: queued, started, interrupt, ended (interrupted).
+    let log = s.stats().await?["log"].clone();
+    let events: Vec<(&str, &str)> = log
+        .as_array()
+        .context("log")?
+        .iter()
+        .filter(|e| e["prompt_id"] == pid.as_str())
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or(""),
+                e["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("queued", ""),
+            ("started", ""),
+            ("interrupt", ""),
+            ("ended", "interrupted")
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn validation_errors_match_the_reference() -> anyhow::Result<()> {
     let s = StandIn::start(&[]).await?;
     let (mut ws, _) = Ws::connect(&s, "C").await?;

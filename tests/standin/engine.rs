@@ -73,6 +73,21 @@ struct Stats {
     executed_prompts: Vec<String>,
     interrupts: u64,
     uploads: u64,
+    /// What happened to prompts, in the order it happened: `{"event", "prompt_id", "at_ms"}`
+    /// with event `queued`, `started`, `interrupt` (an `/interrupt` that hit it), `deleted`
+    /// (removed while pending) or `ended` (history written; with `status`: `success`, `error`
+    /// or `interrupted`).
+    log: Vec<Value>,
+}
+
+impl Stats {
+    fn note(&mut self, event: &str, prompt_id: &str, extra: Option<(&str, &str)>) {
+        let mut entry = json!({"event": event, "prompt_id": prompt_id, "at_ms": now_ms()});
+        if let Some((k, v)) = extra {
+            entry[k] = json!(v);
+        }
+        self.log.push(entry);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -232,7 +247,11 @@ impl App {
             extra_data,
             outputs: valid.outputs,
         };
-        self.state().pending.push(item);
+        {
+            let mut s = self.state();
+            s.stats.note("queued", &prompt_id, None);
+            s.pending.push(item);
+        }
         self.queue_updated();
         self.wake.notify_one();
         (
@@ -264,10 +283,14 @@ impl App {
                 changed = true;
             }
             if let Some(ids) = body.get("delete").and_then(Value::as_array) {
-                let before = s.pending.len();
-                s.pending
-                    .retain(|i| !ids.iter().any(|d| d.as_str() == Some(&i.prompt_id)));
-                changed |= s.pending.len() != before;
+                let (gone, kept): (Vec<Item>, Vec<Item>) = std::mem::take(&mut s.pending)
+                    .into_iter()
+                    .partition(|i| ids.iter().any(|d| d.as_str() == Some(&i.prompt_id)));
+                s.pending = kept;
+                changed |= !gone.is_empty();
+                for i in &gone {
+                    s.stats.note("deleted", &i.prompt_id, None);
+                }
             }
         }
         if changed {
@@ -285,8 +308,9 @@ impl App {
         };
         if hit {
             self.interrupt.store(true, Ordering::SeqCst);
-            if running.is_some() {
+            if let Some(p) = running {
                 s.stats.interrupts += 1;
+                s.stats.note("interrupt", &p, None);
             }
         }
     }
@@ -409,6 +433,7 @@ impl App {
             "executed_prompts": s.stats.executed_prompts,
             "interrupts": s.stats.interrupts,
             "uploads": s.stats.uploads,
+            "log": s.stats.log,
         })
     }
 
@@ -433,6 +458,7 @@ impl App {
                     .map(|(i, _)| i);
                 best.map(|i| {
                     let item = s.pending.remove(i);
+                    s.stats.note("started", &item.prompt_id, None);
                     s.running = Some(Running {
                         item: item.clone(),
                         last_node: None,
@@ -770,6 +796,15 @@ impl<'a> Run<'a> {
 
     /// Writes the history entry, then `status` and `executing null`.
     async fn finish(&mut self, success: bool) -> Result<(), Forgotten> {
+        let interrupted = self
+            .messages
+            .last()
+            .is_some_and(|m| m[0] == "execution_interrupted");
+        let status = match (success, interrupted) {
+            (true, _) => "success",
+            (false, true) => "interrupted",
+            (false, false) => "error",
+        };
         self.pause().await?;
         let entry = json!({
             "prompt": self.item.to_json(),
@@ -783,6 +818,8 @@ impl<'a> Run<'a> {
                 return Err(Forgotten);
             }
             s.running = None;
+            s.stats
+                .note("ended", &self.item.prompt_id, Some(("status", status)));
             s.history.retain(|(k, _)| *k != self.item.prompt_id);
             s.history.push((self.item.prompt_id.clone(), entry));
             if s.history.len() > MAX_HISTORY {

@@ -74,6 +74,12 @@ pub const HTTP_WRITE_STALLS: &str = "outlast_http_write_stalls_total";
 pub const COMFYUI_RECONNECTS: &str = "outlast_comfyui_reconnects_total";
 /// Counter: reconciliations of a prompt from ComfyUI's history and queue.
 pub const COMFYUI_RECONCILIATIONS: &str = "outlast_comfyui_reconciliations_total";
+/// Counter `{backend}`: canceled jobs stored `canceled` without the backend having confirmed
+/// that the work stopped (ComfyUI unreachable past `comfyui.cancel_timeout`, a process group
+/// that outlived SIGKILL, a shutdown during the stop).
+pub const CANCELS_UNCONFIRMED: &str = "outlast_cancels_unconfirmed_total";
+/// Counter: cancel requests to a ComfyUI server sent again because it did not answer.
+pub const COMFYUI_CANCEL_RETRIES: &str = "outlast_comfyui_cancel_retries_total";
 /// Counter `{outcome}`: webhook delivery attempts by outcome (`delivered`, `retry`, `failed`
 /// after the last retry, `disabled` by a 410, `refused` by the egress policy).
 pub const WEBHOOK_ATTEMPTS: &str = "outlast_webhook_attempts_total";
@@ -168,6 +174,14 @@ pub const ALL: &[(&str, &str)] = &[
     (
         COMFYUI_RECONCILIATIONS,
         "Prompt reconciliations from ComfyUI history and queue",
+    ),
+    (
+        CANCELS_UNCONFIRMED,
+        "Jobs reported canceled before their backend confirmed the stop",
+    ),
+    (
+        COMFYUI_CANCEL_RETRIES,
+        "Cancel requests sent again to an unreachable ComfyUI server",
     ),
     (WEBHOOK_ATTEMPTS, "Webhook delivery attempts, by outcome"),
     (

@@ -85,6 +85,9 @@ pub struct JobContext {
     pub existing_outputs: Vec<String>,
     /// Where the job's events and outputs go.
     pub handle: JobHandle,
+    /// The run's token: fires when the owner cancels the job, and at shutdown (a child of the
+    /// handle's stop token). Read it through [`JobContext::canceled`].
+    pub cancel: CancellationToken,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -121,6 +124,15 @@ impl JobContext {
     /// a backend must not tear down remote work when its future is dropped now.
     pub fn shutting_down(&self) -> bool {
         self.handle.shutting_down()
+    }
+
+    /// Resolves once the job's owner canceled it. Never during shutdown: the runner then drops
+    /// the run and the job stays `running` for recovery, so remote work must go on.
+    pub async fn canceled(&self) {
+        self.cancel.cancelled().await;
+        if self.shutting_down() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Stores an event; a job that already ended (canceled meanwhile) stops the backend.

@@ -7,15 +7,28 @@
 //! - outputs: every regular file left in `$OUTLAST_OUTPUT_DIR` after exit status 0;
 //! - failure: a non-zero exit is `command_failed` with the status and the tail of stderr;
 //!   the time limit is `timeout`; cancel and shutdown kill the whole process group.
+//!
+//! Cancel means stopped: on cancel or the time limit the process group gets SIGTERM, SIGKILL
+//! after `kill_grace`, and the run returns only once the group is gone: the command reaped
+//! (`wait`), every other member reaped or gone (`waitpid(-pgid)`, then `kill(-pgid, 0)` answers
+//! ESRCH). On Linux the gateway is a child subreaper, so members orphaned by the command's exit
+//! become its children and are reaped here instead of lingering as zombies of an init that may
+//! not reap. Shutdown drops the run: the group gets SIGKILL at once.
 
 use std::collections::VecDeque;
 use std::process::Stdio;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 use outlast_protocol::{Failure, FailureCode, JobSpec};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 use super::{Backend, JobContext, RestartPolicy};
 use crate::config::ExecConfig;
@@ -24,6 +37,10 @@ use crate::outputs::{mime_for, valid_name};
 
 /// Bytes of stderr kept for the failure message.
 const STDERR_TAIL: usize = 4096;
+/// How long members of a group may take to vanish after SIGKILL (reaping included).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a stopping group is looked at.
+const GROUP_POLL: Duration = Duration::from_millis(10);
 
 /// The exec backend.
 #[derive(Debug)]
@@ -32,8 +49,13 @@ pub struct Exec {
 }
 
 impl Exec {
-    /// An exec backend for `config`.
+    /// An exec backend for `config`. On Linux this makes the gateway a child subreaper (see
+    /// the module docs).
     pub fn new(config: ExecConfig) -> Self {
+        #[cfg(target_os = "linux")]
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "could not become a child subreaper; orphaned members of a canceled command's group are left to init");
+        }
         Self { config }
     }
 }
@@ -46,17 +68,74 @@ struct ProgressLine {
     label: Option<String>,
 }
 
-/// Kills the child's whole process group when dropped (cancel, shutdown, timeout).
-struct GroupGuard(Option<i32>);
+/// Kills the child's whole process group when dropped before [`stop_group`] ran (shutdown).
+struct GroupGuard(Option<Pid>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            reap_group(pgid);
         }
+    }
+}
+
+/// Reaps every exited member of the group that is our child (orphans, with the subreaper).
+fn reap_group(pgid: Pid) {
+    let group = Pid::from_raw(-pgid.as_raw());
+    while let Ok(status) = waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// True when no process of the group exists any more (zombies count as existing).
+fn group_gone(pgid: Pid) -> bool {
+    killpg(pgid, None) == Err(Errno::ESRCH)
+}
+
+/// Stops the command's whole group: SIGTERM, SIGKILL after `grace`, and returns once every
+/// member is gone and reaped (Ok), or an error when members outlive SIGKILL by [`KILL_WAIT`].
+/// A group already gone returns at once.
+async fn stop_group(child: &mut Child, pgid: Pid, grace: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    let mut killed_at: Option<Instant> = None;
+    let mut command_reaped = false;
+    if !group_gone(pgid) {
+        let _ = killpg(pgid, Signal::SIGTERM);
+    }
+    loop {
+        // The command itself is tokio's to reap; the others only after it (waitpid(-pgid)
+        // must not take the command's status from tokio).
+        if !command_reaped {
+            command_reaped = !matches!(child.try_wait(), Ok(None));
+        }
+        if command_reaped {
+            reap_group(pgid);
+            if group_gone(pgid) {
+                return Ok(());
+            }
+        }
+        match killed_at {
+            None if started.elapsed() >= grace => {
+                tracing::info!(
+                    pgid = pgid.as_raw(),
+                    "the process group outlived SIGTERM by the grace period; SIGKILL"
+                );
+                let _ = killpg(pgid, Signal::SIGKILL);
+                killed_at = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() >= KILL_WAIT => {
+                return Err(format!(
+                    "process group {} still has members {} after SIGKILL",
+                    pgid.as_raw(),
+                    humantime::format_duration(KILL_WAIT)
+                ));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(GROUP_POLL).await;
     }
 }
 
@@ -86,6 +165,11 @@ impl Backend for Exec {
     /// Never cached: a command may have side effects or depend on the world outside the job.
     fn deterministic(&self) -> bool {
         false
+    }
+
+    /// The runner waits for `run` after a cancel: it returns once the process group is gone.
+    fn confirms_cancel(&self) -> bool {
+        true
     }
 
     fn validate(&self, spec: &JobSpec) -> Result<(), AppError> {
@@ -133,7 +217,6 @@ impl Backend for Exec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
                 fail(
@@ -141,7 +224,12 @@ impl Backend for Exec {
                     format!("cannot start the command: {e}"),
                 )
             })?;
-        let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+            .ok_or_else(|| fail(FailureCode::Internal, "the command has no process id"))?;
+        let mut group = GroupGuard(Some(pgid));
 
         let mut stdin = child
             .stdin
@@ -192,9 +280,28 @@ impl Backend for Exec {
             let status = child.wait().await.map_err(io)?;
             Ok::<_, Failure>((status, stderr_tail))
         };
-        let (status, stderr_tail) = match tokio::time::timeout(self.config.timeout, run).await {
-            Ok(r) => r?,
-            Err(_) => {
+        let ended = tokio::select! {
+            r = tokio::time::timeout(self.config.timeout, run) => Some(r),
+            () = ctx.canceled() => None,
+        };
+        // Whatever happened, nothing of the group outlives the run (leftovers of a command that
+        // exited get the same SIGTERM, grace, SIGKILL).
+        let stopped = stop_group(&mut child, pgid, self.config.kill_grace).await;
+        group.0 = None;
+        if let Err(e) = &stopped {
+            tracing::error!(job = %ctx.job_id, error = %e, "could not confirm the command's process group is gone");
+            if ended.is_none() {
+                metrics::counter!(crate::metrics::CANCELS_UNCONFIRMED, "backend" => "exec")
+                    .increment(1);
+            }
+        }
+        let (status, stderr_tail) = match ended {
+            None => {
+                tracing::info!(job = %ctx.job_id, "the canceled command's process group is gone");
+                return Err(fail(FailureCode::CommandFailed, "canceled"));
+            }
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => {
                 return Err(Failure {
                     code: FailureCode::Timeout,
                     message: format!(

@@ -58,8 +58,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// (e.g. a server came back).
     fn attach_scheduler(&self, _wake: Arc<tokio::sync::Notify>) {}
 
-    /// Runs the job to completion. Cancellation drops this future, so implementations must
-    /// release what they hold on drop (e.g. kill their child process).
+    /// True when [`Backend::run`] watches [`JobContext::canceled`] and returns only once the
+    /// job's work has really stopped (a process group gone, a ComfyUI prompt out of its
+    /// queue). The runner then waits for `run` to return before it stores `canceled`, so
+    /// `canceled` means stopped. Backends that keep the default are stopped by dropping `run`.
+    fn confirms_cancel(&self) -> bool {
+        false
+    }
+
+    /// Runs the job to completion. Shutdown (and cancellation, unless
+    /// [`Backend::confirms_cancel`]) drops this future, so implementations must release what
+    /// they hold on drop (e.g. kill their child process).
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure>;
 }
 

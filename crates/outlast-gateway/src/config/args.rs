@@ -74,6 +74,9 @@ pub struct Args {
     /// Concurrent jobs of the exec backend [exec.concurrency; default 1]
     #[arg(long, env = "OUTLAST_EXEC_CONCURRENCY", value_name = "N")]
     pub exec_concurrency: Option<usize>,
+    /// On cancel or time limit an exec job's process group gets SIGTERM, then SIGKILL after this long [exec.kill_grace; default 10s]
+    #[arg(long, env = "OUTLAST_EXEC_KILL_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub exec_kill_grace: Option<Duration>,
     /// An API token as OWNER=SECRET; repeat for several owners. Enables auth [auth.tokens]
     #[arg(
         long = "token",
@@ -134,6 +137,9 @@ pub struct Args {
     /// Time limit of one ComfyUI job [comfyui.timeout; default 30m]
     #[arg(long, env = "OUTLAST_COMFYUI_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub comfyui_timeout: Option<Duration>,
+    /// How long a ComfyUI cancel is retried while the server does not answer; the job is then reported canceled and the slot stays drained until the server answers [comfyui.cancel_timeout; default 2m]
+    #[arg(long, env = "OUTLAST_COMFYUI_CANCEL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub comfyui_cancel_timeout: Option<Duration>,
     /// Longest edge of previews sent to clients, in pixels [comfyui.preview_max_edge; default 256]
     #[arg(long, env = "OUTLAST_COMFYUI_PREVIEW_MAX_EDGE", value_name = "PX")]
     pub comfyui_preview_max_edge: Option<u32>,
@@ -288,11 +294,13 @@ impl Args {
         if self.exec_command.is_some()
             || self.exec_timeout.is_some()
             || self.exec_concurrency.is_some()
+            || self.exec_kill_grace.is_some()
         {
             let exec = config.exec.get_or_insert_with(Default::default);
             set(&mut exec.command, self.exec_command);
             set(&mut exec.timeout, self.exec_timeout);
             set(&mut exec.concurrency, self.exec_concurrency);
+            set(&mut exec.kill_grace, self.exec_kill_grace);
         }
         if !self.tokens.is_empty() {
             let pairs = self
@@ -370,6 +378,7 @@ impl Args {
             || self.comfyui_unreachable_timeout.is_some()
             || self.comfyui_retry_interval.is_some()
             || self.comfyui_timeout.is_some()
+            || self.comfyui_cancel_timeout.is_some()
             || self.comfyui_preview_max_edge.is_some()
             || self.comfyui_preview_interval.is_some();
         if any_comfy {
@@ -394,6 +403,7 @@ impl Args {
             set(&mut c.unreachable_timeout, self.comfyui_unreachable_timeout);
             set(&mut c.retry_interval, self.comfyui_retry_interval);
             set(&mut c.timeout, self.comfyui_timeout);
+            set(&mut c.cancel_timeout, self.comfyui_cancel_timeout);
             set(&mut c.preview_max_edge, self.comfyui_preview_max_edge);
             set(&mut c.preview_interval, self.comfyui_preview_interval);
         }

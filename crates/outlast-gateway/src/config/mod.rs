@@ -51,6 +51,8 @@ pub const DEFAULT_DEMO_CONCURRENCY: usize = 2;
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Default `exec.concurrency`.
 pub const DEFAULT_EXEC_CONCURRENCY: usize = 1;
+/// Default `exec.kill_grace`.
+pub const DEFAULT_EXEC_KILL_GRACE: Duration = Duration::from_secs(10);
 /// Default `uploads.max_size`.
 pub const DEFAULT_UPLOAD_MAX_SIZE: u64 = 10 << 30;
 /// Default `uploads.max_chunk_bytes`.
@@ -79,6 +81,8 @@ pub const DEFAULT_COMFYUI_UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(12
 pub const DEFAULT_COMFYUI_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 /// Default `comfyui.timeout`.
 pub const DEFAULT_COMFYUI_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default `comfyui.cancel_timeout`.
+pub const DEFAULT_COMFYUI_CANCEL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default `comfyui.preview_max_edge`.
 pub const DEFAULT_COMFYUI_PREVIEW_MAX_EDGE: u32 = 256;
 /// Default `comfyui.preview_interval`.
@@ -282,6 +286,9 @@ pub struct ExecConfig {
     pub timeout: Duration,
     /// Concurrent jobs.
     pub concurrency: usize,
+    /// On cancel or time limit: SIGTERM to the process group, SIGKILL after this long.
+    #[serde(deserialize_with = "duration")]
+    pub kill_grace: Duration,
 }
 
 impl Default for ExecConfig {
@@ -290,6 +297,7 @@ impl Default for ExecConfig {
             command: String::new(),
             timeout: DEFAULT_EXEC_TIMEOUT,
             concurrency: DEFAULT_EXEC_CONCURRENCY,
+            kill_grace: DEFAULT_EXEC_KILL_GRACE,
         }
     }
 }
@@ -356,6 +364,10 @@ pub struct ComfyConfig {
     /// Time limit per job.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// How long a cancel (or time-limit stop) is retried while the server does not answer,
+    /// before the job is reported canceled anyway and the slot stays drained.
+    #[serde(deserialize_with = "duration")]
+    pub cancel_timeout: Duration,
     /// Longest preview edge in pixels.
     pub preview_max_edge: u32,
     /// Smallest gap between two previews of a job.
@@ -372,6 +384,7 @@ impl Default for ComfyConfig {
             unreachable_timeout: DEFAULT_COMFYUI_UNREACHABLE_TIMEOUT,
             retry_interval: DEFAULT_COMFYUI_RETRY_INTERVAL,
             timeout: DEFAULT_COMFYUI_TIMEOUT,
+            cancel_timeout: DEFAULT_COMFYUI_CANCEL_TIMEOUT,
             preview_max_edge: DEFAULT_COMFYUI_PREVIEW_MAX_EDGE,
             preview_interval: DEFAULT_COMFYUI_PREVIEW_INTERVAL,
         }
@@ -950,6 +963,7 @@ impl ComfyConfig {
         positive("comfyui.unreachable_timeout", self.unreachable_timeout)?;
         positive("comfyui.retry_interval", self.retry_interval)?;
         positive("comfyui.timeout", self.timeout)?;
+        positive("comfyui.cancel_timeout", self.cancel_timeout)?;
         Ok(())
     }
 }

@@ -79,6 +79,7 @@ fn defaults() -> Vec<(&'static str, Shown)> {
         ),
         ("exec.timeout", D(exec.timeout)),
         ("exec.concurrency", T(exec.concurrency.to_string())),
+        ("exec.kill_grace", D(exec.kill_grace)),
         (
             "comfyui.servers",
             T(if c.comfyui.is_none() { "none" } else { "?" }.into()),
@@ -92,6 +93,7 @@ fn defaults() -> Vec<(&'static str, Shown)> {
         ("comfyui.unreachable_timeout", D(comfy.unreachable_timeout)),
         ("comfyui.retry_interval", D(comfy.retry_interval)),
         ("comfyui.timeout", D(comfy.timeout)),
+        ("comfyui.cancel_timeout", D(comfy.cancel_timeout)),
         (
             "comfyui.preview_max_edge",
             T(comfy.preview_max_edge.to_string()),
@@ -587,7 +589,8 @@ fn exec_settings_from_file_and_flags_combine() {
         Some(ExecConfig {
             command: "run.sh".into(),
             timeout: dur("10m"),
-            concurrency: 2
+            concurrency: 2,
+            kill_grace: crate::config::DEFAULT_EXEC_KILL_GRACE,
         })
     );
 }

@@ -38,6 +38,9 @@ use crate::webhooks::WebhookPolicy;
 use cache::ResultCache;
 use scheduler::{Scheduler, Waiting};
 
+/// The reason stored with `canceled` when the owner canceled the job.
+const CANCEL_REASON: &str = "canceled by its owner";
+
 /// What a subscriber gets first.
 #[derive(Debug, Clone)]
 pub struct StreamOpen {
@@ -371,14 +374,19 @@ impl Jobs {
         if record.snapshot.state.is_terminal() {
             return Ok(record.snapshot.state);
         }
-        self.sched()
+        let running = self
+            .sched()
             .cancel(record.spec.backend.as_str(), owner, job);
         self.wake.notify_one();
+        if running {
+            // Its runner stores `canceled` once the work has stopped (see `runner`).
+            return self.await_stop(owner, job).await;
+        }
         match self
             .emit(
                 job,
                 EventKind::Canceled {
-                    reason: "canceled by its owner".into(),
+                    reason: CANCEL_REASON.into(),
                 },
             )
             .await?

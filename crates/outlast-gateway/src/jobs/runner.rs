@@ -1,21 +1,62 @@
 //! One run of a job: `started`, resolving inputs, a scratch directory, the backend's `run`
 //! raced against cancel/shutdown, then the terminal event (and the result cache entry before a
 //! completion).
+//!
+//! Cancel means stopped: a running job's `canceled` is stored here, by its runner, once the
+//! backend's `run` is over: dropped (backends whose work ends with the future), or returned
+//! after the backend confirmed its work stopped ([`Backend::confirms_cancel`]: exec, comfyui).
+//! Until then the job stays `running` and keeps its slot.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use outlast_protocol::{EventKind, Failure, FailureCode, JobId, JobState};
 use tokio_util::sync::CancellationToken;
 
-use super::Jobs;
+use super::{CANCEL_REASON, Jobs};
 use crate::backend::{Backend, JobContext};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
 use crate::store::JobRecord;
 
+/// How long a cancel request waits for a running job's stop to be confirmed before it answers
+/// `running` (the `canceled` event follows when the stop is confirmed). Local stops (demo, a
+/// process group that obeys SIGTERM) and a ComfyUI prompt between two steps fit in it.
+const CANCEL_ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a cancel request looks at the job while it waits.
+const CANCEL_ANSWER_POLL: Duration = Duration::from_millis(20);
+
+/// How a run ended.
+enum Outcome {
+    /// The backend's own result.
+    Done(Result<(), Failure>),
+    /// The owner canceled it and the work is over.
+    Canceled,
+    /// The gateway stops its runners; `canceled` if a cancel was under way.
+    Shutdown { canceled: bool },
+}
+
 impl Jobs {
+    /// After a running job's run was told to stop: its state once the stop is confirmed, or
+    /// `running` if that takes longer than [`CANCEL_ANSWER_WAIT`].
+    pub(super) async fn await_stop(
+        &self,
+        owner: &outlast_protocol::OwnerId,
+        job: JobId,
+    ) -> Result<JobState, AppError> {
+        let deadline = tokio::time::Instant::now() + CANCEL_ANSWER_WAIT;
+        loop {
+            let state = self.owned(owner, job).await?.snapshot.state;
+            if state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(state);
+            }
+            tokio::time::sleep(CANCEL_ANSWER_POLL).await;
+        }
+    }
+
     pub(super) async fn run_job(
         self: Arc<Self>,
         job: JobId,
@@ -88,18 +129,31 @@ impl Jobs {
                 .map(|o| o.name.clone())
                 .collect(),
             handle: self.handle.clone(),
+            cancel: cancel.clone(),
         };
-        let outcome = tokio::select! {
-            r = backend.run(&ctx) => Some(r),
-            // Cancel already stored `canceled`; shutdown leaves the job `running` for recovery.
-            () = cancel.cancelled() => None,
+        let outcome = if cancel.is_cancelled() {
+            // Canceled between the scheduler's start and here: nothing ran yet.
+            if ctx.shutting_down() {
+                Outcome::Shutdown { canceled: false }
+            } else {
+                Outcome::Canceled
+            }
+        } else {
+            Self::race(&*backend, &ctx, cancel).await
         };
         drop(ctx);
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
         let (kind, state) = match outcome {
-            None => return Ok(()),
-            Some(Ok(())) => (EventKind::Completed { cached: false }, JobState::Completed),
-            Some(Err(failure)) => (EventKind::Failed(failure), JobState::Failed),
+            // Shutdown leaves the job `running` for recovery.
+            Outcome::Shutdown { canceled: false } => return Ok(()),
+            Outcome::Shutdown { canceled: true } => {
+                tracing::warn!(%job, "the gateway stops before the canceled job's stop was confirmed; storing `canceled`");
+                metrics::counter!(m::CANCELS_UNCONFIRMED, "backend" => backend.name()).increment(1);
+                (cancel_event(), JobState::Canceled)
+            }
+            Outcome::Canceled => (cancel_event(), JobState::Canceled),
+            Outcome::Done(Ok(())) => (EventKind::Completed { cached: false }, JobState::Completed),
+            Outcome::Done(Err(failure)) => (EventKind::Failed(failure), JobState::Failed),
         };
         if state == JobState::Completed {
             let (store, inputs) = (&*self.handle.store, &*self.inputs);
@@ -115,11 +169,45 @@ impl Jobs {
         Ok(())
     }
 
+    /// Runs the backend until it ends, the owner cancels or the gateway stops its runners. A
+    /// backend that confirms cancels is awaited after the cancel: its `run` returns once the
+    /// work is stopped; any other is dropped at once.
+    async fn race(backend: &dyn Backend, ctx: &JobContext, cancel: &CancellationToken) -> Outcome {
+        let confirms = backend.confirms_cancel();
+        let stop = ctx.handle.stop_token().clone();
+        let run = backend.run(ctx);
+        tokio::pin!(run);
+        let mut canceled = false;
+        loop {
+            tokio::select! {
+                // Shutdown first: the run's token is a child of the stop token and fires too.
+                biased;
+                () = stop.cancelled() => return Outcome::Shutdown { canceled },
+                () = cancel.cancelled(), if !canceled => {
+                    canceled = true;
+                    if !confirms {
+                        return Outcome::Canceled;
+                    }
+                    tracing::info!(job = %ctx.job_id, backend = backend.name(), "cancel requested; waiting until the work has stopped");
+                }
+                r = &mut run => {
+                    return if canceled { Outcome::Canceled } else { Outcome::Done(r) };
+                }
+            }
+        }
+    }
+
     pub(super) fn finished(&self, record: &JobRecord, state: JobState) {
         let backend = record.spec.backend.clone();
         let secs = now_ms().saturating_sub(record.snapshot.created_at_ms) as f64 / 1000.0;
         metrics::counter!(m::JOBS_FINISHED, "backend" => backend.clone(), "state" => state.as_str())
             .increment(1);
         metrics::histogram!(m::JOB_DURATION, "backend" => backend).record(secs);
+    }
+}
+
+fn cancel_event() -> EventKind {
+    EventKind::Canceled {
+        reason: CANCEL_REASON.into(),
     }
 }

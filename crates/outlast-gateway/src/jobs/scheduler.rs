@@ -153,16 +153,21 @@ impl Scheduler {
         self.waiting.iter().map(|(j, w)| (*j, w.clone())).collect()
     }
 
-    /// Takes `job` out of its queue and stops its run, if it has one (cancel).
-    pub fn cancel(&mut self, backend: &str, owner: &OwnerId, job: JobId) {
+    /// Takes `job` out of its queue and stops its run, if it has one (cancel); true when it had
+    /// one (its runner then stores the terminal event).
+    pub fn cancel(&mut self, backend: &str, owner: &OwnerId, job: JobId) -> bool {
         self.waiting.remove(&job);
         if let Some(queue) = self.queues.get_mut(backend) {
             queue.remove(owner, job);
         }
         self.queued.remove(&job);
         self.announced.remove(&job);
-        if let Some(token) = self.running.get(&job) {
-            token.cancel();
+        match self.running.get(&job) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
         }
     }
 

@@ -6,7 +6,8 @@
 //! [`placement`] picks the server, uploads the inputs and queues the prompt; [`follow`] follows
 //! it over the WebSocket (its timers are sans-IO); [`history`] reads `/history` and `/queue`
 //! and the finished entry's outputs; [`failure`] turns ComfyUI's errors into ours; [`cancel`]
-//! stops the prompt when the job ends first; [`messages`] types what the socket carries.
+//! stops the prompt when the job ends first (canceled, time limit) and waits until ComfyUI
+//! confirms it stopped; [`messages`] types what the socket carries.
 
 mod cancel;
 mod client;
@@ -26,6 +27,7 @@ use outlast_protocol::{Failure, FailureCode, JobSpec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::cancel::Current;
 use self::client::Server;
 use self::failure::fail;
 use self::graph::Graph;
@@ -39,8 +41,20 @@ use crate::error::AppError;
 pub struct ComfyUi {
     pool: Arc<Pool>,
     cfg: ComfyConfig,
-    /// Where prompt cancellations run; shutdown waits for it.
+    /// Where the stops of drained slots run (see [`cancel`]); shutdown waits for it.
     tracker: TaskTracker,
+}
+
+/// Why a run stopped before its prompt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The job's owner canceled it.
+    Canceled,
+    /// `comfyui.timeout` passed.
+    TimeLimit,
+    /// The run ended on its own; if it failed while ComfyUI may still have the prompt, that is
+    /// stopped in the background (the failure is reported at once, the slot drained meanwhile).
+    Ended,
 }
 
 /// How one try of a job ended, besides success.
@@ -73,6 +87,45 @@ impl ComfyUi {
             cfg,
             tracker,
         })
+    }
+
+    /// Stops what the run still holds in ComfyUI and waits for the confirmation, up to
+    /// `cancel_timeout`; after that the slot stays drained on a tracked task until the server
+    /// confirms. Nothing held (or no prompt armed): the slot is simply given back.
+    async fn stop_held(&self, ctx: &JobContext, current: &Current, cut: Cut) {
+        let Some(mut placed) = current.take() else {
+            return;
+        };
+        let Some(prompt_id) = placed.prompt_id.take() else {
+            return;
+        };
+        let server = placed.lease.server().clone();
+        let job = ctx.job_id;
+        tracing::info!(%job, server = %server.base, prompt = %prompt_id, ?cut, "stopping the prompt in ComfyUI");
+        if cut != Cut::Ended {
+            let deadline = tokio::time::Instant::now() + self.cfg.cancel_timeout;
+            if cancel::stop_prompt(&server, &prompt_id, job, Some(deadline)).await {
+                return; // the lease drops: the slot is free
+            }
+            tracing::error!(
+                %job, server = %server.base, prompt = %prompt_id,
+                "ComfyUI did not confirm the prompt stopped within {} (comfyui.cancel_timeout); the job is reported anyway and the server's slot stays drained until it answers",
+                humantime::format_duration(self.cfg.cancel_timeout)
+            );
+            metrics::counter!(crate::metrics::CANCELS_UNCONFIRMED, "backend" => "comfyui")
+                .increment(1);
+        }
+        placed.lease.drain();
+        let stop = ctx.handle.stop_token().clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel::stop_prompt(&server, &prompt_id, job, None) => {
+                    tracing::info!(%job, server = %server.base, "the drained ComfyUI slot is free again");
+                }
+                () = stop.cancelled() => {}
+            }
+            drop(placed);
+        });
     }
 
     /// Probes the servers until `shutdown`; spawn it once.
@@ -123,18 +176,35 @@ impl Backend for ComfyUi {
         self.pool.attach_scheduler(wake);
     }
 
+    /// The runner waits for `run` after a cancel: it returns once ComfyUI confirmed the stop.
+    fn confirms_cancel(&self) -> bool {
+        true
+    }
+
     async fn run(&self, ctx: &JobContext) -> Result<(), Failure> {
-        // Dropping the run at the limit drops its cancel guard: the prompt is stopped in ComfyUI.
-        match tokio::time::timeout(self.cfg.timeout, self.run_to_end(ctx)).await {
-            Ok(result) => result,
-            Err(_) => Err(fail(
-                FailureCode::Timeout,
-                format!(
-                    "the ComfyUI job ran longer than {}",
-                    humantime::format_duration(self.cfg.timeout)
-                ),
-                None,
-            )),
-        }
+        let current = Current::default();
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        // Boxed so it can be dropped before the stop: what it holds stays in `current`.
+        let mut work = Box::pin(self.run_to_end(ctx, &current));
+        let (cut, result) = tokio::select! {
+            r = &mut work => (Cut::Ended, r),
+            () = ctx.canceled() => (Cut::Canceled, Err(fail(FailureCode::BackendError, "canceled", None))),
+            () = tokio::time::sleep_until(deadline) => (
+                Cut::TimeLimit,
+                Err(fail(
+                    FailureCode::Timeout,
+                    format!(
+                        "the ComfyUI job ran longer than {}",
+                        humantime::format_duration(self.cfg.timeout)
+                    ),
+                    None,
+                )),
+            ),
+        };
+        current.abandon();
+        drop(work);
+        // After a normal end nothing is armed; after a failure the prompt may still be there.
+        self.stop_held(ctx, &current, cut).await;
+        result
     }
 }

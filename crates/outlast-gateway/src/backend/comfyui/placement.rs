@@ -12,7 +12,7 @@ use outlast_protocol::{Failure, FailureCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::cancel::CancelGuard;
+use super::cancel::Current;
 use super::client::{CallError, Queued, Server};
 use super::failure::{fail, validation_failure};
 use super::follow::Follow;
@@ -41,7 +41,11 @@ fn to_value(s: &Saved) -> Value {
 
 impl ComfyUi {
     /// Tries until the prompt finished, failed, or was lost more often than the job allows.
-    pub(super) async fn run_to_end(&self, ctx: &JobContext) -> Result<(), Failure> {
+    pub(super) async fn run_to_end(
+        &self,
+        ctx: &JobContext,
+        current: &Current,
+    ) -> Result<(), Failure> {
         let graph =
             Self::parse(&ctx.spec).map_err(|e| fail(FailureCode::InvalidWorkflow, e, None))?;
         let mut saved: Option<Saved> = ctx
@@ -50,7 +54,7 @@ impl ComfyUi {
             .and_then(|v| serde_json::from_value(v).ok());
         let mut server_down_tries = 0u32;
         loop {
-            match self.attempt(ctx, &graph, &mut saved).await {
+            match self.attempt(ctx, &graph, &mut saved, current).await {
                 Ok(()) => return Ok(()),
                 Err(Stop::Fail(f)) => return Err(f),
                 Err(Stop::ServerDown) => {
@@ -136,6 +140,7 @@ impl ComfyUi {
         ctx: &JobContext,
         graph: &Graph,
         saved: &mut Option<Saved>,
+        current: &Current,
     ) -> Result<(), Stop> {
         let client_id = format!("outlast-{}", ctx.job_id);
         // A restart between `POST /prompt` and recording its answer: ComfyUI may have the
@@ -152,14 +157,16 @@ impl ComfyUi {
         }
         let lease = self.lease(ctx, saved.as_ref()).await?;
         let server = lease.server().clone();
-        let mut guard = CancelGuard::new(ctx, &self.tracker, server.clone());
+        let index = lease.index;
+        // The slot stays held while the prompt is armed, so a stop can free it when confirmed.
+        let _hold = current.hold(lease);
         let mut socket = None;
         let state = match saved.clone().filter(|s| s.posted) {
             Some(s) => s,
             None => {
                 let prompt = self.prepare(ctx, graph, &server).await.inspect_err(|e| {
                     if matches!(e, Stop::ServerDown) {
-                        self.pool.mark_down(lease.index, "input upload failed");
+                        self.pool.mark_down(index, "input upload failed");
                     }
                 })?;
                 let mut s = Saved {
@@ -173,20 +180,20 @@ impl ComfyUi {
                 socket = match server.connect(&client_id).await {
                     Ok(sock) => Some(sock),
                     Err(e) => {
-                        self.pool.mark_down(lease.index, &e.to_string());
+                        self.pool.mark_down(index, &e.to_string());
                         return Err(Stop::ServerDown);
                     }
                 };
-                guard.arm(&s.prompt_id);
+                current.arm(&s.prompt_id);
                 match server.queue_prompt(&prompt, &s.prompt_id, &client_id).await {
                     Ok(Queued::Accepted) => {}
                     Ok(Queued::Rejected(body)) => {
-                        guard.disarm();
+                        current.disarm();
                         return Err(Stop::Fail(validation_failure(graph, &body)));
                     }
                     Err(CallError::Refused(e)) => {
-                        guard.disarm();
-                        self.pool.mark_down(lease.index, &e);
+                        current.disarm();
+                        self.pool.mark_down(index, &e);
                         return Err(Stop::ServerDown);
                     }
                     // It may or may not be queued: following it finds out.
@@ -199,14 +206,14 @@ impl ComfyUi {
                 s
             }
         };
-        guard.arm(&state.prompt_id);
+        current.arm(&state.prompt_id);
         let mut follow = Follow {
             cfg: &self.cfg,
             ctx,
             graph,
             server: &server,
             pool: &self.pool,
-            index: lease.index,
+            index,
             prompt_id: &state.prompt_id,
             client_id: &client_id,
             socket,
@@ -218,9 +225,12 @@ impl ComfyUi {
         if let Some(sock) = follow.socket.take() {
             sock.close().await;
         }
+        if let Err(Stop::Lost(_)) = &entry {
+            current.disarm(); // ComfyUI no longer has it: nothing to stop
+        }
         let entry = entry?;
         // ComfyUI is done with the prompt, whatever happens next.
-        guard.disarm();
+        current.disarm();
         finish(ctx, graph, &server, &entry)
             .await
             .map_err(Stop::Fail)

@@ -4,6 +4,10 @@
 //! ([`Pool::healthy_slots`]), so ComfyUI's own queue stays empty and the queue positions
 //! Outlast reports are exact. A server that fails a call is taken out of rotation until a probe
 //! (`GET /system_stats`) answers again.
+//!
+//! A slot whose canceled prompt ComfyUI has not confirmed stopped (the server stopped answering)
+//! is *drained*: its lease is held by the task that keeps asking, and it counts for nobody until
+//! the server confirms, so no job is started next to a prompt that may still run.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -18,6 +22,8 @@ use crate::metrics as m;
 struct Slot {
     busy: usize,
     healthy: bool,
+    /// Busy slots held for an unconfirmed stop (see [`Lease::drain`]).
+    draining: usize,
 }
 
 /// The configured servers.
@@ -37,6 +43,7 @@ pub struct Lease {
     pool: Arc<Pool>,
     /// Index of the server.
     pub index: usize,
+    drained: bool,
 }
 
 impl Lease {
@@ -44,15 +51,32 @@ impl Lease {
     pub fn server(&self) -> &Server {
         &self.pool.servers[self.index].0
     }
+
+    /// Marks the slot drained until this lease is dropped: it leaves [`Pool::healthy_slots`],
+    /// so the scheduler starts nothing in its place while a prompt may still run there.
+    pub fn drain(&mut self) {
+        if !std::mem::replace(&mut self.drained, true) {
+            self.pool.slots()[self.index].draining += 1;
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         {
             let mut slots = self.pool.slots();
-            slots[self.index].busy = slots[self.index].busy.saturating_sub(1);
+            let slot = &mut slots[self.index];
+            slot.busy = slot.busy.saturating_sub(1);
+            if self.drained {
+                slot.draining = slot.draining.saturating_sub(1);
+            }
         }
         self.pool.freed.notify_waiters();
+        if self.drained
+            && let Some(wake) = self.pool.scheduler.get()
+        {
+            wake.notify_one(); // the slot counts again
+        }
     }
 }
 
@@ -64,6 +88,7 @@ impl Pool {
             .map(|_| Slot {
                 busy: 0,
                 healthy: true,
+                draining: 0,
             })
             .collect();
         Pool {
@@ -84,13 +109,13 @@ impl Pool {
         let _ = self.scheduler.set(wake);
     }
 
-    /// Slots on healthy servers: how many jobs may run.
+    /// Slots on healthy servers, drained ones not counted: how many jobs may run.
     pub fn healthy_slots(&self) -> usize {
         self.slots()
             .iter()
             .zip(&self.servers)
             .filter(|(s, _)| s.healthy)
-            .map(|(_, (_, n))| *n)
+            .map(|(s, (_, n))| n.saturating_sub(s.draining))
             .sum()
     }
 
@@ -121,6 +146,7 @@ impl Pool {
         Some(Lease {
             pool: Arc::clone(self),
             index: best,
+            drained: false,
         })
     }
 
@@ -143,6 +169,7 @@ impl Pool {
         Lease {
             pool: Arc::clone(self),
             index,
+            drained: false,
         }
     }
 
@@ -237,5 +264,16 @@ mod tests {
         assert!(p.try_acquire().is_none(), "server 1 is out of rotation");
         let f = p.lease_on(1);
         assert_eq!(f.index, 1, "a resumed job still gets its own server");
+    }
+
+    #[test]
+    fn a_drained_slot_counts_for_nobody_until_its_lease_is_dropped() {
+        let p = pool(&[2]);
+        let mut a = p.try_acquire().expect("slot");
+        a.drain();
+        a.drain(); // once per lease
+        assert_eq!(p.healthy_slots(), 1, "the drained slot is not offered");
+        drop(a);
+        assert_eq!(p.healthy_slots(), 2, "released with its lease");
     }
 }
