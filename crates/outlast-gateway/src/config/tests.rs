@@ -117,6 +117,10 @@ fn defaults() -> Vec<(&'static str, Shown)> {
         ),
         ("tickets.ttl", D(c.tickets.ttl)),
         (
+            "metrics.listen",
+            T(c.metrics.listen.map_or("none".into(), |a| a.to_string())),
+        ),
+        (
             "http.allow_query_token",
             T(c.http.allow_query_token.to_string()),
         ),

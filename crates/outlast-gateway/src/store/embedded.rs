@@ -324,6 +324,7 @@ impl JobStore for EmbeddedStore {
             txn.commit().map_err(se)?;
             // Durable now: publish in commit order while still holding the order lock.
             for event in results.iter().flatten() {
+                crate::metrics::record_stored(&event.kind);
                 hub.publish(event.clone());
             }
             if queued_webhooks {
