@@ -27,10 +27,16 @@ fn demo_job(steps: u32, step_ms: u64) -> Value {
 /// `outlast --jwt-key k1=KEY1 token ...`: a signed token minted by the real binary.
 fn mint(owner: &str, ttl: &str, scopes: &[&str]) -> anyhow::Result<String> {
     let mut cmd = std::process::Command::new(outlast_e2e::binary());
-    cmd.args(["--jwt-key", &format!("k1={KEY1}"), "token", "--owner", owner])
-        .args(["--ttl", ttl])
-        .env_remove("OUTLAST_CONFIG")
-        .env_remove("OUTLAST_JWT_KEYS");
+    cmd.args([
+        "--jwt-key",
+        &format!("k1={KEY1}"),
+        "token",
+        "--owner",
+        owner,
+    ])
+    .args(["--ttl", ttl])
+    .env_remove("OUTLAST_CONFIG")
+    .env_remove("OUTLAST_JWT_KEYS");
     for s in scopes {
         cmd.args(["--scope", s]);
     }
@@ -139,7 +145,10 @@ async fn a_separate_metrics_address_serves_metrics_without_a_token() -> anyhow::
     let url = metrics_url(&gw.log_text()).context("no `metrics listening` line in the log")?;
     assert_ne!(url, format!("{}/metrics", gw.http()));
     let http = reqwest::Client::new();
-    assert_eq!(status_of(http.get(format!("{}/healthz", gw.http()))).await?, 200);
+    assert_eq!(
+        status_of(http.get(format!("{}/healthz", gw.http()))).await?,
+        200
+    );
     let r = http.get(&url).send().await?;
     assert_eq!(r.status(), 200, "no token on the metrics address");
     let text = r.text().await?;
@@ -227,7 +236,10 @@ async fn operator_metrics_follow_jobs_streams_uploads_and_requests() -> anyhow::
         }
     }
     let demo_log = api.events(demo).await?;
-    assert_eq!(over_ws, demo_log, "the WebSocket delivered the whole stream");
+    assert_eq!(
+        over_ws, demo_log,
+        "the WebSocket delivered the whole stream"
+    );
     ws.ws.close(None).await?;
     drop(ws);
     // The same stream over SSE and long-poll.
@@ -265,15 +277,42 @@ async fn operator_metrics_follow_jobs_streams_uploads_and_requests() -> anyhow::
     let m = |name: &str, labels: &[(&str, &str)]| series(&text, name, labels);
     let inf = ("le", "+Inf");
     let demo_b = ("backend", "demo");
-    assert_eq!(m("outlast_job_queue_wait_seconds_count", &[demo_b]), Some(1.0), "{text}");
-    assert_eq!(m("outlast_job_queue_wait_seconds_bucket", &[demo_b, inf]), Some(1.0));
-    assert_eq!(m("outlast_job_duration_seconds_bucket", &[demo_b, inf]), Some(1.0));
-    assert_eq!(m("outlast_job_queue_wait_seconds_count", &[("backend", "exec")]), Some(2.0));
-    assert_eq!(m("outlast_jobs_failed_total", &[("code", "timeout")]), Some(1.0), "{text}");
-    assert_eq!(m("outlast_jobs_failed_total", &[("code", "command_failed")]), Some(1.0));
+    assert_eq!(
+        m("outlast_job_queue_wait_seconds_count", &[demo_b]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m("outlast_job_queue_wait_seconds_bucket", &[demo_b, inf]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m("outlast_job_duration_seconds_bucket", &[demo_b, inf]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m(
+            "outlast_job_queue_wait_seconds_count",
+            &[("backend", "exec")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        m("outlast_jobs_failed_total", &[("code", "timeout")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m("outlast_jobs_failed_total", &[("code", "command_failed")]),
+        Some(1.0)
+    );
     // Every stored event counted once: the three histories exactly.
     let stored = demo_log.len() + failing_log.len() + slow_log.len();
-    assert_eq!(m("outlast_events_stored_total", &[]), Some(stored as f64), "{text}");
+    assert_eq!(
+        m("outlast_events_stored_total", &[]),
+        Some(stored as f64),
+        "{text}"
+    );
     assert_eq!(
         m("outlast_events_sent_total", &[("transport", "ws")]),
         Some(demo_log.len() as f64),
@@ -283,32 +322,64 @@ async fn operator_metrics_follow_jobs_streams_uploads_and_requests() -> anyhow::
         m("outlast_events_sent_total", &[("transport", "sse")]),
         Some(demo_log.len() as f64)
     );
-    assert!(m("outlast_events_sent_total", &[("transport", "poll")]) >= Some(demo_log.len() as f64));
+    assert!(
+        m("outlast_events_sent_total", &[("transport", "poll")]) >= Some(demo_log.len() as f64)
+    );
     assert_eq!(m("outlast_ws_connections_total", &[]), Some(1.0));
-    assert_eq!(m("outlast_upload_bytes_total", &[("transport", "tus")]), Some(100_000.0));
+    assert_eq!(
+        m("outlast_upload_bytes_total", &[("transport", "tus")]),
+        Some(100_000.0)
+    );
     // HTTP by route template and status, with latency.
     let post_jobs = [("route", "/v1/jobs"), ("method", "POST")];
     assert_eq!(
-        m("outlast_http_requests_total", &[post_jobs[0], post_jobs[1], ("status", "202")]),
+        m(
+            "outlast_http_requests_total",
+            &[post_jobs[0], post_jobs[1], ("status", "202")]
+        ),
         Some(3.0),
         "{text}"
     );
     assert_eq!(
-        m("outlast_http_request_duration_seconds_bucket", &[post_jobs[0], post_jobs[1], inf]),
+        m(
+            "outlast_http_request_duration_seconds_bucket",
+            &[post_jobs[0], post_jobs[1], inf]
+        ),
         Some(3.0)
     );
-    assert!(m("outlast_http_requests_total", &[("route", "/v1/jobs/{id}/poll")]) >= Some(2.0));
+    assert!(
+        m(
+            "outlast_http_requests_total",
+            &[("route", "/v1/jobs/{id}/poll")]
+        ) >= Some(2.0)
+    );
     assert_eq!(
-        m("outlast_http_requests_total", &[("route", "/v1/uploads/{id}"), ("method", "PATCH"), ("status", "204")]),
+        m(
+            "outlast_http_requests_total",
+            &[
+                ("route", "/v1/uploads/{id}"),
+                ("method", "PATCH"),
+                ("status", "204")
+            ]
+        ),
         Some(1.0)
     );
     assert_eq!(
-        m("outlast_http_requests_total", &[("route", "unmatched"), ("status", "404")]),
+        m(
+            "outlast_http_requests_total",
+            &[("route", "unmatched"), ("status", "404")]
+        ),
         Some(1.0)
     );
     // Never a raw path (ids would make a series per job).
+    for id in [demo, failing, slow] {
+        assert!(
+            !text.contains(&id.to_string()),
+            "a job id in a label:\n{text}"
+        );
+    }
     assert!(
-        !text.contains("job_") && !text.contains("upl_") && !text.contains("/no/such"),
+        !text.contains("upl_") && !text.contains("/no/such"),
         "a raw path in a label:\n{text}"
     );
     Ok(())
@@ -450,8 +521,10 @@ async fn json_logs_at_debug_level_carry_no_secret() -> anyhow::Result<()> {
     }
     // A wrong bearer on the WebSocket.
     let mut bad = gw.ws_url().into_client_request()?;
-    bad.headers_mut()
-        .insert("authorization", "Bearer not-a-real-secret-but-secret".parse()?);
+    bad.headers_mut().insert(
+        "authorization",
+        "Bearer not-a-real-secret-but-secret".parse()?,
+    );
     assert!(tokio_tungstenite::connect_async(bad).await.is_err());
     secrets.push("not-a-real-secret-but-secret".to_owned());
     c.ws.close(None).await?;

@@ -213,10 +213,9 @@ pub fn histograms() -> impl Iterator<Item = &'static str> {
 
 /// The Prometheus recorder with [`buckets_for`] set on every histogram, so they render as
 /// `_bucket`/`_sum`/`_count` (not summaries) and can be aggregated across gateways.
-pub fn recorder() -> Result<
-    metrics_exporter_prometheus::PrometheusRecorder,
-    metrics_exporter_prometheus::BuildError,
-> {
+pub fn recorder()
+-> Result<metrics_exporter_prometheus::PrometheusRecorder, metrics_exporter_prometheus::BuildError>
+{
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let builder = histograms().try_fold(PrometheusBuilder::new(), |b, name| {
         b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets_for(name))
@@ -314,7 +313,11 @@ mod tests {
             .map(|l| {
                 let cells: Vec<&str> = l.split('|').map(str::trim).collect();
                 let labels = cells[3].replace(['`', ' '], "");
-                (cells[1].trim_matches('`').to_owned(), cells[2].to_owned(), labels)
+                (
+                    cells[1].trim_matches('`').to_owned(),
+                    cells[2].to_owned(),
+                    labels,
+                )
             })
             .collect();
         let mut declared = declared_with_kinds();
@@ -327,7 +330,10 @@ mod tests {
             } else {
                 "gauge"
             };
-            assert_eq!(kind, by_suffix, "{name}: `describe` registers kinds by suffix");
+            assert_eq!(
+                kind, by_suffix,
+                "{name}: `describe` registers kinds by suffix"
+            );
         }
         listed.sort();
         declared.sort();
@@ -345,7 +351,10 @@ mod tests {
             assert!(b.windows(2).all(|w| w[0] < w[1]), "{h}: buckets ascend");
         }
         assert_eq!(buckets_for(JOB_DURATION).last(), Some(&1800.0));
-        assert_eq!(failure_code(outlast_protocol::FailureCode::Timeout), "timeout");
+        assert_eq!(
+            failure_code(outlast_protocol::FailureCode::Timeout),
+            "timeout"
+        );
         assert_eq!(
             failure_code(outlast_protocol::FailureCode::CommandFailed),
             "command_failed"

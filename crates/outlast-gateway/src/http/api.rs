@@ -299,7 +299,8 @@ pub async fn poll(
         cursor.on_replayed(e.seq);
     }
     let next_after = cursor.position();
-    metrics::counter!(crate::metrics::EVENTS_SENT, "transport" => "poll").increment(open.events.len() as u64);
+    metrics::counter!(crate::metrics::EVENTS_SENT, "transport" => "poll")
+        .increment(open.events.len() as u64);
     let done = open.state.is_terminal() && open.events.last().is_none_or(|e| e.kind.is_terminal());
     Ok(Json(PollAnswer {
         job_id: job,
