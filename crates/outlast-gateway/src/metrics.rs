@@ -288,16 +288,18 @@ mod tests {
                 }
                 continue;
             }
-            if let Some(rest) = line.strip_prefix("pub const ") {
-                if let Some(name) = rest.split('"').nth(1).filter(|n| n.starts_with("outlast_")) {
-                    let head = doc.split(':').next().unwrap_or("");
-                    let kind = head.split(' ').next().unwrap_or("").to_lowercase();
-                    let labels = head
-                        .split_once("`{")
-                        .and_then(|(_, l)| l.split_once("}`"))
-                        .map_or("", |(l, _)| l);
-                    out.push((name.to_owned(), kind, labels.replace(' ', "")));
-                }
+            let name = line
+                .strip_prefix("pub const ")
+                .and_then(|rest| rest.split('"').nth(1))
+                .filter(|n| n.starts_with("outlast_"));
+            if let Some(name) = name {
+                let head = doc.split(':').next().unwrap_or("");
+                let kind = head.split(' ').next().unwrap_or("").to_lowercase();
+                let labels = head
+                    .split_once("`{")
+                    .and_then(|(_, l)| l.split_once("}`"))
+                    .map_or("", |(l, _)| l);
+                out.push((name.to_owned(), kind, labels.replace(' ', "")));
             }
             doc.clear();
         }

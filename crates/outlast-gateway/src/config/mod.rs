@@ -765,10 +765,8 @@ impl Config {
             ));
         }
         self.validate_access()?;
-        if let Some(m) = self.metrics.listen {
-            if m == self.listen && m.port() != 0 {
-                return Err(err("metrics.listen", "must differ from listen"));
-            }
+        if self.metrics.listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(err("metrics.listen", "must differ from listen"));
         }
         positive("ping_interval", self.ping_interval)?;
         positive("pong_timeout", self.pong_timeout)?;
