@@ -13,6 +13,12 @@ echo "== upload test clients (pinned: tests/clients/package-lock.json, requireme
 python3 -m pip install --quiet -r tests/clients/requirements.txt \
   || python3 -m pip install --quiet --break-system-packages -r tests/clients/requirements.txt
 
+echo "== deploy checks' tools (tests/deploy.rs installs them too when missing)"
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx >/dev/null
+command -v systemd-analyze >/dev/null 2>&1 \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null
+
 echo "== format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

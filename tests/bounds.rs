@@ -115,7 +115,7 @@ async fn the_rate_refuses_a_flood_of_new_jobs() -> anyhow::Result<()> {
     let (status, _, body) = submit(&gw, ALICE, "r0").await?;
     assert_eq!((status, body["created"].as_bool()), (202, Some(false)));
     assert_eq!(submit(&gw, BOB, "x").await?.0, 202);
-    let metrics = gw.api().metrics().await?;
+    let metrics = gw.api().with_token(ALICE).metrics().await?;
     assert!(
         metrics.lines().any(
             |l| l.starts_with("outlast_jobs_refused_total{reason=\"rate\"} ") && !l.ends_with(" 0")

@@ -267,9 +267,14 @@ impl Api {
         Ok(self.download_with_etag(job, name).await?.0)
     }
 
-    /// `GET /metrics` as text.
+    /// `GET /metrics` as text (with auth on, the token needs the `admin` scope); fails
+    /// unless it answers 200, so a refused scrape never reads as "no such metric".
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(self.get("/metrics").send().await?.text().await?)
+        let r = self.get("/metrics").send().await?;
+        let status = r.status();
+        let text = r.text().await?;
+        anyhow::ensure!(status == 200, "GET /metrics answered {status}: {text}");
+        Ok(text)
     }
 
     /// The value of a series such as `outlast_cache_hits_total{backend="demo"}` (0 if absent).

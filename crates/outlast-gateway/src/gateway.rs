@@ -101,7 +101,7 @@ pub async fn build(config: Config) -> anyhow::Result<Gateway> {
 
     // The recorder is process-global: only the first gateway of a process installs it (tests
     // may build several).
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let recorder = crate::metrics::recorder().context("metrics recorder")?;
     let handle = recorder.handle();
     let metrics = metrics::set_global_recorder(recorder)
         .is_ok()
@@ -138,6 +138,21 @@ impl Gateway {
     /// Fires when the gateway shuts down; cancel it to stop the background tasks.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.state.shutdown
+    }
+
+    /// Serves [`http::metrics_app`] on `listener` (the separate `metrics.listen` address) until
+    /// shutdown, as a task on the gateway's tracker.
+    pub fn serve_metrics(&self, listener: tokio::net::TcpListener) {
+        let app = http::metrics_app(self.state.clone());
+        let stop = self.state.shutdown.clone();
+        self.state.tracker.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics server failed");
+            }
+        });
     }
 
     /// Serves on `listener` (with the `[http]` limits, see [`http::serve`]) until `shutdown`

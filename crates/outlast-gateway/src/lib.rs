@@ -48,6 +48,14 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    if let Some(metrics_listen) = gateway.state().config.metrics.listen {
+        let metrics = tokio::net::TcpListener::bind(metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_listen} (metrics.listen)"))?;
+        let url = format!("http://{}/metrics", metrics.local_addr()?);
+        tracing::info!(%url, "metrics listening");
+        gateway.serve_metrics(metrics);
+    }
     on_listening(addr);
     tracing::info!(%addr, "listening");
     gateway

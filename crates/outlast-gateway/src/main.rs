@@ -17,8 +17,10 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if let Some(Command::Token(t)) = command {
-        return mint(&config, &t);
+    match command {
+        Some(Command::Token(t)) => return mint(&config, &t),
+        Some(Command::Health) => return health(config.listen),
+        None => {}
     }
     let filter = EnvFilter::try_from_env("OUTLAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
@@ -92,6 +94,41 @@ fn mint(config: &Config, t: &TokenArgs) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => fail(e.to_string()),
+    }
+}
+
+/// `outlast health`: asks `GET /healthz` on `listen` (an unspecified address means this
+/// machine's loopback) and exits 0 on a 200.
+fn health(listen: std::net::SocketAddr) -> std::process::ExitCode {
+    use std::io::{Read as _, Write as _};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, listen.port());
+    let limit = std::time::Duration::from_secs(5);
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, limit)?;
+        s.set_read_timeout(Some(limit))?;
+        s.set_write_timeout(Some(limit))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(head) if head.starts_with("HTTP/1.1 200 ") => std::process::ExitCode::SUCCESS,
+        Ok(head) => {
+            let line = head.lines().next().unwrap_or("");
+            eprintln!("outlast health: {addr} answered {line:?}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("outlast health: {addr}: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

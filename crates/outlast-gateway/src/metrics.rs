@@ -11,6 +11,18 @@ pub const JOBS_SUBMITTED: &str = "outlast_jobs_submitted_total";
 pub const JOBS_FINISHED: &str = "outlast_jobs_finished_total";
 /// Histogram `{backend}`: seconds from submission to the end of a run.
 pub const JOB_DURATION: &str = "outlast_job_duration_seconds";
+/// Histogram `{backend}`: seconds a job waited from submission to its first start.
+pub const JOB_QUEUE_WAIT: &str = "outlast_job_queue_wait_seconds";
+/// Counter `{code}`: jobs failed, by failure code (`timeout` counts the time limits).
+pub const JOBS_FAILED: &str = "outlast_jobs_failed_total";
+/// Counter: job events stored (committed to the job store).
+pub const EVENTS_STORED: &str = "outlast_events_stored_total";
+/// Counter `{transport}`: job events sent to clients (`ws`, `sse`, `poll`).
+pub const EVENTS_SENT: &str = "outlast_events_sent_total";
+/// Counter `{route, method, status}`: HTTP requests answered, by matched route template.
+pub const HTTP_REQUESTS: &str = "outlast_http_requests_total";
+/// Histogram `{route, method}`: seconds from a request's head to its response head.
+pub const HTTP_REQUEST_DURATION: &str = "outlast_http_request_duration_seconds";
 /// Gauge `{backend}`: jobs waiting in the queue.
 pub const QUEUE_DEPTH: &str = "outlast_queue_depth";
 /// Gauge `{backend}`: jobs running now.
@@ -91,6 +103,24 @@ pub const ALL: &[(&str, &str)] = &[
     (JOBS_SUBMITTED, "Jobs accepted, cached answers included"),
     (JOBS_FINISHED, "Job runs that ended, by final state"),
     (JOB_DURATION, "Seconds from submission to the end of a run"),
+    (
+        JOB_QUEUE_WAIT,
+        "Seconds a job waited from submission to its first start",
+    ),
+    (
+        JOBS_FAILED,
+        "Jobs failed, by failure code (timeout included)",
+    ),
+    (EVENTS_STORED, "Job events committed to the job store"),
+    (EVENTS_SENT, "Job events sent to clients, by transport"),
+    (
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template, method and status",
+    ),
+    (
+        HTTP_REQUEST_DURATION,
+        "Seconds from a request's head to its response head, by route template",
+    ),
     (QUEUE_DEPTH, "Jobs waiting in the queue"),
     (JOBS_RUNNING, "Jobs running now"),
     (
@@ -190,6 +220,60 @@ pub const ALL: &[(&str, &str)] = &[
     ),
 ];
 
+/// Histogram buckets (seconds) for request-sized durations: HTTP answers, webhook attempts.
+pub const FAST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+];
+/// Histogram buckets (seconds) for job-sized durations: queue waits and runs (up to 30 min).
+pub const JOB_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
+];
+
+/// The buckets of a histogram metric (by name): job-sized for jobs, request-sized otherwise.
+pub fn buckets_for(name: &str) -> &'static [f64] {
+    if name == JOB_DURATION || name == JOB_QUEUE_WAIT {
+        JOB_BUCKETS
+    } else {
+        FAST_BUCKETS
+    }
+}
+
+/// The histograms among [`ALL`] (every `_seconds` metric is one).
+pub fn histograms() -> impl Iterator<Item = &'static str> {
+    ALL.iter()
+        .map(|&(name, _)| name)
+        .filter(|n| n.ends_with("_seconds"))
+}
+
+/// The Prometheus recorder with [`buckets_for`] set on every histogram, so they render as
+/// `_bucket`/`_sum`/`_count` (not summaries) and can be aggregated across gateways.
+pub fn recorder()
+-> Result<metrics_exporter_prometheus::PrometheusRecorder, metrics_exporter_prometheus::BuildError>
+{
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let builder = histograms().try_fold(PrometheusBuilder::new(), |b, name| {
+        b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets_for(name))
+    })?;
+    Ok(builder.build_recorder())
+}
+
+/// Counts one event committed to the job store ([`EVENTS_STORED`]; a failure also in
+/// [`JOBS_FAILED`] by its code). Called by the store after each commit.
+pub fn record_stored(kind: &outlast_protocol::EventKind) {
+    metrics::counter!(EVENTS_STORED).increment(1);
+    if let outlast_protocol::EventKind::Failed(f) = kind {
+        metrics::counter!(JOBS_FAILED, "code" => failure_code(f.code)).increment(1);
+    }
+}
+
+/// A failure code as its wire name (`timeout`, `backend_error`, ...), for a label.
+pub fn failure_code(code: outlast_protocol::FailureCode) -> String {
+    match serde_json::to_value(code) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "unknown".to_owned(),
+    }
+}
+
 /// Registers every description with the installed recorder (call once after installing it).
 pub fn describe() {
     for &(name, text) in ALL {
@@ -224,5 +308,93 @@ mod tests {
         declared_sorted.sort_unstable();
         assert_eq!(declared_sorted, described);
         assert!(declared.iter().all(|n| n.starts_with("outlast_")));
+    }
+
+    /// (name, type, labels) of every constant, from its doc line (`/// Counter `{a, b}`: ...`).
+    fn declared_with_kinds() -> Vec<(String, String, String)> {
+        let source = include_str!("metrics.rs");
+        let mut doc = String::new();
+        let mut out = Vec::new();
+        for line in source.lines() {
+            if let Some(d) = line.strip_prefix("/// ") {
+                if doc.is_empty() {
+                    doc = d.to_owned();
+                }
+                continue;
+            }
+            let name = line
+                .strip_prefix("pub const ")
+                .and_then(|rest| rest.split('"').nth(1))
+                .filter(|n| n.starts_with("outlast_"));
+            if let Some(name) = name {
+                let head = doc.split(':').next().unwrap_or("");
+                let kind = head.split(' ').next().unwrap_or("").to_lowercase();
+                let labels = head
+                    .split_once("`{")
+                    .and_then(|(_, l)| l.split_once("}`"))
+                    .map_or("", |(l, _)| l);
+                out.push((name.to_owned(), kind, labels.replace(' ', "")));
+            }
+            doc.clear();
+        }
+        out
+    }
+
+    #[test]
+    fn docs_operations_md_lists_every_metric_with_its_type_and_labels() {
+        let docs = include_str!("../../../docs/operations.md");
+        let mut listed: Vec<(String, String, String)> = docs
+            .lines()
+            .filter(|l| l.starts_with("| `outlast_"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let labels = cells[3].replace(['`', ' '], "");
+                (
+                    cells[1].trim_matches('`').to_owned(),
+                    cells[2].to_owned(),
+                    labels,
+                )
+            })
+            .collect();
+        let mut declared = declared_with_kinds();
+        assert_eq!(declared.len(), ALL.len(), "every constant has a doc line");
+        for (name, kind, _) in &declared {
+            let by_suffix = if name.ends_with("_seconds") {
+                "histogram"
+            } else if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert_eq!(
+                kind, by_suffix,
+                "{name}: `describe` registers kinds by suffix"
+            );
+        }
+        listed.sort();
+        declared.sort();
+        assert_eq!(
+            listed, declared,
+            "docs/operations.md's metric table differs from metrics.rs"
+        );
+    }
+
+    #[test]
+    fn histograms_have_buckets_and_failure_codes_their_wire_names() {
+        assert!(histograms().count() >= 4);
+        for h in histograms() {
+            let b = buckets_for(h);
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{h}: buckets ascend");
+        }
+        assert_eq!(buckets_for(JOB_DURATION).last(), Some(&1800.0));
+        assert_eq!(
+            failure_code(outlast_protocol::FailureCode::Timeout),
+            "timeout"
+        );
+        assert_eq!(
+            failure_code(outlast_protocol::FailureCode::CommandFailed),
+            "command_failed"
+        );
+        assert!(recorder().is_ok());
     }
 }

@@ -185,6 +185,11 @@ pub struct Args {
     /// End an SSE response that cannot be written this long (the client stopped reading) [streams.sse_write_timeout; default 30s]
     #[arg(long, env = "OUTLAST_STREAMS_SSE_WRITE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub streams_sse_write_timeout: Option<Duration>,
+    /// Serve /metrics on this address alone, without a token (bind a private interface);
+    /// without it /metrics is on the main address, behind the admin scope when auth is on
+    /// [metrics.listen; default none]
+    #[arg(long, env = "OUTLAST_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format: pretty or json [log_format; default pretty]
     #[arg(long, env = "OUTLAST_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -244,6 +249,9 @@ pub enum Command {
     /// Print a signed token (HS256 JWT) for an owner, signed with a key of jwt.keys (from the
     /// file, OUTLAST_JWT_KEYS or --jwt-key before the subcommand)
     Token(TokenArgs),
+    /// Exit 0 when the gateway on the configured listen address answers GET /healthz with
+    /// 200 within 5 s, else 1 (for container health checks: no curl needed)
+    Health,
 }
 
 /// `outlast token`.
@@ -290,6 +298,7 @@ impl Args {
         set(&mut config.history_max_events, self.history_max_events);
         set(&mut config.cache_ttl, self.cache_ttl);
         set(&mut config.log_format, self.log_format);
+        set(&mut config.metrics.listen, self.metrics_listen.map(Some));
         set(&mut config.demo_concurrency, self.demo_concurrency);
         if self.exec_command.is_some()
             || self.exec_timeout.is_some()

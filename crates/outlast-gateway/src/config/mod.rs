@@ -172,6 +172,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Job streams: the per-owner limit and the SSE write timeout (`[streams]`).
     pub streams: StreamsConfig,
+    /// Where `/metrics` is served (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -202,8 +204,19 @@ impl Default for Config {
             tickets: TicketConfig::default(),
             jobs: JobsConfig::default(),
             streams: StreamsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
+}
+
+/// `[metrics]`: where Prometheus scrapes. By default `/metrics` is on the main address, behind
+/// the `admin` scope when auth is configured. With `listen` set, it moves to that address alone
+/// (no token asked there; bind it to a private interface) and the main address answers 404.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate listen address for `/metrics`. Default: none (the main address).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[cors]`: cross-origin requests. Off (no CORS headers; browsers block cross-origin reads,
@@ -770,6 +783,9 @@ impl Config {
             ));
         }
         self.validate_access()?;
+        if self.metrics.listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(err("metrics.listen", "must differ from listen"));
+        }
         positive("ping_interval", self.ping_interval)?;
         positive("pong_timeout", self.pong_timeout)?;
         if !(1024..=256 << 20).contains(&self.max_message_bytes) {

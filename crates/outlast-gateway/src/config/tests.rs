@@ -124,6 +124,10 @@ fn defaults() -> Vec<(&'static str, Shown)> {
         ("streams.sse_write_timeout", D(c.streams.sse_write_timeout)),
         ("tickets.ttl", D(c.tickets.ttl)),
         (
+            "metrics.listen",
+            T(c.metrics.listen.map_or("none".into(), |a| a.to_string())),
+        ),
+        (
             "http.allow_query_token",
             T(c.http.allow_query_token.to_string()),
         ),

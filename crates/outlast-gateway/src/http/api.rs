@@ -314,6 +314,8 @@ pub async fn poll(
     drop((live, permit));
     let open = result?;
     let next_after = pages.position();
+    metrics::counter!(crate::metrics::EVENTS_SENT, "transport" => "poll")
+        .increment(open.events.len() as u64);
     let done = open.state.is_terminal()
         && !open.more
         && open.events.last().is_none_or(|e| e.kind.is_terminal());

@@ -17,8 +17,9 @@ pub mod webhooks;
 pub mod ws;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
@@ -46,12 +47,16 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             guard::json_submissions,
         ));
-    Router::new()
+    let mut router = Router::new();
+    // With a separate metrics address, /metrics lives only there (see `metrics_app`).
+    if state.config.metrics.listen.is_none() {
+        router = router.route("/metrics", get(admin_metrics));
+    }
+    router
         .route("/", get(|| async { Html(DEMO_PAGE) }))
         .merge(client_assets::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/v1/ws", get(ws::handler))
         .route("/v1/tickets", axum::routing::post(tickets::create))
         .merge(submissions)
@@ -79,11 +84,59 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             guard::host_and_origin,
         ))
-        // Outermost: axum's own rejections, unknown routes and methods answer typed JSON.
+        // axum's own rejections, unknown routes and methods answer typed JSON.
         .layer(axum::middleware::map_response(
             crate::error::type_rejections,
         ))
+        // Outermost: every answer is counted with the status the client really gets.
+        .layer(axum::middleware::from_fn(request_metrics))
         .with_state(state)
+}
+
+/// The router of the separate metrics address (`metrics.listen`): `/metrics` without a token,
+/// and `/healthz`. Only for an address the operator keeps private.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Counts each answered request ([`m::HTTP_REQUESTS`]) and times it to its response head
+/// ([`m::HTTP_REQUEST_DURATION`]). The route label is the matched template
+/// (`/v1/jobs/{id}`), never the raw path, and unknown methods share one label, so a client
+/// cannot create new series.
+async fn request_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(req.method());
+    let started = tokio::time::Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(m::HTTP_REQUEST_DURATION, "route" => route.clone(), "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    response
+}
+
+/// The label of a method: the standard ones by name, anything else as `other`.
+fn method_label(method: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .into_iter()
+    .zip(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    .find_map(|(m, name)| (m == *method).then_some(name))
+    .unwrap_or("other")
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -104,6 +157,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `/metrics` on the main address: the `admin` scope when auth is configured
+/// (`owner::route_scope`).
+async fn admin_metrics(_admin: owner::Authed, state: State<AppState>) -> Response {
+    metrics(state).await
+}
+
+/// The Prometheus text of every recorded metric.
 async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!(m::LIVE_JOB_CHANNELS).set(state.hub.channel_count() as f64);
     match &state.metrics {

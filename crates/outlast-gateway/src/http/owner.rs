@@ -72,9 +72,11 @@ pub fn principal_of(parts: &mut Parts, auth: &Auth) -> Result<Principal, AppErro
 
 /// The scope an endpoint needs (the WebSocket checks per message; `/v1/tickets` needs only a
 /// valid credential): uploads `upload`; job submission and cancel `submit`; reading jobs,
-/// events and outputs `read`.
+/// events and outputs `read`; `/metrics` on the main address `admin`.
 pub fn route_scope(method: &Method, path: &str) -> Option<Scope> {
-    if path.starts_with("/v1/uploads") {
+    if path == "/metrics" {
+        Some(Scope::Admin)
+    } else if path.starts_with("/v1/uploads") {
         Some(Scope::Upload)
     } else if path.starts_with("/v1/jobs") {
         if *method == Method::POST || *method == Method::DELETE {

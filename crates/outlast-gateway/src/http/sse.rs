@@ -212,6 +212,8 @@ pub async fn events(
         Some((item, feed))
     })
     .map(move |item| {
+        metrics::counter!(crate::metrics::EVENTS_SENT, "transport" => "sse")
+            .increment(u64::from(matches!(item, Item::Event(_))));
         let mut event = to_sse(&item);
         if std::mem::take(&mut first_event) {
             event = event.retry(Duration::from_secs(2));

@@ -252,6 +252,9 @@ impl Session {
 
     /// Sends a message. Err means the client did not keep up (or is gone).
     async fn send(&mut self, msg: ServerMsg) -> Result<(), ()> {
+        if matches!(msg, ServerMsg::Event(_)) {
+            metrics::counter!(m::EVENTS_SENT, "transport" => "ws").increment(1);
+        }
         let frame = match self.codec.encode(&msg) {
             Ok(Frame::Binary(b)) => Message::Binary(b.into()),
             Ok(Frame::Text(t)) => Message::Text(t.into()),
@@ -567,6 +570,7 @@ impl Session {
                     },
                 };
                 self.send_raw(frame).await?;
+                metrics::counter!(m::EVENTS_SENT, "transport" => "ws").increment(1);
                 if terminal {
                     self.unsubscribe(job);
                 }

@@ -94,6 +94,10 @@ impl Jobs {
             return Ok(()); // canceled before it started
         }
         tracing::info!(%job, backend = backend.name(), attempt, "job started");
+        if attempt == 1 {
+            let waited = now_ms().saturating_sub(record.snapshot.created_at_ms) as f64 / 1000.0;
+            metrics::histogram!(m::JOB_QUEUE_WAIT, "backend" => backend.name()).record(waited);
+        }
         let mut inputs = BTreeMap::new();
         for (name, upload) in &record.spec.inputs {
             match self.inputs.resolve(&record.owner, *upload).await {

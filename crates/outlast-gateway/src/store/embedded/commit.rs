@@ -209,6 +209,7 @@ fn commit(
     metrics::counter!(crate::metrics::STORE_EVENT_COMMITS).increment(1);
     // Durable now: publish in commit order while still holding the order lock.
     for event in answers.iter().flatten().flatten() {
+        crate::metrics::record_stored(&event.kind);
         shared.hub.publish(event.clone());
     }
     if queued_webhooks {
