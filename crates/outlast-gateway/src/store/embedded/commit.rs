@@ -227,7 +227,7 @@ mod tests {
     use outlast_protocol::{EventKind, JobId, JobSpec, OwnerId, Seq};
 
     use super::super::EmbeddedStore;
-    use crate::hub::Hub;
+    use crate::hub::{Hub, Pushed};
     use crate::store::{Created, JobStore, Rejected};
 
     fn progress(value: u64) -> EventKind {
@@ -311,8 +311,10 @@ mod tests {
         assert!(matches!(answers[32][..], [Err(Rejected::UnknownJob)]));
         // Published after the commit, in commit order.
         for expected in 1..=4u64 {
-            let published = live.recv().await.expect("open").expect("not lagged");
-            assert_eq!(published.event.seq, Seq(expected));
+            match live.recv().await.expect("open").expect("not lagged") {
+                Pushed::Event(published) => assert_eq!(published.event.seq, Seq(expected)),
+                Pushed::Place(_) => panic!("no queue place was published"),
+            }
         }
         let start = store
             .stream_start(jobs[5], Seq::ZERO, crate::store::PageLimit::REPLAY)
