@@ -79,8 +79,15 @@ pub(crate) fn resize(
             .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
             .use_alpha(alpha);
         if rows != to_h {
-            let (top, span) = (f64::from(y0) * scale, f64::from(rows) * scale);
-            options = options.crop(0.0, top, f64::from(width), span);
+            // The last band ends exactly at the source's bottom edge (a
+            // product could round past it, and the resampler refuses that).
+            let top = f64::from(y0) * scale;
+            let bottom = if y0 + rows >= to_h {
+                f64::from(height)
+            } else {
+                (f64::from(y0 + rows) * scale).min(f64::from(height))
+            };
+            options = options.crop(0.0, top, f64::from(width), bottom - top);
         }
         Resizer::new()
             .resize(&src, &mut dst, &options)
