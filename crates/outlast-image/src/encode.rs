@@ -216,7 +216,8 @@ mod tests {
                 ColorType::Rgba
             };
             for extras in [&Extras::default(), &extras] {
-                let one = baseline(&px, w as u16, h as u16, color, quality, extras).expect("encodes");
+                let one =
+                    baseline(&px, w as u16, h as u16, color, quality, extras).expect("encodes");
                 let one = crate::huffman::optimize(&one).expect("our encoder's shape");
                 for threads in [1, 3] {
                     let banded = crate::workers::install(threads, || {

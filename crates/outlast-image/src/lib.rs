@@ -44,9 +44,9 @@ mod options;
 mod orient;
 mod pipeline;
 mod resize;
-mod workers;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+mod workers;
 
 pub use error::Error;
 pub use options::{ExifPolicy, Format, Limits, Metadata, Options, Preset};

@@ -144,10 +144,9 @@ mod tests {
                 let px = noisy(from.0 as usize * from.1 as usize * channels);
                 let want = one_pass(&px, from, pixel_type, to);
                 for threads in [1, 2] {
-                    let got = crate::workers::install(threads, || {
-                        resize(&px, from, channels, false, to)
-                    })
-                    .expect("resizes");
+                    let got =
+                        crate::workers::install(threads, || resize(&px, from, channels, false, to))
+                            .expect("resizes");
                     assert!(
                         got == want,
                         "{from:?} -> {to:?} x{channels}, {threads} threads: {} of {} bytes differ",

@@ -117,7 +117,13 @@ fn zero_threads_is_an_invalid_option() {
     )
     .expect_err("refused");
     assert!(
-        matches!(err, Error::InvalidOption { name: "threads", .. }),
+        matches!(
+            err,
+            Error::InvalidOption {
+                name: "threads",
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(err.code(), "invalid_option");
