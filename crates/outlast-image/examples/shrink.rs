@@ -1,4 +1,4 @@
-//! `shrink IN OUT [--max-edge N] [--quality Q] [--format jpeg|png|webp] [--target-bytes N] [--preset eco|standard|high]`
+//! `shrink IN OUT [--max-edge N] [--quality Q] [--format jpeg|png|webp] [--target-bytes N] [--preset eco|standard|high] [--threads N]`
 //!
 //! Prepares one image with `outlast_image::process` and prints the report.
 
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use outlast_image::{ExifPolicy, Format, Options, Preset};
 
 const USAGE: &str = "usage: shrink IN OUT [--max-edge N] [--quality Q] [--format jpeg|png|webp] \
-[--target-bytes N] [--preset eco|standard|high] [--keep-exif] [--keep-gps]";
+[--target-bytes N] [--preset eco|standard|high] [--keep-exif] [--keep-gps] [--threads N]";
 
 fn main() -> ExitCode {
     match run() {
@@ -32,6 +32,7 @@ struct Flags {
     target_bytes: Option<u64>,
     format: Option<Format>,
     exif: Option<ExifPolicy>,
+    threads: Option<usize>,
 }
 
 fn run() -> Result<(), String> {
@@ -53,6 +54,7 @@ fn run() -> Result<(), String> {
                 let v: String = parse(&arg, args.next())?;
                 preset = Preset::parse(&v).ok_or_else(|| format!("unknown preset {v}"))?;
             }
+            "--threads" => flags.threads = Some(parse(&arg, args.next())?),
             "--keep-exif" => flags.exif = Some(ExifPolicy::Safe),
             "--keep-gps" => flags.exif = Some(ExifPolicy::SafeWithGps),
             "-h" | "--help" => {
@@ -75,6 +77,7 @@ fn run() -> Result<(), String> {
     }
     options.target_bytes = flags.target_bytes;
     options.format = flags.format;
+    options.threads = flags.threads;
     if let Some(p) = flags.exif {
         options.metadata.exif = p;
     }

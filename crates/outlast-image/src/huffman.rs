@@ -138,13 +138,25 @@ impl BitReader<'_> {
     }
 }
 
+/// Writes bits MSB-first; with `stuff`, a 0x00 follows every 0xFF byte as
+/// entropy-coded data requires.
 struct BitWriter {
     out: Vec<u8>,
     acc: u64,
     count: u32,
+    stuff: bool,
 }
 
 impl BitWriter {
+    fn unstuffed(capacity: usize) -> BitWriter {
+        BitWriter {
+            out: Vec::with_capacity(capacity),
+            acc: 0,
+            count: 0,
+            stuff: false,
+        }
+    }
+
     fn put(&mut self, value: u32, len: u8) {
         if len == 0 {
             return;
@@ -155,10 +167,16 @@ impl BitWriter {
             self.count -= 8;
             let byte = (self.acc >> self.count) as u8;
             self.out.push(byte);
-            if byte == 0xFF {
+            if byte == 0xFF && self.stuff {
                 self.out.push(0);
             }
         }
+    }
+
+    /// The whole bytes written and the bits after them: (bytes, bits, count < 8).
+    fn into_parts(self) -> (Vec<u8>, u32, u8) {
+        let tail = (self.acc & ((1 << self.count) - 1)) as u32;
+        (self.out, tail, self.count as u8)
     }
 
     fn finish(mut self) -> Vec<u8> {
@@ -275,6 +293,60 @@ fn be16(b: &[u8], at: usize) -> Option<usize> {
 /// Rewrites `jpeg` with optimal Huffman tables; `None` if it is not the
 /// simple baseline shape this handles.
 pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
+    let scan = read(jpeg)?;
+    let height = scan.height;
+    join(vec![scan], height)
+}
+
+/// One baseline JPEG file's entropy-coded data as events, plus what is
+/// needed to join several such files (horizontal bands of one image) into
+/// one file with one scan.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    /// SOI and every segment before the scan except DHT, frame header included.
+    prefix: Vec<u8>,
+    /// Offset in `prefix` of the frame header's 16-bit height.
+    height_at: usize,
+    width: usize,
+    height: usize,
+    /// Pixel rows per MCU row.
+    mcu_rows: usize,
+    /// The SOS segment.
+    sos: Vec<u8>,
+    /// Which of the 8 table slots (4 DC, 4 AC) the file defines.
+    defined: [bool; 8],
+    events: Vec<Event>,
+    freq: [[u32; 256]; 8],
+    /// Per scan component: index in `events` of its first DC event.
+    first_dc: Vec<usize>,
+    /// Per scan component: the DC value of its last block.
+    last_dc: Vec<i32>,
+}
+
+/// The value of a coefficient coded as category `s` with extra bits `v`
+/// (JPEG F.2.2.1, EXTEND).
+fn extend(v: u16, s: u8) -> i32 {
+    if s == 0 {
+        return 0;
+    }
+    let v = i32::from(v);
+    if v < 1 << (s - 1) {
+        v - (1 << s) + 1
+    } else {
+        v
+    }
+}
+
+/// Category and extra bits coding `d` (the inverse of [`extend`]).
+fn category(d: i32) -> (u8, u16) {
+    let s = (32 - d.unsigned_abs().leading_zeros()) as u8;
+    let extra = if d < 0 { d + (1 << s) - 1 } else { d };
+    (s, extra as u16)
+}
+
+/// Reads a baseline, single-scan, interleaved JPEG into events; `None` for
+/// any other shape (progressive, restart markers, 12-bit, damaged).
+pub(crate) fn read(jpeg: &[u8]) -> Option<Scan> {
     if jpeg.get(0..2)? != [0xFF, 0xD8] {
         return None;
     }
@@ -282,7 +354,8 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
     // (id, h, v) per frame component.
     let mut components: Vec<(u8, u8, u8)> = Vec::new();
     let (mut width, mut height) = (0usize, 0usize);
-    let mut kept: Vec<(usize, usize)> = Vec::new();
+    let mut prefix = vec![0xFF, 0xD8];
+    let mut height_at = None;
     let mut at = 2;
     let (sos_at, sos_len) = loop {
         if *jpeg.get(at)? != 0xFF {
@@ -294,7 +367,7 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
         match marker {
             0xDA => break (at, len),
             0xC0 => {
-                if body.first()? != &8 {
+                if body.first()? != &8 || height_at.is_some() {
                     return None;
                 }
                 height = be16(body, 1)?;
@@ -305,7 +378,8 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
                     let hv = *body.get(7 + 3 * c)?;
                     components.push((id, hv >> 4, hv & 15));
                 }
-                kept.push((at, at + 2 + len));
+                height_at = Some(prefix.len() + 5);
+                prefix.extend_from_slice(jpeg.get(at..at + 2 + len)?);
             }
             0xC4 => {
                 let mut p = 0;
@@ -325,10 +399,11 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
             }
             // Restart intervals, progressive or other frame types: leave alone.
             0xDD | 0xC1..=0xC3 | 0xC5..=0xCF => return None,
-            _ => kept.push((at, at + 2 + len)),
+            _ => prefix.extend_from_slice(jpeg.get(at..at + 2 + len)?),
         }
         at += 2 + len;
     };
+    let height_at = height_at?;
     let sos = jpeg.get(sos_at + 4..sos_at + 2 + sos_len)?;
     let ns = usize::from(*sos.first()?);
     if ns != components.len() || ns == 0 || ns > 4 || width == 0 || height == 0 {
@@ -388,18 +463,25 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
     };
     let mut events = Vec::with_capacity(data.len());
     let mut freq = [[0u32; 256]; 8];
+    let mut first_dc = vec![usize::MAX; ns];
+    let mut last_dc = vec![0i32; ns];
     for _ in 0..mcus {
-        for &(dc, ac, h, v) in &scan {
+        for (ci, &(dc, ac, h, v)) in scan.iter().enumerate() {
             for _ in 0..usize::from(h) * usize::from(v) {
                 let s = reader.decode(decoders[dc].as_ref()?)?;
                 if s > 11 {
                     return None;
                 }
+                let extra = reader.bits(s)?;
+                if first_dc[ci] == usize::MAX {
+                    first_dc[ci] = events.len();
+                }
+                last_dc[ci] += extend(extra, s);
                 events.push(Event {
                     table: dc as u8,
                     symbol: s,
                     extra_len: s,
-                    extra: reader.bits(s)?,
+                    extra,
                 });
                 freq[dc][usize::from(s)] += 1;
                 let mut k = 1;
@@ -429,35 +511,101 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
             }
         }
     }
-    if reader.overrun() {
+    if reader.overrun() || first_dc.contains(&usize::MAX) {
         return None;
     }
+    Some(Scan {
+        prefix,
+        height_at,
+        width,
+        height,
+        mcu_rows: 8 * vmax,
+        sos: jpeg.get(sos_at..data_start)?.to_vec(),
+        defined: std::array::from_fn(|i| tables[i].is_some()),
+        events,
+        freq,
+        first_dc,
+        last_dc,
+    })
+}
+
+/// Joins the scans of horizontal bands of one image, top to bottom, into one
+/// baseline file with optimal Huffman tables; the first band's header
+/// segments are kept (with the total height). Every band but the last must
+/// be a whole number of MCU rows; all must share width and scan layout.
+///
+/// Each band was coded with its own DC predictors starting at zero; the
+/// first DC difference of every component is recoded against the previous
+/// band's last DC value and the bit streams are concatenated, so the result
+/// is exactly the file a single encode of the whole image would give. The
+/// re-encoding of the bands runs on the workers.
+pub(crate) fn join(mut scans: Vec<Scan>, height: usize) -> Option<Vec<u8>> {
+    let first = scans.first()?;
+    let n = scans.len();
+    if scans.iter().map(|s| s.height).sum::<usize>() != height {
+        return None;
+    }
+    for (i, s) in scans.iter().enumerate() {
+        let whole_rows = i + 1 == n || s.height % s.mcu_rows == 0;
+        if s.width != first.width
+            || s.mcu_rows != first.mcu_rows
+            || s.sos != first.sos
+            || s.defined != first.defined
+            || !whole_rows
+        {
+            return None;
+        }
+    }
+    // Recode each band's first DC differences against the band above.
+    for k in 1..n {
+        let above = scans[k - 1].last_dc.clone();
+        let band = &mut scans[k];
+        for (c, &pred) in above.iter().enumerate() {
+            let e = band.events.get_mut(band.first_dc[c])?;
+            let (s, extra) = category(extend(e.extra, e.extra_len) - pred);
+            if s > 11 {
+                return None;
+            }
+            band.freq[usize::from(e.table)][usize::from(e.symbol)] -= 1;
+            band.freq[usize::from(e.table)][usize::from(s)] += 1;
+            (e.symbol, e.extra_len, e.extra) = (s, s, extra);
+        }
+    }
+    let mut freq = [[0u32; 256]; 8];
+    for s in &scans {
+        for (total, f) in freq.iter_mut().zip(&s.freq) {
+            for (t, v) in total.iter_mut().zip(f) {
+                *t += v;
+            }
+        }
+    }
+    let defined = scans.first()?.defined;
     let new_tables: Vec<Option<Table>> = (0..8)
-        .map(|i| tables[i].as_ref().map(|_| optimal_table(&freq[i])))
+        .map(|i| defined[i].then(|| optimal_table(&freq[i])))
         .collect();
     let codes: Vec<[(u16, u8); 256]> = new_tables
         .iter()
         .map(|t| t.as_ref().map_or([(0, 0); 256], encoding))
         .collect();
-    let mut writer = BitWriter {
-        out: Vec::with_capacity(data.len()),
-        acc: 0,
-        count: 0,
-    };
-    for e in &events {
-        let (code, len) = codes[usize::from(e.table)][usize::from(e.symbol)];
-        if len == 0 {
-            return None;
+    let head = scans.first()?;
+    let mut out = head.prefix.clone();
+    let total_height = u16::try_from(height).ok()?.to_be_bytes();
+    out.get_mut(head.height_at..head.height_at + 2)?
+        .copy_from_slice(&total_height);
+    let sos = head.sos.clone();
+    // Each band's bits, unstuffed: whole bytes plus the bits left over.
+    let parts = crate::workers::map(scans, |scan| {
+        let mut w = BitWriter::unstuffed(scan.events.len());
+        for e in &scan.events {
+            let (code, len) = codes[usize::from(e.table)][usize::from(e.symbol)];
+            if len == 0 {
+                return None;
+            }
+            w.put(u32::from(code), len);
+            w.put(u32::from(e.extra), e.extra_len);
         }
-        writer.put(u32::from(code), len);
-        writer.put(u32::from(e.extra), e.extra_len);
-    }
-    let entropy = writer.finish();
-    let mut out = Vec::with_capacity(entropy.len() + data_start);
-    out.extend_from_slice(&[0xFF, 0xD8]);
-    for &(s, e) in &kept {
-        out.extend_from_slice(&jpeg[s..e]);
-    }
+        Some(w.into_parts())
+    });
     let mut dht = Vec::new();
     for (slot, t) in new_tables.iter().enumerate() {
         if let Some(t) = t {
@@ -469,8 +617,21 @@ pub(crate) fn optimize(jpeg: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&[0xFF, 0xC4]);
     out.extend_from_slice(&u16::try_from(dht.len() + 2).ok()?.to_be_bytes());
     out.extend_from_slice(&dht);
-    out.extend_from_slice(&jpeg[sos_at..data_start]);
-    out.extend_from_slice(&entropy);
+    out.extend_from_slice(&sos);
+    let mut writer = BitWriter {
+        out,
+        acc: 0,
+        count: 0,
+        stuff: true,
+    };
+    for part in parts {
+        let (bytes, tail, tail_len) = part?;
+        for &b in &bytes {
+            writer.put(u32::from(b), 8);
+        }
+        writer.put(tail, tail_len);
+    }
+    let mut out = writer.finish();
     out.extend_from_slice(&[0xFF, 0xD9]);
     Some(out)
 }

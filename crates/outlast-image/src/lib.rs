@@ -25,8 +25,14 @@
 //! # }
 //! ```
 //!
+//! Natively the resize and the JPEG encode are split into row bands run on
+//! [`Options::threads`] workers (default: every core); the bands are the
+//! same for any thread count, so the output bytes are too. The decode is
+//! serial (JPEG entropy data without restart markers cannot be split).
+//!
 //! The crate has no async code and no I/O; it also builds for
-//! `wasm32-unknown-unknown`, where `wasm` holds the JavaScript binding.
+//! `wasm32-unknown-unknown` (single-threaded), where `wasm` holds the
+//! JavaScript binding.
 
 mod clock;
 mod decode;
@@ -40,6 +46,7 @@ mod pipeline;
 mod resize;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+mod workers;
 
 pub use error::Error;
 pub use options::{ExifPolicy, Format, Limits, Metadata, Options, Preset};

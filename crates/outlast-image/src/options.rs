@@ -181,6 +181,10 @@ pub struct Options {
     pub metadata: Metadata,
     /// Bomb limits.
     pub limits: Limits,
+    /// Worker threads for the resize and the encode (natively; wasm32 is
+    /// always single-threaded). `None`: every core the OS offers. The output
+    /// bytes are the same for any count.
+    pub threads: Option<usize>,
 }
 
 impl Default for Options {
@@ -209,7 +213,13 @@ impl Options {
             background: [255, 255, 255],
             metadata: Metadata::default(),
             limits: Limits::default(),
+            threads: None,
         }
+    }
+
+    /// Worker threads to use: [`Options::threads`] or every available core.
+    pub(crate) fn worker_threads(&self) -> usize {
+        self.threads.unwrap_or_else(crate::workers::available)
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -236,6 +246,9 @@ impl Options {
         }
         if self.min_edge == 0 {
             return bad("min_edge", "must be at least 1");
+        }
+        if self.threads == Some(0) {
+            return bad("threads", "must be at least 1 (None: all cores)");
         }
         if self.target_bytes == Some(0) {
             return bad("target_bytes", "must be at least 1");

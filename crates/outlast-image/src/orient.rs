@@ -1,4 +1,5 @@
-//! Applying an EXIF orientation (1..=8) to an interleaved 8-bit pixel buffer.
+//! Applying an EXIF orientation (1..=8) to an interleaved 8-bit pixel buffer,
+//! in bands of output rows spread over the workers.
 //!
 //! The pipeline resizes first and orients second: the transform then touches
 //! the small image, which is cheaper than rotating the full-size decode.
@@ -17,10 +18,11 @@ pub(crate) fn swaps_axes(orientation: u8) -> bool {
     (5..=8).contains(&orientation)
 }
 
-/// Returns RGBA pixels as they should be displayed.
-pub(crate) fn apply(pixels: Vec<u8>, width: u32, height: u32, o: u8) -> Vec<u8> {
-    match o {
-        2..=8 => transform::<4>(&pixels, width as usize, height as usize, o),
+/// Returns the pixels (`channels` 3 or 4 per pixel) as they should be displayed.
+pub(crate) fn apply(pixels: Vec<u8>, width: u32, height: u32, o: u8, channels: usize) -> Vec<u8> {
+    match (o, channels) {
+        (2..=8, 3) => transform::<3>(&pixels, width as usize, height as usize, o),
+        (2..=8, _) => transform::<4>(&pixels, width as usize, height as usize, o),
         _ => pixels,
     }
 }
@@ -28,6 +30,9 @@ pub(crate) fn apply(pixels: Vec<u8>, width: u32, height: u32, o: u8) -> Vec<u8> 
 /// Side of the square tiles used when the transform exchanges axes, so that
 /// reads and writes both stay within a few cache lines.
 const TILE: usize = 32;
+
+/// Output rows per band handed to one worker (a multiple of `TILE`).
+const BAND_ROWS: usize = 4 * TILE;
 
 fn transform<const N: usize>(src: &[u8], w: usize, h: usize, o: u8) -> Vec<u8> {
     let mut out = vec![0u8; src.len()];
@@ -46,20 +51,31 @@ fn transform<const N: usize>(src: &[u8], w: usize, h: usize, o: u8) -> Vec<u8> {
     };
     let src_px: &[[u8; N]] = src.as_chunks::<N>().0;
     let out_px: &mut [[u8; N]] = out.as_chunks_mut::<N>().0;
-    // Square tiles keep both the reads and the writes within a few cache
-    // lines when the transform exchanges axes.
-    for ty in (0..oh).step_by(TILE) {
-        for tx in (0..ow).step_by(TILE) {
-            for y in ty..(ty + TILE).min(oh) {
-                let row = origin + y as isize * step_y;
-                let dst = &mut out_px[y * ow + tx..y * ow + (tx + TILE).min(ow)];
-                for (i, px) in dst.iter_mut().enumerate() {
-                    let at = row + (tx + i) as isize * step_x;
-                    *px = src_px[at as usize];
+    if ow == 0 || oh == 0 {
+        return out;
+    }
+    let bands: Vec<(usize, &mut [[u8; N]])> = out_px
+        .chunks_mut(ow * BAND_ROWS)
+        .enumerate()
+        .map(|(i, band)| (i * BAND_ROWS, band))
+        .collect();
+    crate::workers::map(bands, |(y0, band)| {
+        let rows = band.len() / ow;
+        // Square tiles keep both the reads and the writes within a few cache
+        // lines when the transform exchanges axes.
+        for ty in (0..rows).step_by(TILE) {
+            for tx in (0..ow).step_by(TILE) {
+                for y in ty..(ty + TILE).min(rows) {
+                    let row = origin + (y0 + y) as isize * step_y;
+                    let dst = &mut band[y * ow + tx..y * ow + (tx + TILE).min(ow)];
+                    for (i, px) in dst.iter_mut().enumerate() {
+                        let at = row + (tx + i) as isize * step_x;
+                        *px = src_px[at as usize];
+                    }
                 }
             }
         }
-    }
+    });
     out
 }
 
@@ -91,7 +107,7 @@ mod tests {
             (8, &[2, 5, 1, 4, 0, 3]),
         ];
         for (o, want) in cases {
-            assert_eq!(values(&apply(img(), 3, 2, o)), want, "orientation {o}");
+            assert_eq!(values(&apply(img(), 3, 2, o, 4)), want, "orientation {o}");
         }
     }
 }

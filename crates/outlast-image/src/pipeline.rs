@@ -51,9 +51,14 @@ pub struct Report {
 const MAX_SIZE_ROUNDS: u32 = 6;
 
 /// Prepares one image: see the crate documentation for the steps.
+/// Natively the work runs on [`Options::threads`] workers.
 pub fn process(input: &[u8], options: &Options) -> Result<Output, Error> {
     let clock = Clock::start();
     options.validate()?;
+    crate::workers::install(options.worker_threads(), || run(input, options, clock))
+}
+
+fn run(input: &[u8], options: &Options, clock: Clock) -> Result<Output, Error> {
     let mut decoded = decode::decode(input, &options.limits)?;
     let format = options.format.unwrap_or(if decoded.transparent {
         Format::Png
@@ -70,6 +75,7 @@ pub fn process(input: &[u8], options: &Options) -> Result<Output, Error> {
     let (shown_w, shown_h) = orient::oriented_size(decoded.width, decoded.height, o);
     let mut size = resize::fit(shown_w, shown_h, options);
 
+    let (alpha, channels) = (decoded.transparent, decoded.channels);
     let mut attempts = 0u32;
     let mut encode_at = |size: (u32, u32), quality: u8, pixels: &[u8]| {
         attempts += 1;
@@ -77,7 +83,8 @@ pub fn process(input: &[u8], options: &Options) -> Result<Output, Error> {
             pixels,
             width: size.0,
             height: size.1,
-            alpha: decoded.transparent,
+            channels,
+            alpha,
         };
         encode::encode(frame, format, quality, &extras)
     };
@@ -86,6 +93,9 @@ pub fn process(input: &[u8], options: &Options) -> Result<Output, Error> {
     let (bytes, quality) = loop {
         let pixels = render(&decoded, size)?;
         let Some(target) = options.target_bytes else {
+            // Nothing will be rendered again: free the full-size decode
+            // before the encode.
+            decoded.pixels = Vec::new();
             break (encode_at(size, options.quality, &pixels)?, options.quality);
         };
         let first = encode_at(size, options.quality, &pixels)?;
@@ -165,10 +175,17 @@ fn render(decoded: &Decoded, size: (u32, u32)) -> Result<Vec<u8>, Error> {
     let resized = resize::resize(
         &decoded.pixels,
         (decoded.width, decoded.height),
+        decoded.channels,
         decoded.transparent,
         stored_target,
     )?;
-    Ok(orient::apply(resized, stored_target.0, stored_target.1, o))
+    Ok(orient::apply(
+        resized,
+        stored_target.0,
+        stored_target.1,
+        o,
+        decoded.channels,
+    ))
 }
 
 fn extras(decoded: &Decoded, options: &Options) -> Extras {
@@ -208,11 +225,11 @@ pub struct Image {
 pub fn decode(input: &[u8], limits: &crate::Limits) -> Result<Image, Error> {
     let d = decode::decode(input, limits)?;
     let (width, height) = orient::oriented_size(d.width, d.height, d.orientation);
-    let rgba = orient::apply(d.pixels, d.width, d.height, d.orientation);
-    let (channels, pixels) = if d.transparent {
-        (4, rgba)
-    } else {
-        (3, decode::rgba_to_rgb(&rgba))
+    let shown = orient::apply(d.pixels, d.width, d.height, d.orientation, d.channels);
+    let (channels, pixels) = match (d.transparent, d.channels) {
+        (true, _) => (4, shown),
+        (false, 3) => (3, shown),
+        (false, _) => (3, decode::rgba_to_rgb(&shown)),
     };
     Ok(Image {
         width,
