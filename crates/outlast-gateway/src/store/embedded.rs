@@ -1,67 +1,26 @@
 //! The default store: one redb database file, every commit fsynced before it is acknowledged.
 
 mod commit;
+mod tables;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use outlast_protocol::{EventKind, JobEvent, JobId, JobSnapshot, JobSpec, OwnerId, Seq};
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::Notify;
 
-use super::outbox::{self, Delivery, DeliveryStatus};
+use super::outbox::{Delivery, DeliveryStatus};
 use super::{
     CacheEntry, CacheKey, Created, JobRecord, JobStore, PageLimit, Rejected, StoreError,
     StreamStart,
 };
 use crate::hub::Hub;
-
-/// job id (16 bytes) -> JobRecord (MessagePack).
-const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
-/// job id (16 bytes) + seq (8 bytes, big-endian) -> JobEvent (MessagePack).
-const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// owner + 0x00 + idempotency key -> job id (16 bytes).
-const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
-/// job id (16 bytes) -> backend state (JSON) of a running job.
-const BACKEND_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("backend_state");
-/// result cache key (32 bytes) -> job id (16 bytes) + completed_at_ms (8 bytes, big-endian).
-const RESULT_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("result_cache");
-/// job id + seq (24 bytes) -> webhook Delivery (MessagePack): the outbox.
-const OUTBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("webhook_outbox");
-/// job id + seq (24 bytes) -> next attempt (ms): the pending part of the outbox.
-const OUTBOX_PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("webhook_pending");
-/// job id (16 bytes) -> event time (ms) of its last progress delivery, for coalescing.
-const OUTBOX_PROGRESS: TableDefinition<&[u8], u64> = TableDefinition::new("webhook_progress");
-/// counters.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-fn event_key(job: JobId, seq: Seq) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..16].copy_from_slice(job.as_bytes());
-    key[16..].copy_from_slice(&seq.0.to_be_bytes());
-    key
-}
-
-fn idem_key(owner: &OwnerId, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(owner.as_str().len() + 1 + key.len());
-    k.extend_from_slice(owner.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn se(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(v).map_err(se)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(se)
-}
+use tables::{
+    BACKEND_STATE, EVENTS, IDEMPOTENCY, JOBS, META, OUTBOX, OUTBOX_PENDING, OUTBOX_PROGRESS,
+    OutboxTables, RESULT_CACHE, decode, encode, event_key, events_page, idem_key, load_record, se,
+};
 
 /// redb-backed [`JobStore`].
 #[derive(Debug)]
@@ -118,103 +77,6 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(se)?
-    }
-}
-
-fn load_record(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    job: JobId,
-) -> Result<Option<JobRecord>, StoreError> {
-    match table.get(job.as_bytes().as_slice()).map_err(se)? {
-        Some(v) => decode(v.value()).map(Some),
-        None => Ok(None),
-    }
-}
-
-fn events_after(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    job: JobId,
-    after: Seq,
-) -> Result<Vec<JobEvent>, StoreError> {
-    let unbounded = PageLimit {
-        events: usize::MAX,
-        bytes: usize::MAX,
-    };
-    Ok(events_page(table, job, after, unbounded)?.0)
-}
-
-/// The first events after `after` within `limit`, and whether more are stored. The key range
-/// is walked lazily, so only the page (and one more key, to answer `more`) is read.
-fn events_page(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    job: JobId,
-    after: Seq,
-    limit: PageLimit,
-) -> Result<(Vec<JobEvent>, bool), StoreError> {
-    let from = event_key(job, after.next());
-    let to = event_key(job, Seq(u64::MAX));
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for item in table.range(from.as_slice()..=to.as_slice()).map_err(se)? {
-        if out.len() >= limit.events.max(1) || (!out.is_empty() && bytes >= limit.bytes) {
-            return Ok((out, true));
-        }
-        let (_, v) = item.map_err(se)?;
-        let value = v.value();
-        bytes = bytes.saturating_add(value.len());
-        out.push(decode(value)?);
-    }
-    Ok((out, false))
-}
-
-/// The outbox's tables inside one write transaction.
-struct OutboxTables<'t> {
-    outbox: Table<'t, &'static [u8], &'static [u8]>,
-    pending: Table<'t, &'static [u8], u64>,
-    progress: Table<'t, &'static [u8], u64>,
-}
-
-impl OutboxTables<'_> {
-    /// Adds the delivery `event` calls for, if any; true when one was added.
-    fn enqueue(&mut self, record: &JobRecord, event: &JobEvent) -> Result<bool, StoreError> {
-        if record.spec.webhook.is_none() {
-            return Ok(false);
-        }
-        let job = event.job_id.as_bytes().as_slice();
-        let last_progress = self.progress.get(job).map_err(se)?.map(|v| v.value());
-        let Some(delivery) = outbox::delivery_for(
-            record.spec.webhook.as_ref(),
-            &record.owner,
-            &record.snapshot,
-            event,
-            last_progress,
-        ) else {
-            return Ok(false);
-        };
-        if delivery.event == outlast_protocol::WebhookEvent::Progress {
-            self.progress.insert(job, event.at_ms).map_err(se)?;
-        }
-        if event.kind.is_terminal() {
-            self.progress.remove(job).map_err(se)?;
-        }
-        self.put(&delivery)?;
-        Ok(true)
-    }
-
-    fn put(&mut self, delivery: &Delivery) -> Result<(), StoreError> {
-        let key = event_key(delivery.job, delivery.source.seq);
-        self.outbox
-            .insert(key.as_slice(), encode(delivery)?.as_slice())
-            .map_err(se)?;
-        match (delivery.status, delivery.next_attempt_at_ms) {
-            (DeliveryStatus::Pending, Some(at)) => {
-                self.pending.insert(key.as_slice(), at).map_err(se)?;
-            }
-            _ => {
-                self.pending.remove(key.as_slice()).map_err(se)?;
-            }
-        }
-        Ok(())
     }
 }
 

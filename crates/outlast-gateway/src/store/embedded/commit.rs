@@ -17,8 +17,8 @@ use outlast_protocol::{EventKind, JobEvent, JobId, Seq};
 use redb::Database;
 use tokio::sync::{Notify, oneshot};
 
-use super::{EVENTS, JOBS, OUTBOX, OUTBOX_PENDING, OUTBOX_PROGRESS, OutboxTables};
-use super::{encode, event_key, events_after, load_record, se};
+use super::tables::{EVENTS, JOBS, OUTBOX, OUTBOX_PENDING, OUTBOX_PROGRESS, OutboxTables};
+use super::tables::{encode, event_key, events_after, load_record, se};
 use crate::clock::now_ms;
 use crate::hub::Hub;
 use crate::store::{Rejected, StoreError};
