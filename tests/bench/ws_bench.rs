@@ -140,6 +140,67 @@ async fn subscribe(ws: &mut Ws, job_id: JobId) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the benchmark's connections at most [`CONNECTING`] at a time, each subscribed to a job
+/// (up to five attempts), and counts how many are in and how many gave up.
+struct Connector {
+    gate: Semaphore,
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Connector {
+    fn new() -> Arc<Self> {
+        Arc::new(Connector {
+            gate: Semaphore::new(CONNECTING),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            settled: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A connection from `from` subscribed to `job`, or `None` after five failed attempts.
+    async fn open(&self, to: SocketAddr, from: IpAddr, job: JobId) -> Option<Ws> {
+        let permit = self.gate.acquire().await.ok()?;
+        let mut ws = None;
+        for _ in 0..5 {
+            if let Ok(mut c) = connect(to, from).await
+                && subscribe(&mut c, job).await.is_ok()
+            {
+                ws = Some(c);
+                break;
+            }
+            // A short back-off before the next attempt (the listener's backlog may be full).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(permit);
+        let counter = if ws.is_some() {
+            &self.ready
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // `notify_one` keeps a permit when nobody waits yet, so no settlement is missed.
+        self.settled.notify_one();
+        ws
+    }
+
+    /// Waits until `n` connections are in or gave up.
+    async fn settled(&self, n: usize) {
+        while self.ready() + self.failed() < n {
+            self.settled.notified().await;
+        }
+    }
+
+    fn ready(&self) -> usize {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 /// Raises the open-file limit for 100,000 connections on each side of loopback (the gateway
 /// inherits it).
 fn raise_fd_limit(connections: usize) {
@@ -263,32 +324,14 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
     let bench_base = rss_kib(std::process::id());
 
     let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(CONNECTING));
-    let ready = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+    let connector = Connector::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let (gate, ready, failed) = (Arc::clone(&gate), Arc::clone(&ready), Arc::clone(&failed));
+        let connector = Arc::clone(&connector);
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.ok()?;
-            let mut ws = None;
-            for _ in 0..5 {
-                if let Ok(mut c) = connect(to, source(2, i)).await
-                    && subscribe(&mut c, job).await.is_ok()
-                {
-                    ws = Some(c);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            drop(permit);
-            let Some(mut ws) = ws else {
-                failed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            ready.fetch_add(1, Ordering::Relaxed);
+            let mut ws = connector.open(to, source(2, i), job).await?;
             let mut out = IdleOutcome {
                 pings: 0,
                 heartbeats: 0,
@@ -313,11 +356,9 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
             }
         }));
     }
-    while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    connector.settled(n).await;
     let connect_secs = started.elapsed().as_secs_f64();
-    let connected = ready.load(Ordering::Relaxed);
+    let connected = connector.ready();
     // Wait two ping intervals and a bit, with nothing moving but pings and heartbeats.
     let interval: Duration = args.idle_ping.into();
     tokio::time::sleep(interval * 2 + interval / 4).await;
@@ -335,7 +376,7 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
     println!("\n== idle connections (one job subscribed each, pings every {ping})");
     println!(
         "connections:             {connected} of {n} opened and subscribed in {connect_secs:.1} s ({} failed), {open} still open after {:.0} s, {pinged} got >= 2 pings and >= 2 heartbeats",
-        failed.load(Ordering::Relaxed),
+        connector.failed(),
         interval.as_secs_f64() * 2.25
     );
     println!("gateway RSS:             {base} KiB before, {loaded} KiB with all connected");
@@ -398,32 +439,14 @@ async fn fan_out(
     }
     let to = gw.client_addr();
     let total = jobs * per_job;
-    let gate = Arc::new(Semaphore::new(CONNECTING));
-    let ready = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+    let connector = Connector::new();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         let job = measured[i % jobs];
-        let (gate, ready, failed) = (Arc::clone(&gate), Arc::clone(&ready), Arc::clone(&failed));
+        let connector = Arc::clone(&connector);
         tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.ok()?;
-            let mut ws = None;
-            for _ in 0..5 {
-                if let Ok(mut c) = connect(to, source(first_source, i)).await
-                    && subscribe(&mut c, job).await.is_ok()
-                {
-                    ws = Some(c);
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            drop(permit);
-            let Some(mut ws) = ws else {
-                failed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            ready.fetch_add(1, Ordering::Relaxed);
+            let mut ws = connector.open(to, source(first_source, i), job).await?;
             let mut seen = Seen {
                 latencies: Vec::with_capacity(steps as usize + 4),
                 in_order: true,
@@ -454,9 +477,7 @@ async fn fan_out(
             }
         }));
     }
-    while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < total {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    connector.settled(total).await;
     let connect_secs = started.elapsed().as_secs_f64();
     let rss_subscribed = gw.pid().map_or(0, rss_kib);
     // Everyone is in: free the slots.
@@ -483,8 +504,8 @@ async fn fan_out(
     println!("\n== {label}");
     println!(
         "subscribers:             {} of {total} connected and subscribed in {connect_secs:.1} s ({} failed, {cancel_failures} blocker cancels failed); gateway RSS then {rss_subscribed} KiB",
-        ready.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        connector.ready(),
+        connector.failed()
     );
     println!(
         "loss:                    {lossless} of {total} received every event in order up to the terminal one ({finished} saw a terminal event; final seqs {finals:?})"
