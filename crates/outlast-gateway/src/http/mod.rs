@@ -6,6 +6,7 @@ pub mod api;
 pub mod client_assets;
 pub mod guard;
 pub mod owner;
+mod read_ahead;
 pub mod serve;
 pub mod sse;
 pub mod state;

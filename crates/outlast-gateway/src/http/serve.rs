@@ -30,6 +30,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use super::read_ahead::ReadAhead;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
@@ -187,6 +188,7 @@ impl Connection {
             activity: Arc::clone(&activity),
             stall: stall.clone(),
             stall_timer: None,
+            read_ahead: ReadAhead::default(),
             _place: place,
         });
         let (router, limits, probes_only) =
@@ -401,6 +403,8 @@ struct Watched {
     stall: WriteStall,
     /// Runs while a write waits for room under an armed limit; any progress clears it.
     stall_timer: Option<Pin<Box<Sleep>>>,
+    /// Small reads of a streaming socket (an upgraded WebSocket's) go through a burst buffer.
+    read_ahead: ReadAhead,
     _place: Place,
 }
 
@@ -455,7 +459,8 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        let r = this.read_ahead.poll_read(&mut this.inner, cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
         }
