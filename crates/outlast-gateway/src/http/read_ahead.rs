@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// The burst buffer's size.
 const BURST: usize = 64 * 1024;
 /// Reads into a destination smaller than this may go through the burst buffer; larger ones
-/// (hyper's own buffer, which adapts) always go straight to the socket.
-const SMALL: usize = 16 * 1024;
+/// (hyper's own buffer, 8 KiB and up, which adapts) always go straight to the socket.
+const SMALL: usize = 4 * 1024;
 
 /// The read-ahead state of one stream.
 #[derive(Debug, Default)]
