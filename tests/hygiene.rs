@@ -60,6 +60,30 @@ async fn once(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> 
     tokio::time::timeout(Duration::from_secs(10), read_response(&mut tcp)).await?
 }
 
+/// Asks `/metrics` on `tcp` (a keep-alive connection) until the gateway counts `want` open
+/// HTTP connections.
+async fn open_connections_reach(tcp: &mut TcpStream, want: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let (status, body) = read_response(tcp).await?;
+        anyhow::ensure!(status == 200, "metrics answered {status}");
+        let open = body.lines().find_map(|l| {
+            l.strip_prefix("outlast_http_connections ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if open == Some(want as f64) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "open connections stayed at {open:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 /// Waits until the peer closes `tcp` (EOF or reset), sending `trickle` one byte every
@@ -211,6 +235,9 @@ async fn at_the_connection_limit_new_connections_are_refused_and_others_served()
         status == 503 && body.contains("\"overloaded\""),
         "a job request on the reserve answered {status} {body}"
     );
+    // That connection's place comes back once the client has closed its side (the gateway
+    // lingers until then): 20 on the normal places and the probe's.
+    open_connections_reach(&mut probe, 21).await?;
     // Reserve full too (the probe connection and one more): refused outright.
     let _second = TcpStream::connect(addr).await?;
     let (status, body) = once(addr, HEALTHZ).await?;
@@ -340,5 +367,43 @@ async fn a_silent_patch_commits_what_arrived_and_releases_its_upload() -> anyhow
         status == 204 || status == 408,
         "silent PATCH answered {status}"
     );
+    Ok(())
+}
+
+/// An answer given before the request body was read (404 for an unknown upload here; 423,
+/// 401 and 413 go the same way) reaches a client that is still sending its body: the
+/// gateway closes with a lingering read instead of resetting the connection under it. Direct
+/// and behind the edge, where the reset used to tear down the edge's connection too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_a_client_still_sending_its_body() -> anyhow::Result<()> {
+    for behind_edge in [false, true] {
+        let gw = if behind_edge {
+            Gateway::start_behind_edge(&[]).await?
+        } else {
+            Gateway::start(&[]).await?
+        };
+        let http = reqwest::Client::new();
+        let url = format!(
+            "{}/v1/uploads/upl_00000000000000000000000000000000",
+            gw.http()
+        );
+        let body = vec![5u8; 4 << 20];
+        for round in 0..20 {
+            let r = http
+                .patch(&url)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Content-Type", "application/offset+octet-stream")
+                .header("Upload-Offset", "0")
+                .body(body.clone())
+                .send()
+                .await
+                .with_context(|| format!("round {round}, behind the edge: {behind_edge}"))?;
+            anyhow::ensure!(
+                r.status() == 404,
+                "round {round}, behind the edge: {behind_edge}: answered {}",
+                r.status()
+            );
+        }
+    }
     Ok(())
 }

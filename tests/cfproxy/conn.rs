@@ -25,6 +25,9 @@ use crate::wsframe::{self, Frames};
 
 /// How long a `1001` cut may wait for the origin to finish the frame it is sending.
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
+/// How long a connection whose origin closed keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(5);
+
 /// Read buffer per direction (holds any head the edge accepts).
 const BUF: usize = 64 * 1024;
 
@@ -315,6 +318,12 @@ impl Edge {
         };
         if ws.load(Ordering::SeqCst) {
             self.stats.ws_open.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let End::Closed = end {
+            // The origin closed after its answer, perhaps before reading the whole request
+            // body (an early 404 or 423): what the client still sends is read and dropped for
+            // a while, so the answer reaches it instead of a reset (a lingering close).
+            let _ = tokio::time::timeout(LINGER, drain(cr)).await;
         }
         if let End::Stall = end {
             // A black hole: read and drop both ways until the client gives up on the socket.

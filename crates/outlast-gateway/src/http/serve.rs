@@ -14,6 +14,10 @@
 //!   response (SSE) arms it, and then a write that makes no progress for the armed time (the
 //!   client stopped reading and every buffer is full) fails: the connection is reset and
 //!   dropped with everything the response held.
+//! - **Closing**: a lingering close. The write side is shut first, then what the client
+//!   still sends is read and dropped until it closes too or `LINGER` (2 s) passes, so an answer
+//!   given before its body was read (404, 413, 423) reaches a client still writing that body
+//!   instead of a reset. A lingering connection keeps its place in the count.
 //! - **Connection count**: up to `max_connections` are served normally; the next
 //!   `reserved_connections` serve only `/healthz`, `/readyz` and `/metrics` (others get 503
 //!   `overloaded`), so probes answer at the limit; beyond those a connection gets a short 503
@@ -53,6 +57,10 @@ const PROBES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// How long a refused connection may take to receive its 503.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// How long a closing connection keeps reading (and dropping) what its client still sends
+/// after the answer went out; see [`Watched`]'s `poll_shutdown`.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Serves `router` on `listener` until `shutdown` fires: then accepting stops and every
 /// connection is asked to finish (the request in flight completes, then it closes). The
@@ -189,6 +197,7 @@ impl Connection {
             stall: stall.clone(),
             stall_timer: None,
             read_ahead: ReadAhead::default(),
+            closing: Closing::Open,
             _place: place,
         });
         let (router, limits, probes_only) =
@@ -405,7 +414,18 @@ struct Watched {
     stall_timer: Option<Pin<Box<Sleep>>>,
     /// Small reads of a streaming socket (an upgraded WebSocket's) go through a burst buffer.
     read_ahead: ReadAhead,
+    closing: Closing,
     _place: Place,
+}
+
+/// Where a [`Watched`] socket is in closing.
+enum Closing {
+    Open,
+    /// The write side is shut (the answer and a FIN are on their way); what the client still
+    /// sends is read and dropped until it closes too or the timer fires.
+    Lingering(Pin<Box<Sleep>>),
+    /// Closed, or reset on purpose (a stalled reader): nothing more to wait for.
+    Done,
 }
 
 impl Watched {
@@ -442,6 +462,7 @@ impl Watched {
                 // Reset rather than close: nobody will read the unsent bytes, so the kernel
                 // should not keep them (and retry them) for minutes.
                 let _ = self.inner.set_zero_linger();
+                self.closing = Closing::Done;
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client stopped reading",
@@ -497,7 +518,43 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// A lingering close, as nginx and Apache do it. An answer can go out before its request
+    /// body was read (404, 413, 423, 401): closing the socket then, with the client's bytes
+    /// still arriving, makes the kernel reset the connection, and a client busy writing its
+    /// body sees a broken pipe instead of the answer (an edge in between drops the answer
+    /// too). So the write side is shut first, and what still arrives is read and dropped
+    /// until the client closes its side or [`LINGER`] passes.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        loop {
+            match &mut this.closing {
+                Closing::Open => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.read_ahead = ReadAhead::default();
+                    this.closing = Closing::Lingering(Box::pin(tokio::time::sleep(LINGER)));
+                }
+                Closing::Lingering(timer) => {
+                    let mut scratch = [0u8; 8 * 1024];
+                    loop {
+                        let mut dropped = ReadBuf::new(&mut scratch);
+                        match Pin::new(&mut this.inner).poll_read(cx, &mut dropped) {
+                            // More of what the client sends: dropped (tokio's budget bounds
+                            // how long one poll reads).
+                            Poll::Ready(Ok(())) if !dropped.filled().is_empty() => {}
+                            // The client closed (or reset) its side: done.
+                            Poll::Ready(_) => break,
+                            Poll::Pending => {
+                                if timer.as_mut().poll(cx).is_pending() {
+                                    return Poll::Pending;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    this.closing = Closing::Done;
+                }
+                Closing::Done => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
