@@ -319,7 +319,13 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
         warm.push(ws);
     }
     drop(warm);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The baseline once the gateway has ended every warm-up session.
+    gw.api()
+        .wait_for_metric(Duration::from_secs(30), |l| {
+            l.strip_prefix("outlast_ws_connections ")
+                .is_some_and(|v| v.trim() == "0")
+        })
+        .await?;
     let base = rss_kib(pid);
     let bench_base = rss_kib(std::process::id());
 
