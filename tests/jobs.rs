@@ -625,3 +625,84 @@ async fn a_websocket_batch_submits_each_job_once_with_its_own_answer() -> anyhow
     assert_eq!(submitted, 8.0, "{metrics}");
     Ok(())
 }
+
+/// The progress values of a log, in order.
+fn progress_values(log: &[outlast_protocol::JobEvent]) -> Vec<u64> {
+    log.iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Progress { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fast_progress_shares_commits_and_is_all_stored_before_the_terminal_event()
+-> anyhow::Result<()> {
+    // `step_ms: 0` reports as fast as the job's event queue takes it: far faster than one
+    // commit per event. The job ending right after its last progress (a failure at the last
+    // step) must not overtake or drop what is still queued.
+    const STEPS: u64 = 3000;
+    let gw = Gateway::start(&[]).await?;
+    let api = gw.api();
+    let events_before = api.counter("outlast_events_stored_total").await?;
+    let commits_before = api.counter("outlast_store_event_commits_total").await?;
+    let failing = gw
+        .submit(serde_json::json!({"backend": "demo",
+            "workflow": {"steps": STEPS, "step_ms": 0, "fail_at_step": STEPS}}))
+        .await?;
+    let completing = gw
+        .submit(serde_json::json!({"backend": "demo",
+            "workflow": {"steps": STEPS, "step_ms": 0}}))
+        .await?;
+    for (job, last_progress, terminal) in [
+        (&failing, STEPS - 1, "failed"),
+        (&completing, STEPS, "completed"),
+    ] {
+        api.follow_to_end(job, T).await?;
+        let log = api.events(job).await?;
+        let seqs: Vec<u64> = log.iter().map(|e| e.seq.0).collect();
+        let want: Vec<u64> = (1..=log.len() as u64).collect();
+        assert_eq!(seqs, want, "{job}: one gapless sequence");
+        let values = progress_values(&log);
+        let want: Vec<u64> = (1..=last_progress).collect();
+        assert!(
+            values == want,
+            "{job}: {} progress events, want 1..={last_progress} in order",
+            values.len()
+        );
+        let ends: Vec<&str> = log
+            .iter()
+            .filter(|e| e.kind.is_terminal())
+            .map(|e| e.kind.name())
+            .collect();
+        assert_eq!(ends, [terminal], "{job}");
+        assert!(
+            log.last().is_some_and(|e| e.kind.is_terminal()),
+            "{job}: the terminal event is last"
+        );
+    }
+    // The completed job's output and preview came after the progress queued before them.
+    let log = api.events(&completing).await?;
+    let at = |name: &str| log.iter().position(|e| e.kind.name() == name);
+    let (preview, output) = (at("preview"), at("output"));
+    assert!(
+        preview.is_some() && output.is_some(),
+        "a preview and an output"
+    );
+    let progress_at = |v: u64| {
+        log.iter()
+            .position(|e| matches!(e.kind, EventKind::Progress { value, .. } if value == v))
+    };
+    assert!(progress_at(STEPS / 2) < preview && preview < progress_at(STEPS / 2 + 1));
+    assert!(progress_at(STEPS) < output);
+    // Events queued while a commit was in flight went into the next one together.
+    let events = api.counter("outlast_events_stored_total").await? - events_before;
+    let commits = api.counter("outlast_store_event_commits_total").await? - commits_before;
+    assert!(events >= 2 * STEPS, "{events} events stored");
+    assert!(
+        commits * 4 <= events,
+        "{events} events took {commits} commits: at most one in four expected"
+    );
+    Ok(())
+}

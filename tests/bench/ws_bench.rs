@@ -8,6 +8,11 @@
 //! as a real deployment's gateway and its local proxy would. Prints figures; asserts nothing
 //! about speed.
 //!
+//! Before each fan-out part the same clients and the same traffic run against a bare
+//! broadcaster in its own process (`--floor-server`: tokio-tungstenite, a task and a broadcast
+//! receiver per connection, the gateway's buffer sizes, no store, no sessions): the floor this machine sets, which the
+//! gateway's p99 is given as a ratio to (`--floor false` skips it).
+//!
 //! Connections come from several loopback source addresses (127.0.0.2, .3, ...), 10,000 per
 //! address, to get past the ephemeral port range; the open-file limit is raised to the hard
 //! limit, and as root the hard limit itself (benchmark only).
@@ -21,7 +26,7 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use outlast_e2e::Gateway;
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
-use outlast_protocol::{Codec, EventKind, JobEvent, JobId, Seq};
+use outlast_protocol::{Codec, EventKind, Frame, JobEvent, JobId, Seq};
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -60,6 +65,12 @@ struct Args {
     /// Milliseconds between the steps of each of the many jobs (spread by up to +10%).
     #[arg(long, default_value_t = 1_000)]
     jobs_step_ms: u64,
+    /// Measure each fan-out part against a bare broadcaster first (the machine's floor).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    floor: bool,
+    /// Internal: run as the bare broadcaster (the floor's server process).
+    #[arg(long, hide = true)]
+    floor_server: bool,
 }
 
 fn proc_kib(pid: u32, field: &str) -> u64 {
@@ -243,6 +254,9 @@ fn now_ms() -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.floor_server {
+        return floor_server().await;
+    }
     let most = args.idle.max(args.one_job).max(args.jobs * args.per_job);
     raise_fd_limit(most);
     outlast_e2e::use_release_binary()?;
@@ -253,8 +267,13 @@ async fn main() -> anyhow::Result<()> {
     if args.idle > 0 {
         idle(&args).await?;
     }
+    let mut floor_p99 = None;
     if args.one_job > 0 {
         let label = format!("{} subscribers of one job", args.one_job);
+        if args.floor {
+            let spec = Part::new(1, args.one_job, args.steps, args.one_job_step_ms);
+            floor_p99 = Some(floor(30, &label, spec).await?);
+        }
         fan_out(
             20,
             &label,
@@ -262,11 +281,16 @@ async fn main() -> anyhow::Result<()> {
             args.one_job,
             args.steps,
             args.one_job_step_ms,
+            floor_p99.take(),
         )
         .await?;
     }
     if args.jobs > 0 {
         let label = format!("{} jobs x {} subscribers", args.jobs, args.per_job);
+        if args.floor {
+            let spec = Part::new(args.jobs, args.per_job, args.steps, args.jobs_step_ms);
+            floor_p99 = Some(floor(50, &label, spec).await?);
+        }
         fan_out(
             40,
             &label,
@@ -274,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
             args.per_job,
             args.steps,
             args.jobs_step_ms,
+            floor_p99.take(),
         )
         .await?;
     }
@@ -414,6 +439,7 @@ async fn fan_out(
     per_job: usize,
     steps: u32,
     step_ms: u64,
+    floor_p99: Option<f64>,
 ) -> anyhow::Result<()> {
     let slots = jobs.to_string();
     let gw = Gateway::start(&[
@@ -452,35 +478,8 @@ async fn fan_out(
         let job = measured[i % jobs];
         let connector = Arc::clone(&connector);
         tasks.push(tokio::spawn(async move {
-            let mut ws = connector.open(to, source(first_source, i), job).await?;
-            let mut seen = Seen {
-                latencies: Vec::with_capacity(steps as usize + 4),
-                in_order: true,
-                terminal: None,
-            };
-            let mut last = Seq::ZERO;
-            loop {
-                let m = match tokio::time::timeout(Duration::from_secs(120), ws.next()).await {
-                    Ok(Some(Ok(m))) => m,
-                    _ => return Some(seen),
-                };
-                let arrived = now_ms();
-                if let Some(ServerMsg::Event(JobEvent {
-                    seq, at_ms, kind, ..
-                })) = decode(&m)
-                {
-                    seen.in_order &= seq == last.next();
-                    last = seq;
-                    if !matches!(kind, EventKind::Queued { .. }) {
-                        seen.latencies
-                            .push(u32::try_from(arrived.saturating_sub(at_ms)).unwrap_or(u32::MAX));
-                    }
-                    if kind.is_terminal() {
-                        seen.terminal = Some(seq);
-                        return Some(seen);
-                    }
-                }
-            }
+            let ws = connector.open(to, source(first_source, i), job).await?;
+            Some(follow(ws, steps).await)
         }));
     }
     connector.settled(total).await;
@@ -492,37 +491,355 @@ async fn fan_out(
         .collect::<Vec<_>>()
         .await;
     let cancel_failures = cancels.iter().filter(|c| c.is_err()).count();
-    let mut all = Vec::with_capacity(total * (steps as usize + 3));
-    let (mut lossless, mut finished) = (0usize, 0usize);
-    let mut finals = std::collections::BTreeMap::new();
-    for t in tasks {
-        if let Ok(Some(seen)) = t.await {
-            lossless += usize::from(seen.in_order && seen.terminal.is_some());
-            finished += usize::from(seen.terminal.is_some());
-            if let Some(last) = seen.terminal {
-                *finals.entry(last).or_insert(0usize) += 1;
-            }
-            all.extend(seen.latencies.into_iter().map(f64::from));
-        }
-    }
-    all.sort_by(|a, b| a.total_cmp(b));
-    let p99 = percentile(&all, 0.99);
+    let (events_before, commits_before) = (
+        api.counter("outlast_events_stored_total").await?,
+        api.counter("outlast_store_event_commits_total").await?,
+    );
+    let outcome = collect(tasks, total, steps).await;
+    let events = api.counter("outlast_events_stored_total").await? - events_before;
+    let commits = api.counter("outlast_store_event_commits_total").await? - commits_before;
     println!("\n== {label}");
     println!(
         "subscribers:             {} of {total} connected and subscribed in {connect_secs:.1} s ({} failed, {cancel_failures} blocker cancels failed); gateway RSS then {rss_subscribed} KiB",
         connector.ready(),
         connector.failed()
     );
+    outcome.print(total, "stamp before the fsync'd commit to arrival");
     println!(
-        "loss:                    {lossless} of {total} received every event in order up to the terminal one ({finished} saw a terminal event; final seqs {finals:?})"
+        "store:                   {events} events in {commits} commits ({:.2} per commit) while measured",
+        events as f64 / commits.max(1) as f64
     );
-    println!(
-        "delivery latency (ms):   p50 {:.0}  p90 {:.0}  p99 {p99:.0}  max {:.0} over {} live deliveries (goal p99 < 10 ms; ratio to goal {:.2}; stamp before the fsync'd commit to arrival, 1 ms clock resolution)",
-        percentile(&all, 0.5),
-        percentile(&all, 0.9),
-        all.last().copied().unwrap_or(f64::NAN),
-        all.len(),
-        p99 / 10.0
-    );
+    if let Some(floor) = floor_p99 {
+        println!(
+            "p99 against the floor:   {:.2}x the bare broadcaster's p99 of {floor:.0} ms, measured just before",
+            outcome.p99() / floor.max(1.0)
+        );
+    }
     Ok(())
+}
+
+/// One subscriber's reading until its job's terminal event (or two minutes of silence).
+async fn follow(mut ws: Ws, steps: u32) -> Seen {
+    let mut seen = Seen {
+        latencies: Vec::with_capacity(steps as usize + 4),
+        in_order: true,
+        terminal: None,
+    };
+    let mut last = Seq::ZERO;
+    loop {
+        let m = match tokio::time::timeout(Duration::from_secs(120), ws.next()).await {
+            Ok(Some(Ok(m))) => m,
+            _ => return seen,
+        };
+        let arrived = now_ms();
+        if let Some(ServerMsg::Event(JobEvent {
+            seq, at_ms, kind, ..
+        })) = decode(&m)
+        {
+            seen.in_order &= seq == last.next();
+            last = seq;
+            if !matches!(kind, EventKind::Queued { .. }) {
+                seen.latencies
+                    .push(u32::try_from(arrived.saturating_sub(at_ms)).unwrap_or(u32::MAX));
+            }
+            if kind.is_terminal() {
+                seen.terminal = Some(seq);
+                return seen;
+            }
+        }
+    }
+}
+
+/// Every subscriber's reading of a part, pooled.
+struct Outcome {
+    sorted: Vec<f64>,
+    lossless: usize,
+    finished: usize,
+    finals: std::collections::BTreeMap<Seq, usize>,
+    /// Latencies by the event's place after `queued`: `started`, the first progress, the
+    /// next nine, the rest (where in a job's life the tail is).
+    by_place: [Vec<f64>; 4],
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Option<Seen>>>,
+    total: usize,
+    steps: u32,
+) -> Outcome {
+    let mut out = Outcome {
+        sorted: Vec::with_capacity(total * (steps as usize + 3)),
+        lossless: 0,
+        finished: 0,
+        finals: std::collections::BTreeMap::new(),
+        by_place: Default::default(),
+    };
+    for t in tasks {
+        if let Ok(Some(seen)) = t.await {
+            out.lossless += usize::from(seen.in_order && seen.terminal.is_some());
+            out.finished += usize::from(seen.terminal.is_some());
+            if let Some(last) = seen.terminal {
+                *out.finals.entry(last).or_insert(0usize) += 1;
+            }
+            for (k, &l) in seen.latencies.iter().enumerate() {
+                out.by_place[k.min(2) + usize::from(k > 10)].push(f64::from(l));
+            }
+            out.sorted.extend(seen.latencies.into_iter().map(f64::from));
+        }
+    }
+    out.sorted.sort_by(|a, b| a.total_cmp(b));
+    for v in &mut out.by_place {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    out
+}
+
+impl Outcome {
+    fn p99(&self) -> f64 {
+        percentile(&self.sorted, 0.99)
+    }
+
+    fn print(&self, total: usize, measured: &str) {
+        let all = &self.sorted;
+        let p99 = self.p99();
+        println!(
+            "loss:                    {} of {total} received every event in order up to the terminal one ({} saw a terminal event; final seqs {:?})",
+            self.lossless, self.finished, self.finals
+        );
+        println!(
+            "delivery latency (ms):   p50 {:.0}  p90 {:.0}  p99 {p99:.0}  max {:.0} over {} live deliveries (goal p99 < 10 ms; ratio to goal {:.2}; {measured}, 1 ms clock resolution)",
+            percentile(all, 0.5),
+            percentile(all, 0.9),
+            all.last().copied().unwrap_or(f64::NAN),
+            all.len(),
+            p99 / 10.0
+        );
+        let [started, first, next, rest] = &self.by_place;
+        println!(
+            "p99 by place (ms):       started {:.0}, progress 1 {:.0}, progress 2-10 {:.0}, later {:.0}",
+            percentile(started, 0.99),
+            percentile(first, 0.99),
+            percentile(next, 0.99),
+            percentile(rest, 0.99)
+        );
+    }
+}
+
+/// A fan-out part's shape.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    jobs: usize,
+    per_job: usize,
+    steps: u32,
+    step_ms: u64,
+}
+
+impl Part {
+    fn new(jobs: usize, per_job: usize, steps: u32, step_ms: u64) -> Self {
+        Part {
+            jobs,
+            per_job,
+            steps,
+            step_ms,
+        }
+    }
+}
+
+/// The floor: the same clients and the same shape of traffic against a bare broadcaster in
+/// its own process (tokio-tungstenite, one task and one broadcast receiver per connection,
+/// each event encoded once, no store, no sessions, no auth). What this machine's cores and
+/// loopback allow the gateway at best; its p99 is the baseline the gateway's is compared to.
+async fn floor(first_source: usize, label: &str, part: Part) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--floor-server")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let port: u16 = lines
+        .next_line()
+        .await?
+        .and_then(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse().ok()))
+        .ok_or_else(|| anyhow::anyhow!("the floor server printed no port"))?;
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let jobs: Vec<JobId> = (0..part.jobs).map(|_| JobId::random()).collect();
+    let total = part.jobs * part.per_job;
+    let connector = Connector::new();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let job = jobs[i % part.jobs];
+        let connector = Arc::clone(&connector);
+        tasks.push(tokio::spawn(async move {
+            let ws = connector.open(to, source(first_source, i), job).await?;
+            Some(follow(ws, part.steps).await)
+        }));
+    }
+    connector.settled(total).await;
+    let connect_secs = started.elapsed().as_secs_f64();
+    let mut stdin = child.stdin.take().expect("piped");
+    stdin
+        .write_all(format!("go {} {} {}\n", part.jobs, part.steps, part.step_ms).as_bytes())
+        .await?;
+    stdin.flush().await?;
+    let outcome = collect(tasks, total, part.steps).await;
+    let _ = child.kill().await;
+    println!("\n== floor: {label}, bare broadcaster");
+    println!(
+        "subscribers:             {} of {total} connected in {connect_secs:.1} s ({} failed)",
+        connector.ready(),
+        connector.failed()
+    );
+    outcome.print(total, "stamp at encode to arrival");
+    Ok(outcome.p99())
+}
+
+/// The floor's server process: accepts WebSockets, answers each client's first message
+/// (its `subscribe`) with `subscribed`, and on `go <jobs> <steps> <step_ms>` on stdin
+/// publishes to every job's subscribers what a demo job would: `queued`, `started`, `steps`
+/// progress events `step_ms` apart (spread by up to +10% per job) and `completed`.
+async fn floor_server() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    type Channels = std::sync::Mutex<
+        std::collections::HashMap<JobId, tokio::sync::broadcast::Sender<bytes::Bytes>>,
+    >;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("port {}", listener.local_addr()?.port());
+    let channels: Arc<Channels> = Arc::default();
+    let accepting = Arc::clone(&channels);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let channels = Arc::clone(&accepting);
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+
+                // The gateway's buffer sizes (a 2 KiB read buffer, frames written through).
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(2048)
+                    .write_buffer_size(0);
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(
+                    tcp,
+                    echo_protocol,
+                    Some(config),
+                )
+                .await
+                else {
+                    return;
+                };
+                let job_id = match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => match Codec::MsgPack.decode::<ClientMsg>(&b) {
+                        Ok(ClientMsg::Subscribe { job_id, .. }) => job_id,
+                        _ => return,
+                    },
+                    _ => return,
+                };
+                let mut rx = channels
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(job_id)
+                    .or_insert_with(|| tokio::sync::broadcast::channel(64).0)
+                    .subscribe();
+                let subscribed = ServerMsg::Control(Control::Subscribed {
+                    req: Some(1),
+                    job_id,
+                    recovered: true,
+                    snapshot: None,
+                });
+                let Ok(Frame::Binary(b)) = Codec::MsgPack.encode(&subscribed) else {
+                    return;
+                };
+                if ws.send(Message::Binary(b.into())).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        m = ws.next() => if !matches!(m, Some(Ok(_))) { return },
+                        ev = rx.recv() => match ev {
+                            Ok(bytes) => if ws.send(Message::Binary(bytes)).await.is_err() { return },
+                            Err(_) => return,
+                        },
+                    }
+                }
+            });
+        }
+    });
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let go = stdin.next_line().await?.unwrap_or_default();
+    let nums: Vec<u64> = go
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [jobs, steps, step_ms] = nums[..] else {
+        anyhow::bail!("want `go <jobs> <steps> <step_ms>`, got {go:?}");
+    };
+    let senders: Vec<_> = channels
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(job, tx)| (*job, tx.clone()))
+        .collect();
+    let mut runs = Vec::new();
+    for (i, (job_id, tx)) in senders.into_iter().enumerate() {
+        let ms = step_ms + (i as u64 * step_ms / 10) / jobs.max(1);
+        runs.push(tokio::spawn(async move {
+            let publish = |seq: u64, kind: EventKind| {
+                let event = ServerMsg::Event(JobEvent {
+                    job_id,
+                    seq: Seq(seq),
+                    at_ms: now_ms(),
+                    kind,
+                });
+                if let Ok(Frame::Binary(b)) = Codec::MsgPack.encode(&event) {
+                    let _ = tx.send(bytes::Bytes::from(b));
+                }
+            };
+            publish(
+                1,
+                EventKind::Queued {
+                    position: 0,
+                    reason: None,
+                },
+            );
+            publish(2, EventKind::Started { attempt: 1 });
+            for step in 1..=steps {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                publish(
+                    2 + step,
+                    EventKind::Progress {
+                        value: step,
+                        max: steps,
+                        label: None,
+                    },
+                );
+            }
+            publish(3 + steps, EventKind::Completed { cached: false });
+        }));
+    }
+    for r in runs {
+        let _ = r.await;
+    }
+    // Until the parent kills this process, so every last frame is written.
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The floor's handshake: answers with the subprotocol the client asks for, as the gateway does.
+#[allow(
+    clippy::result_large_err,
+    reason = "the signature of tungstenite's handshake callback"
+)]
+fn echo_protocol(
+    req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    mut resp: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    if let Some(p) = req.headers().get("Sec-WebSocket-Protocol") {
+        resp.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.clone());
+    }
+    Ok(resp)
 }

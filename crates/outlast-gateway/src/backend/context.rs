@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use outlast_protocol::{Blob, EventKind, Failure, FailureCode, JobEvent, JobId, JobSpec};
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,161 @@ pub struct JobContext {
     /// The run's token: fires when the owner cancels the job, and at shutdown (a child of the
     /// handle's stop token). Read it through [`JobContext::canceled`].
     pub cancel: CancellationToken,
+    /// The job's events in emission order (started on the first event).
+    pub events: EventQueue,
+}
+
+/// Progress queued at most this far ahead of its commits before `progress` waits.
+const QUEUE_AHEAD: usize = 64;
+/// At most this many queued events go into one append.
+const APPEND_MAX: usize = 256;
+
+/// One job's events on their way to the store, in the order the backend emitted them, by one
+/// task per run. Progress is queued without waiting for its commit, so a backend that reports
+/// faster than the store commits is not held to one event per commit: what queued meanwhile
+/// goes into the next append together. Previews and outputs wait for theirs (an output is
+/// announced durably before the backend goes on). Nothing is published before it is stored:
+/// the store publishes after its commit, as for every append. The runner drains the queue
+/// ([`EventQueue::drain`]) before it stores the terminal event, so that comes last.
+#[derive(Debug, Default)]
+pub struct EventQueue {
+    writer: std::sync::OnceLock<Writer>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    tx: tokio::sync::mpsc::Sender<Queued>,
+    /// Set once an append found the job ended, or failed: later events are refused.
+    stopped: Arc<std::sync::Mutex<Option<Failure>>>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    /// `None`: a marker, answered once everything queued before it was appended.
+    kind: Option<EventKind>,
+    /// Told the outcome once committed, for an event whose emitter waits.
+    done: Option<tokio::sync::oneshot::Sender<Result<(), Failure>>>,
+}
+
+fn ended() -> Failure {
+    Failure {
+        code: FailureCode::Internal,
+        message: "the job already ended".into(),
+        detail: None,
+    }
+}
+
+impl EventQueue {
+    fn writer(&self, job: JobId, handle: &JobHandle) -> &Writer {
+        self.writer.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE_AHEAD);
+            let stopped = Arc::new(std::sync::Mutex::new(None));
+            let (store, stop) = (Arc::clone(&handle.store), Arc::clone(&stopped));
+            tokio::spawn(async move {
+                let mut items: Vec<Queued> = Vec::new();
+                while rx.recv_many(&mut items, APPEND_MAX).await > 0 {
+                    let is_event: Vec<bool> = items.iter().map(|q| q.kind.is_some()).collect();
+                    let batch: Vec<(JobId, EventKind)> = items
+                        .iter_mut()
+                        .filter_map(|q| Some((job, q.kind.take()?)))
+                        .collect();
+                    let appended = batch.len();
+                    let results: Vec<Result<(), Failure>> = if appended == 0 {
+                        Vec::new()
+                    } else {
+                        match store.append(batch).await {
+                            Ok(results) => results
+                                .into_iter()
+                                .map(|r| match r {
+                                    Ok(_) => Ok(()),
+                                    Err(Rejected::AlreadyTerminal) => Err(ended()),
+                                    Err(Rejected::UnknownJob) => {
+                                        Err(internal("the job is unknown"))
+                                    }
+                                })
+                                .collect(),
+                            Err(e) => vec![Err(internal(&e)); appended],
+                        }
+                    };
+                    let mut results = results.into_iter();
+                    for (q, is_event) in items.drain(..).zip(is_event) {
+                        let result = if is_event {
+                            results.next().unwrap_or_else(|| Err(ended()))
+                        } else {
+                            Ok(())
+                        };
+                        if let Err(f) = &result {
+                            stop.lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert_with(|| f.clone());
+                        }
+                        if let Some(done) = q.done {
+                            let _ = done.send(result);
+                        }
+                    }
+                }
+            });
+            Writer { tx, stopped }
+        })
+    }
+
+    /// Queues `kind`; with `wait`, returns once it is stored.
+    async fn push(
+        &self,
+        job: JobId,
+        handle: &JobHandle,
+        kind: EventKind,
+        wait: bool,
+    ) -> Result<(), Failure> {
+        let writer = self.writer(job, handle);
+        if let Some(f) = writer
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Err(f);
+        }
+        let (done, answer) = if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        writer
+            .tx
+            .send(Queued {
+                kind: Some(kind),
+                done,
+            })
+            .await
+            .map_err(|_| internal("the event queue stopped"))?;
+        match answer {
+            Some(rx) => rx.await.map_err(|_| internal("the event queue stopped"))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every queued event was appended; later events are refused (the runner
+    /// stores the terminal event next).
+    pub async fn drain(&self) {
+        let Some(writer) = self.writer.get() else {
+            return;
+        };
+        writer
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(ended);
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let marker = Queued {
+            kind: None,
+            done: Some(done),
+        };
+        if writer.tx.send(marker).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -135,21 +290,12 @@ impl JobContext {
         }
     }
 
-    /// Stores an event; a job that already ended (canceled meanwhile) stops the backend.
+    /// Stores an event (returns once it is stored); a job that already ended (canceled
+    /// meanwhile) stops the backend.
     async fn emit(&self, kind: EventKind) -> Result<(), Failure> {
-        match self
-            .handle
-            .emit(self.job_id, kind)
+        self.events
+            .push(self.job_id, &self.handle, kind, true)
             .await
-            .map_err(internal)?
-        {
-            Some(_) => Ok(()),
-            None => Err(Failure {
-                code: FailureCode::Internal,
-                message: "the job already ended".into(),
-                detail: None,
-            }),
-        }
     }
 
     /// Reports step progress.
@@ -159,7 +305,15 @@ impl JobContext {
         max: u64,
         label: Option<String>,
     ) -> Result<(), Failure> {
-        self.emit(EventKind::Progress { value, max, label }).await
+        // Queued: stored (and then published) in order, without waiting for its commit.
+        self.events
+            .push(
+                self.job_id,
+                &self.handle,
+                EventKind::Progress { value, max, label },
+                false,
+            )
+            .await
     }
 
     /// Sends a small preview image.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use outlast_protocol::{Failure, JobSpec, OwnerId, UploadId};
 
-pub use context::{InputFile, JobContext, JobHandle};
+pub use context::{EventQueue, InputFile, JobContext, JobHandle};
 
 use crate::error::AppError;
 

@@ -15,7 +15,7 @@ use outlast_protocol::{EventKind, Failure, FailureCode, JobId, JobState};
 use tokio_util::sync::CancellationToken;
 
 use super::{CANCEL_REASON, Jobs};
-use crate::backend::{Backend, JobContext};
+use crate::backend::{Backend, EventQueue, JobContext};
 use crate::clock::now_ms;
 use crate::error::AppError;
 use crate::metrics as m;
@@ -134,6 +134,7 @@ impl Jobs {
                 .collect(),
             handle: self.handle.clone(),
             cancel: cancel.clone(),
+            events: EventQueue::default(),
         };
         let outcome = if cancel.is_cancelled() {
             // Canceled between the scheduler's start and here: nothing ran yet.
@@ -145,6 +146,8 @@ impl Jobs {
         } else {
             Self::race(&*backend, &ctx, cancel).await
         };
+        // Queued progress is stored before the terminal event.
+        ctx.events.drain().await;
         drop(ctx);
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
         let (kind, state) = match outcome {
