@@ -425,6 +425,8 @@ async fn idle(args: &Args) -> anyhow::Result<()> {
 /// What one subscriber saw of its job.
 struct Seen {
     latencies: Vec<u32>,
+    /// Each latency's place in the job's life (see [`Outcome::by_place`]).
+    places: Vec<u8>,
     in_order: bool,
     terminal: Option<Seq>,
 }
@@ -522,6 +524,7 @@ async fn fan_out(
 async fn follow(mut ws: Ws, steps: u32) -> Seen {
     let mut seen = Seen {
         latencies: Vec::with_capacity(steps as usize + 4),
+        places: Vec::with_capacity(steps as usize + 4),
         in_order: true,
         terminal: None,
     };
@@ -541,6 +544,13 @@ async fn follow(mut ws: Ws, steps: u32) -> Seen {
             if !matches!(kind, EventKind::Queued { .. }) {
                 seen.latencies
                     .push(u32::try_from(arrived.saturating_sub(at_ms)).unwrap_or(u32::MAX));
+                seen.places.push(match kind {
+                    EventKind::Started { .. } => 0,
+                    EventKind::Progress { value: 1, .. } => 1,
+                    EventKind::Progress { value: 2..=10, .. } => 2,
+                    EventKind::Progress { .. } => 3,
+                    _ => 4,
+                });
             }
             if kind.is_terminal() {
                 seen.terminal = Some(seq);
@@ -556,9 +566,10 @@ struct Outcome {
     lossless: usize,
     finished: usize,
     finals: std::collections::BTreeMap<Seq, usize>,
-    /// Latencies by the event's place after `queued`: `started`, the first progress, the
-    /// next nine, the rest (where in a job's life the tail is).
-    by_place: [Vec<f64>; 4],
+    /// Latencies by the event's place in its job's life: `started`, the first progress, the
+    /// next nine, later progress, and the rest (preview, output, terminal event): where the
+    /// tail is.
+    by_place: [Vec<f64>; 5],
 }
 
 async fn collect(
@@ -580,8 +591,8 @@ async fn collect(
             if let Some(last) = seen.terminal {
                 *out.finals.entry(last).or_insert(0usize) += 1;
             }
-            for (k, &l) in seen.latencies.iter().enumerate() {
-                out.by_place[k.min(2) + usize::from(k > 10)].push(f64::from(l));
+            for (&place, &l) in seen.places.iter().zip(&seen.latencies) {
+                out.by_place[usize::from(place)].push(f64::from(l));
             }
             out.sorted.extend(seen.latencies.into_iter().map(f64::from));
         }
@@ -613,13 +624,14 @@ impl Outcome {
             all.len(),
             p99 / 10.0
         );
-        let [started, first, next, rest] = &self.by_place;
+        let [started, first, next, later, results] = &self.by_place;
         println!(
-            "p99 by place (ms):       started {:.0}, progress 1 {:.0}, progress 2-10 {:.0}, later {:.0}",
+            "p99 by place (ms):       started {:.0}, progress 1 {:.0}, progress 2-10 {:.0}, later progress {:.0}, preview/output/terminal {:.0}",
             percentile(started, 0.99),
             percentile(first, 0.99),
             percentile(next, 0.99),
-            percentile(rest, 0.99)
+            percentile(later, 0.99),
+            percentile(results, 0.99)
         );
     }
 }
