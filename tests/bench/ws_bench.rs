@@ -10,8 +10,8 @@
 //!
 //! Before each fan-out part the same clients and the same traffic run against a bare
 //! broadcaster in its own process (`--floor-server`: tokio-tungstenite, a task and a broadcast
-//! receiver per connection, the gateway's buffer sizes, no store, no sessions): the floor this machine sets, which the
-//! gateway's p99 is given as a ratio to (`--floor false` skips it).
+//! receiver per connection, the gateway's buffer sizes, no store, no sessions): the floor this
+//! machine sets, which the gateway's p99 is given as a ratio to (`--floor false` skips it).
 //!
 //! Connections come from several loopback source addresses (127.0.0.2, .3, ...), 10,000 per
 //! address, to get past the ephemeral port range; the open-file limit is raised to the hard
@@ -270,37 +270,19 @@ async fn main() -> anyhow::Result<()> {
     let mut floor_p99 = None;
     if args.one_job > 0 {
         let label = format!("{} subscribers of one job", args.one_job);
+        let part = Part::new(1, args.one_job, args.steps, args.one_job_step_ms);
         if args.floor {
-            let spec = Part::new(1, args.one_job, args.steps, args.one_job_step_ms);
-            floor_p99 = Some(floor(30, &label, spec).await?);
+            floor_p99 = Some(floor(30, &label, part).await?);
         }
-        fan_out(
-            20,
-            &label,
-            1,
-            args.one_job,
-            args.steps,
-            args.one_job_step_ms,
-            floor_p99.take(),
-        )
-        .await?;
+        fan_out(20, &label, part, floor_p99.take()).await?;
     }
     if args.jobs > 0 {
         let label = format!("{} jobs x {} subscribers", args.jobs, args.per_job);
+        let part = Part::new(args.jobs, args.per_job, args.steps, args.jobs_step_ms);
         if args.floor {
-            let spec = Part::new(args.jobs, args.per_job, args.steps, args.jobs_step_ms);
-            floor_p99 = Some(floor(50, &label, spec).await?);
+            floor_p99 = Some(floor(50, &label, part).await?);
         }
-        fan_out(
-            40,
-            &label,
-            args.jobs,
-            args.per_job,
-            args.steps,
-            args.jobs_step_ms,
-            floor_p99.take(),
-        )
-        .await?;
+        fan_out(40, &label, part, floor_p99.take()).await?;
     }
     Ok(())
 }
@@ -437,12 +419,15 @@ struct Seen {
 async fn fan_out(
     first_source: usize,
     label: &str,
-    jobs: usize,
-    per_job: usize,
-    steps: u32,
-    step_ms: u64,
+    part: Part,
     floor_p99: Option<f64>,
 ) -> anyhow::Result<()> {
+    let Part {
+        jobs,
+        steps,
+        step_ms,
+        ..
+    } = part;
     let slots = jobs.to_string();
     let gw = Gateway::start(&[
         "--streams-max-per-owner",
@@ -465,25 +450,14 @@ async fn fan_out(
     }
     let mut measured: Vec<JobId> = Vec::with_capacity(jobs);
     for i in 0..jobs {
-        // A different pace per job spreads their events (and keeps the result cache out).
-        let ms = step_ms + (i as u64 * step_ms / 10) / jobs.max(1) as u64;
+        let ms = pace(step_ms, i, jobs);
         let spec =
             serde_json::json!({"backend": "demo", "workflow": {"steps": steps, "step_ms": ms}});
         measured.push(gw.submit(spec).await?.parse()?);
     }
-    let to = gw.client_addr();
-    let total = jobs * per_job;
-    let connector = Connector::new();
+    let total = part.jobs * part.per_job;
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let job = measured[i % jobs];
-        let connector = Arc::clone(&connector);
-        tasks.push(tokio::spawn(async move {
-            let ws = connector.open(to, source(first_source, i), job).await?;
-            Some(follow(ws, steps).await)
-        }));
-    }
+    let (connector, tasks) = subscribers(gw.client_addr(), first_source, &measured, part);
     connector.settled(total).await;
     let connect_secs = started.elapsed().as_secs_f64();
     let rss_subscribed = gw.pid().map_or(0, rss_kib);
@@ -656,6 +630,34 @@ impl Part {
     }
 }
 
+/// The `i`-th of `jobs` jobs' milliseconds between steps: a different pace per job spreads
+/// their events (and keeps the result cache out), by up to +10%.
+fn pace(step_ms: u64, i: usize, jobs: usize) -> u64 {
+    step_ms + (i as u64 * step_ms / 10) / jobs.max(1) as u64
+}
+
+/// `part.jobs * part.per_job` subscribers from `first_source` on, the `i`-th following
+/// `jobs[i % jobs.len()]` until its terminal event.
+fn subscribers(
+    to: SocketAddr,
+    first_source: usize,
+    jobs: &[JobId],
+    part: Part,
+) -> (Arc<Connector>, Vec<tokio::task::JoinHandle<Option<Seen>>>) {
+    let connector = Connector::new();
+    let tasks = (0..part.jobs * part.per_job)
+        .map(|i| {
+            let job = jobs[i % jobs.len()];
+            let connector = Arc::clone(&connector);
+            tokio::spawn(async move {
+                let ws = connector.open(to, source(first_source, i), job).await?;
+                Some(follow(ws, part.steps).await)
+            })
+        })
+        .collect();
+    (connector, tasks)
+}
+
 /// The floor: the same clients and the same shape of traffic against a bare broadcaster in
 /// its own process (tokio-tungstenite, one task and one broadcast receiver per connection,
 /// each event encoded once, no store, no sessions, no auth). What this machine's cores and
@@ -677,17 +679,8 @@ async fn floor(first_source: usize, label: &str, part: Part) -> anyhow::Result<f
     let to = SocketAddr::from(([127, 0, 0, 1], port));
     let jobs: Vec<JobId> = (0..part.jobs).map(|_| JobId::random()).collect();
     let total = part.jobs * part.per_job;
-    let connector = Connector::new();
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let job = jobs[i % part.jobs];
-        let connector = Arc::clone(&connector);
-        tasks.push(tokio::spawn(async move {
-            let ws = connector.open(to, source(first_source, i), job).await?;
-            Some(follow(ws, part.steps).await)
-        }));
-    }
+    let (connector, tasks) = subscribers(to, first_source, &jobs, part);
     connector.settled(total).await;
     let connect_secs = started.elapsed().as_secs_f64();
     let mut stdin = child.stdin.take().expect("piped");
@@ -725,7 +718,6 @@ async fn floor_server() -> anyhow::Result<()> {
             let channels = Arc::clone(&accepting);
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-
                 // The gateway's buffer sizes (a 2 KiB read buffer, frames written through).
                 let config = WebSocketConfig::default()
                     .read_buffer_size(2048)
@@ -794,7 +786,7 @@ async fn floor_server() -> anyhow::Result<()> {
         .collect();
     let mut runs = Vec::new();
     for (i, (job_id, tx)) in senders.into_iter().enumerate() {
-        let ms = step_ms + (i as u64 * step_ms / 10) / jobs.max(1);
+        let ms = pace(step_ms, i, usize::try_from(jobs).unwrap_or(usize::MAX));
         runs.push(tokio::spawn(async move {
             let publish = |seq: u64, kind: EventKind| {
                 let event = ServerMsg::Event(JobEvent {

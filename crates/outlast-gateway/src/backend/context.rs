@@ -135,53 +135,14 @@ fn ended() -> Failure {
 impl EventQueue {
     fn writer(&self, job: JobId, handle: &JobHandle) -> &Writer {
         self.writer.get_or_init(|| {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE_AHEAD);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE_AHEAD);
             let stopped = Arc::new(std::sync::Mutex::new(None));
-            let (store, stop) = (Arc::clone(&handle.store), Arc::clone(&stopped));
-            tokio::spawn(async move {
-                let mut items: Vec<Queued> = Vec::new();
-                while rx.recv_many(&mut items, APPEND_MAX).await > 0 {
-                    let is_event: Vec<bool> = items.iter().map(|q| q.kind.is_some()).collect();
-                    let batch: Vec<(JobId, EventKind)> = items
-                        .iter_mut()
-                        .filter_map(|q| Some((job, q.kind.take()?)))
-                        .collect();
-                    let appended = batch.len();
-                    let results: Vec<Result<(), Failure>> = if appended == 0 {
-                        Vec::new()
-                    } else {
-                        match store.append(batch).await {
-                            Ok(results) => results
-                                .into_iter()
-                                .map(|r| match r {
-                                    Ok(_) => Ok(()),
-                                    Err(Rejected::AlreadyTerminal) => Err(ended()),
-                                    Err(Rejected::UnknownJob) => {
-                                        Err(internal("the job is unknown"))
-                                    }
-                                })
-                                .collect(),
-                            Err(e) => vec![Err(internal(&e)); appended],
-                        }
-                    };
-                    let mut results = results.into_iter();
-                    for (q, is_event) in items.drain(..).zip(is_event) {
-                        let result = if is_event {
-                            results.next().unwrap_or_else(|| Err(ended()))
-                        } else {
-                            Ok(())
-                        };
-                        if let Err(f) = &result {
-                            stop.lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert_with(|| f.clone());
-                        }
-                        if let Some(done) = q.done {
-                            let _ = done.send(result);
-                        }
-                    }
-                }
-            });
+            tokio::spawn(write_queued(
+                job,
+                Arc::clone(&handle.store),
+                rx,
+                Arc::clone(&stopped),
+            ));
             Writer { tx, stopped }
         })
     }
@@ -242,6 +203,58 @@ impl EventQueue {
         if writer.tx.send(marker).await.is_ok() {
             let _ = answer.await;
         }
+    }
+}
+
+/// The writer task of one job's [`EventQueue`]: appends what queued, in order, until every
+/// sender is gone; answers each waiting emitter and marker once its append is done.
+async fn write_queued(
+    job: JobId,
+    store: Arc<dyn JobStore>,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
+    stop: Arc<std::sync::Mutex<Option<Failure>>>,
+) {
+    let mut items: Vec<Queued> = Vec::new();
+    while rx.recv_many(&mut items, APPEND_MAX).await > 0 {
+        let is_event: Vec<bool> = items.iter().map(|q| q.kind.is_some()).collect();
+        let batch: Vec<(JobId, EventKind)> = items
+            .iter_mut()
+            .filter_map(|q| Some((job, q.kind.take()?)))
+            .collect();
+        let appended = batch.len();
+        let results: Vec<Result<(), Failure>> = if appended == 0 {
+            Vec::new()
+        } else {
+            match store.append(batch).await {
+                Ok(results) => results.into_iter().map(stored).collect(),
+                Err(e) => vec![Err(internal(&e)); appended],
+            }
+        };
+        let mut results = results.into_iter();
+        for (q, is_event) in items.drain(..).zip(is_event) {
+            let result = if is_event {
+                results.next().unwrap_or_else(|| Err(ended()))
+            } else {
+                Ok(())
+            };
+            if let Err(f) = &result {
+                stop.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get_or_insert_with(|| f.clone());
+            }
+            if let Some(done) = q.done {
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+/// An append's answer for one event, as its emitter sees it.
+fn stored(r: Result<JobEvent, Rejected>) -> Result<(), Failure> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(Rejected::AlreadyTerminal) => Err(ended()),
+        Err(Rejected::UnknownJob) => Err(internal("the job is unknown")),
     }
 }
 
