@@ -140,10 +140,20 @@ impl Outbox {
         self.store.outbox_wake().notify_one();
     }
 
-    async fn attempt_inner(&self, mut d: Delivery) -> Result<(), AppError> {
+    async fn attempt_inner(&self, scanned: Delivery) -> Result<(), AppError> {
+        // The scan's copy can be older than the store's: an attempt of the same delivery may
+        // have stored its outcome and left `in_flight` between the scan's read and this claim.
+        // Sending from that copy would send again early and overwrite the attempt just stored,
+        // so the attempt works from the stored state, and only while it is still due.
+        let siblings = self.store.deliveries(scanned.job).await?;
         let at_ms = now_ms();
+        let Some(mut d) = siblings.iter().find(|s| s.id == scanned.id).cloned() else {
+            return Ok(());
+        };
+        if !is_due(&d, at_ms) {
+            return Ok(());
+        }
         let started = Instant::now();
-        let siblings = self.store.deliveries(d.job).await?;
         let disabled = !d.resent
             && siblings
                 .iter()
@@ -315,6 +325,11 @@ impl Outbox {
     }
 }
 
+/// Pending with its next attempt at or before `now_ms`.
+fn is_due(d: &Delivery, now_ms: u64) -> bool {
+    d.status == DeliveryStatus::Pending && d.next_attempt_at_ms.is_some_and(|at| at <= now_ms)
+}
+
 fn retry_error(message: &str) -> Outcome {
     Outcome::Retry {
         status: None,
@@ -340,4 +355,108 @@ pub async fn resend(store: &dyn JobStore, job: JobId, id: &str) -> Result<Delive
     d.next_attempt_at_ms = Some(now_ms());
     store.save_delivery(d.clone()).await?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use outlast_protocol::{EventKind, JobEvent, JobSpec, OwnerId, Seq, WebhookEvent};
+
+    use super::*;
+    use crate::hub::Hub;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Created, JobStore};
+
+    /// A receiver that answers every request 503 with `Retry-After: 3600`; returns its URL and
+    /// its request count.
+    async fn refusing_receiver() -> (String, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&hits);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let counted = Arc::clone(&counted);
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [(axum::http::header::RETRY_AFTER, "3600")],
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/hook"), hits)
+    }
+
+    #[tokio::test]
+    async fn an_attempt_from_a_stale_scan_neither_sends_again_nor_overwrites_the_stored_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn JobStore> = Arc::new(
+            EmbeddedStore::open(&dir.path().join("t.redb"), Arc::new(Hub::new()), 1 << 20)
+                .expect("open"),
+        );
+        let owner: OwnerId = "local".parse().expect("owner");
+        let spec = JobSpec::new("demo", serde_json::json!({}));
+        let Created::New(record) = store
+            .create(owner.clone(), spec, [0; 32], 0)
+            .await
+            .expect("create")
+        else {
+            panic!("a new job");
+        };
+        let (url, hits) = refusing_receiver().await;
+        let job = record.snapshot.job_id;
+        let scanned = Delivery {
+            id: crate::store::outbox::delivery_id(job, Seq(1)),
+            job,
+            owner,
+            url,
+            event: WebhookEvent::Canceled,
+            source: JobEvent {
+                job_id: job,
+                seq: Seq(1),
+                at_ms: now_ms(),
+                kind: EventKind::Canceled {
+                    reason: "test".into(),
+                },
+            },
+            state: record.snapshot.state,
+            outputs: Vec::new(),
+            status: DeliveryStatus::Pending,
+            next_attempt_at_ms: Some(now_ms()),
+            round_attempts: 0,
+            attempts: Vec::new(),
+            resent: false,
+        };
+        store.save_delivery(scanned.clone()).await.expect("save");
+        let config = WebhookConfig {
+            secrets: vec!["whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQ=".into()],
+            allow_private: true,
+            ..WebhookConfig::default()
+        };
+        let outbox = Outbox::new(&config, Arc::clone(&store), TaskTracker::new());
+
+        outbox.attempt_inner(scanned.clone()).await.expect("first");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "the due delivery was sent");
+        // The same scan's copy again, as when the first attempt finished between the scan's
+        // read and the second claim: the stored delivery is not due for an hour.
+        outbox.attempt_inner(scanned).await.expect("second");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "not sent again before it is due"
+        );
+        let stored = store.deliveries(job).await.expect("deliveries");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].attempts.len(), 1, "{:?}", stored[0].attempts);
+        assert_eq!(stored[0].attempts[0].status, Some(503));
+        assert_eq!(stored[0].status, DeliveryStatus::Pending);
+        assert!(stored[0].next_attempt_at_ms.expect("next") >= now_ms() + 3_500_000);
+    }
 }
