@@ -411,6 +411,8 @@ struct Seen {
     places: Vec<u8>,
     in_order: bool,
     terminal: Option<Seq>,
+    /// Live queue places (`position` messages) received: not events, but they share the socket.
+    positions: u32,
 }
 
 /// `jobs` measured jobs with `per_job` subscribers each. The measured jobs wait behind one
@@ -501,6 +503,7 @@ async fn follow(mut ws: Ws, steps: u32) -> Seen {
         places: Vec::with_capacity(steps as usize + 4),
         in_order: true,
         terminal: None,
+        positions: 0,
     };
     let mut last = Seq::ZERO;
     loop {
@@ -509,9 +512,13 @@ async fn follow(mut ws: Ws, steps: u32) -> Seen {
             _ => return seen,
         };
         let arrived = now_ms();
+        let msg = decode(&m);
+        if let Some(ServerMsg::Control(Control::Position { .. })) = msg {
+            seen.positions += 1;
+        }
         if let Some(ServerMsg::Event(JobEvent {
             seq, at_ms, kind, ..
-        })) = decode(&m)
+        })) = msg
         {
             seen.in_order &= seq == last.next();
             last = seq;
@@ -540,6 +547,8 @@ struct Outcome {
     lossless: usize,
     finished: usize,
     finals: std::collections::BTreeMap<Seq, usize>,
+    /// `position` messages received, over all subscribers.
+    positions: u64,
     /// Latencies by the event's place in its job's life: `started`, the first progress, the
     /// next nine, later progress, and the rest (preview, output, terminal event): where the
     /// tail is.
@@ -556,12 +565,14 @@ async fn collect(
         lossless: 0,
         finished: 0,
         finals: std::collections::BTreeMap::new(),
+        positions: 0,
         by_place: Default::default(),
     };
     for t in tasks {
         if let Ok(Some(seen)) = t.await {
             out.lossless += usize::from(seen.in_order && seen.terminal.is_some());
             out.finished += usize::from(seen.terminal.is_some());
+            out.positions += u64::from(seen.positions);
             if let Some(last) = seen.terminal {
                 *out.finals.entry(last).or_insert(0usize) += 1;
             }
@@ -597,6 +608,11 @@ impl Outcome {
             all.last().copied().unwrap_or(f64::NAN),
             all.len(),
             p99 / 10.0
+        );
+        println!(
+            "queue places received:   {} `position` messages ({:.1} per subscriber)",
+            self.positions,
+            self.positions as f64 / total.max(1) as f64
         );
         let [started, first, next, later, results] = &self.by_place;
         println!(

@@ -25,6 +25,7 @@ use super::owner::Authed;
 use super::state::AppState;
 use super::stream_limit::StreamPermit;
 use crate::auth::{Credential, Principal, Scope};
+use crate::clock::sleep_until_opt;
 use crate::error::AppError;
 use crate::hub::{JobSubscription, Pushed};
 use crate::jobs::pages::Pages;
@@ -618,14 +619,6 @@ fn expiry_instant(at_ms: Option<u64>) -> Option<Instant> {
     let at_ms = at_ms?;
     let left = at_ms.saturating_sub(crate::clock::now_ms());
     Some(Instant::now() + std::time::Duration::from_millis(left))
-}
-
-/// Sleeps until `at`, forever when `None`.
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Maps a transport error to the close code the client should see.

@@ -24,11 +24,12 @@ use outlast_protocol::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Backend, InputResolver, JobHandle, Readiness};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, sleep_until_opt};
 use crate::error::AppError;
 use crate::hub::{Hub, LivePlace};
 use crate::metrics as m;
@@ -39,6 +40,9 @@ use cache::ResultCache;
 use scheduler::{Scheduler, Waiting};
 
 /// The reason stored with `canceled` when the owner canceled the job.
+/// Moved queue places are sent live at most this often (see [`JobService::dispatch_loop`]).
+pub const PLACE_INTERVAL: Duration = Duration::from_millis(250);
+
 const CANCEL_REASON: &str = "canceled by its owner";
 
 /// What a subscriber gets first.
@@ -518,13 +522,28 @@ impl Jobs {
     }
 
     /// Announces queue positions and starts jobs in free slots, until `shutdown`.
+    ///
+    /// Moved places go out at most once per [`PLACE_INTERVAL`]: a burst of starts, finishes
+    /// and cancels runs a round each and moves every queued job each time, which would send
+    /// every subscriber of every queued job a `position` per round. The first move after a
+    /// quiet interval goes out at once; moves within the interval wait for one trailing round
+    /// that sends each moved job's newest place. Jobs entering the queue are never held back.
     pub async fn dispatch_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        // When moved places were last sent.
+        let mut moves_sent: Option<Instant> = None;
         loop {
             if let Err(e) = self.recheck_waiting().await {
                 tracing::error!(error = %e, "could not look at jobs waiting for uploads");
             }
-            if let Err(e) = self.announce_positions().await {
-                tracing::error!(error = %e, "could not store queue entries");
+            let now = Instant::now();
+            // While set, moves are held back, and a trailing round is due then.
+            let held_until = moves_sent
+                .map(|at| at + PLACE_INTERVAL)
+                .filter(|until| *until > now);
+            match self.announce_positions(held_until.is_none()).await {
+                Ok(moved) if moved > 0 => moves_sent = Some(now),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not store queue entries"),
             }
             if shutdown.is_cancelled() {
                 break;
@@ -544,19 +563,23 @@ impl Jobs {
             }
             tokio::select! {
                 () = self.wake.notified() => {}
+                () = sleep_until_opt(held_until) => {}
                 () = shutdown.cancelled() => break,
             }
         }
     }
 
-    /// One announcement round: stores a `queued` event for each job that entered the queue and
-    /// sends every moved job's new place live (nothing stored), so a queue of N jobs costs O(N)
-    /// stored events however often it shifts.
-    async fn announce_positions(&self) -> Result<(), AppError> {
-        let (entered, depths) = {
+    /// One announcement round: stores a `queued` event for each job that entered the queue and,
+    /// with `moves`, sends every moved job's new place live (nothing stored), so a queue of N
+    /// jobs costs O(N) stored events however often it shifts. Returns how many places moved.
+    async fn announce_positions(&self, moves: bool) -> Result<usize, AppError> {
+        let (entered, depths, moved) = {
             let mut sched = self.sched();
-            let places =
-                sched.place_changes(|b| self.backends.get(b).and_then(|b| b.unavailable()));
+            let places = sched.place_changes_with(
+                |b| self.backends.get(b).and_then(|b| b.unavailable()),
+                moves,
+            );
+            let moved = places.moved.len();
             // Published under the scheduler's lock: a job leaves the queue (start, cancel) under
             // it too, before its `started` or `canceled` is stored, so no place of a job can
             // follow its leaving in a subscriber's channel.
@@ -567,13 +590,13 @@ impl Jobs {
                     round: places.round,
                 });
             }
-            (places.entered, places.depths)
+            (places.entered, places.depths, moved)
         };
         for (backend, depth) in depths {
             metrics::gauge!(m::QUEUE_DEPTH, "backend" => backend).set(depth as f64);
         }
         if entered.is_empty() {
-            return Ok(());
+            return Ok(moved);
         }
         let jobs: Vec<JobId> = entered.iter().map(|(job, _)| *job).collect();
         let batch = entered
@@ -591,7 +614,7 @@ impl Jobs {
             self.sched().forget_entered(jobs);
             return Err(e.into());
         }
-        Ok(())
+        Ok(moved)
     }
 
     fn take_startable(&self) -> Vec<scheduler::Start> {

@@ -175,6 +175,17 @@ impl Scheduler {
     /// and of jobs whose place changed (each marked announced), and the depth of every queue.
     /// `reason` says why a backend cannot start anything now.
     pub fn place_changes(&mut self, reason: impl Fn(&str) -> Option<String>) -> Places {
+        self.place_changes_with(reason, true)
+    }
+
+    /// [`Scheduler::place_changes`], with `moves` false: only jobs that entered the queue are
+    /// announced; a moved job keeps its last announced place (and stays moved) for a later
+    /// round with `moves`, so moves between two such rounds coalesce to the newest place.
+    pub fn place_changes_with(
+        &mut self,
+        reason: impl Fn(&str) -> Option<String>,
+        moves: bool,
+    ) -> Places {
         self.round += 1;
         let mut places = Places {
             round: self.round,
@@ -194,7 +205,7 @@ impl Scheduler {
                     reason,
                 };
                 match self.announced.get(&job) {
-                    Some(last) if *last == place => {}
+                    Some(last) if *last == place || !moves => {}
                     Some(_) => {
                         self.announced.insert(job, place.clone());
                         places.moved.push((job, place));
@@ -377,6 +388,37 @@ mod tests {
         // An entry whose event could not be stored is announced as entering once more.
         s.forget_entered([j[0]]);
         assert_eq!(s.place_changes(down).entered.len(), 1);
+    }
+
+    #[test]
+    fn moves_held_back_stay_moved_and_go_out_once_with_the_newest_place() {
+        let mut s = Scheduler::default();
+        let j = jobs(4);
+        for job in &j[..3] {
+            s.enqueue("demo", owner("alice"), *job);
+        }
+        let none = |_: &str| None;
+        assert_eq!(s.place_changes(none).entered.len(), 3);
+        // Two starts, each followed by a round that holds moves back; a job entering meanwhile
+        // is still announced at once.
+        assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
+        let held = s.place_changes_with(none, false);
+        assert!(held.moved.is_empty(), "{held:?}");
+        assert_eq!(
+            s.place_of(j[2]).0,
+            Some(place(2, None)),
+            "the last place sent"
+        );
+        s.enqueue("demo", owner("alice"), j[3]);
+        assert_eq!(started(&mut s, &[("demo", 2)]), vec![j[1]]);
+        let held = s.place_changes_with(none, false);
+        assert_eq!(held.entered, vec![(j[3], place(1, None))]);
+        assert!(held.moved.is_empty(), "{held:?}");
+        // The trailing round: each moved job once, at its newest place.
+        let trailing = s.place_changes_with(none, true);
+        assert_eq!(trailing.moved, vec![(j[2], place(0, None))]);
+        assert!(trailing.round > held.round);
+        assert!(s.place_changes(none).moved.is_empty(), "sent once");
     }
 
     #[test]
