@@ -39,10 +39,10 @@ use crate::webhooks::WebhookPolicy;
 use cache::ResultCache;
 use scheduler::{Scheduler, Waiting};
 
-/// The reason stored with `canceled` when the owner canceled the job.
-/// Moved queue places are sent live at most this often (see [`JobService::dispatch_loop`]).
+/// Moved queue places are sent live at most this often (see [`Jobs::dispatch_loop`]).
 pub const PLACE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The reason stored with `canceled` when the owner canceled the job.
 const CANCEL_REASON: &str = "canceled by its owner";
 
 /// What a subscriber gets first.
@@ -575,7 +575,7 @@ impl Jobs {
     async fn announce_positions(&self, moves: bool) -> Result<usize, AppError> {
         let (entered, depths, moved) = {
             let mut sched = self.sched();
-            let places = sched.place_changes_with(
+            let places = sched.place_changes(
                 |b| self.backends.get(b).and_then(|b| b.unavailable()),
                 moves,
             );

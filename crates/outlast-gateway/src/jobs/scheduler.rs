@@ -173,15 +173,11 @@ impl Scheduler {
 
     /// A new announcement round: the places of jobs that entered the queue since the last round
     /// and of jobs whose place changed (each marked announced), and the depth of every queue.
-    /// `reason` says why a backend cannot start anything now.
-    pub fn place_changes(&mut self, reason: impl Fn(&str) -> Option<String>) -> Places {
-        self.place_changes_with(reason, true)
-    }
-
-    /// [`Scheduler::place_changes`], with `moves` false: only jobs that entered the queue are
-    /// announced; a moved job keeps its last announced place (and stays moved) for a later
-    /// round with `moves`, so moves between two such rounds coalesce to the newest place.
-    pub fn place_changes_with(
+    /// `reason` says why a backend cannot start anything now. With `moves` false only jobs
+    /// that entered the queue are announced: a moved job keeps its last announced place (and
+    /// stays moved) for a later round with `moves`, so moves between two such rounds coalesce
+    /// to the newest place.
+    pub fn place_changes(
         &mut self,
         reason: impl Fn(&str) -> Option<String>,
         moves: bool,
@@ -345,7 +341,7 @@ mod tests {
             s.enqueue("demo", owner("alice"), *job);
         }
         let none = |_: &str| None;
-        let first = s.place_changes(none);
+        let first = s.place_changes(none, true);
         assert_eq!(
             first.entered,
             vec![
@@ -357,7 +353,7 @@ mod tests {
         assert!(first.moved.is_empty());
         assert_eq!(first.depths, vec![("demo", 3)]);
         assert_eq!(s.place_of(j[2]), (Some(place(2, None)), first.round));
-        let quiet = s.place_changes(none);
+        let quiet = s.place_changes(none, true);
         assert!(
             quiet.entered.is_empty() && quiet.moved.is_empty(),
             "nothing moved"
@@ -365,7 +361,7 @@ mod tests {
         assert!(quiet.round > first.round, "rounds only grow");
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
         assert_eq!(s.place_of(j[0]).0, None, "a running job has no place");
-        let shift = s.place_changes(none);
+        let shift = s.place_changes(none, true);
         assert!(shift.entered.is_empty(), "moving up stores nothing");
         assert_eq!(
             shift.moved,
@@ -373,7 +369,7 @@ mod tests {
         );
         // A reason appearing is a change even where the position stays.
         let down = |_: &str| Some("no server".to_owned());
-        let changes = s.place_changes(down).moved;
+        let changes = s.place_changes(down, true).moved;
         assert_eq!(changes.len(), 2);
         assert!(
             changes
@@ -383,11 +379,11 @@ mod tests {
         // Entering again (a job that was lost and is queued anew) stores again.
         s.finished("demo", j[0]);
         assert!(s.enqueue("demo", owner("alice"), j[0]));
-        let again = s.place_changes(down);
+        let again = s.place_changes(down, true);
         assert_eq!(again.entered, vec![(j[0], place(2, Some("no server")))]);
         // An entry whose event could not be stored is announced as entering once more.
         s.forget_entered([j[0]]);
-        assert_eq!(s.place_changes(down).entered.len(), 1);
+        assert_eq!(s.place_changes(down, true).entered.len(), 1);
     }
 
     #[test]
@@ -398,11 +394,11 @@ mod tests {
             s.enqueue("demo", owner("alice"), *job);
         }
         let none = |_: &str| None;
-        assert_eq!(s.place_changes(none).entered.len(), 3);
+        assert_eq!(s.place_changes(none, true).entered.len(), 3);
         // Two starts, each followed by a round that holds moves back; a job entering meanwhile
         // is still announced at once.
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j[0]]);
-        let held = s.place_changes_with(none, false);
+        let held = s.place_changes(none, false);
         assert!(held.moved.is_empty(), "{held:?}");
         assert_eq!(
             s.place_of(j[2]).0,
@@ -411,14 +407,14 @@ mod tests {
         );
         s.enqueue("demo", owner("alice"), j[3]);
         assert_eq!(started(&mut s, &[("demo", 2)]), vec![j[1]]);
-        let held = s.place_changes_with(none, false);
+        let held = s.place_changes(none, false);
         assert_eq!(held.entered, vec![(j[3], place(1, None))]);
         assert!(held.moved.is_empty(), "{held:?}");
         // The trailing round: each moved job once, at its newest place.
-        let trailing = s.place_changes_with(none, true);
+        let trailing = s.place_changes(none, true);
         assert_eq!(trailing.moved, vec![(j[2], place(0, None))]);
         assert!(trailing.round > held.round);
-        assert!(s.place_changes(none).moved.is_empty(), "sent once");
+        assert!(s.place_changes(none, true).moved.is_empty(), "sent once");
     }
 
     #[test]
@@ -428,12 +424,12 @@ mod tests {
         s.enqueue("demo", owner("alice"), j[0]);
         s.enqueue_front("demo", owner("bob"), j[1]);
         s.mark_entered(j[1], place(0, Some("the gateway restarted")));
-        let places = s.place_changes(|_| None);
+        let places = s.place_changes(|_| None, true);
         assert_eq!(places.entered, vec![(j[0], place(1, None))]);
         assert_eq!(places.moved, vec![(j[1], place(0, None))]);
         s.mark_entered(JobId::random(), place(0, None));
         assert!(
-            s.place_changes(|_| None).moved.is_empty(),
+            s.place_changes(|_| None, true).moved.is_empty(),
             "unknown jobs are not marked"
         );
     }
@@ -466,7 +462,7 @@ mod tests {
             uploads: vec![upload],
         };
         s.set_waiting(j[0], Some(waiting));
-        let changes = s.place_changes(|_| None).entered;
+        let changes = s.place_changes(|_| None, true).entered;
         assert_eq!(
             changes[0],
             (
@@ -495,7 +491,7 @@ mod tests {
             !s.enqueue_front("demo", owner("alice"), j),
             "already queued"
         );
-        assert_eq!(s.place_changes(|_| None).depths, vec![("demo", 1)]);
+        assert_eq!(s.place_changes(|_| None, true).depths, vec![("demo", 1)]);
         assert_eq!(started(&mut s, &[("demo", 1)]), vec![j]);
         assert!(s.knows(j) && !s.is_queued("demo", j));
         assert!(!s.enqueue("demo", owner("alice"), j), "running");
