@@ -55,7 +55,7 @@ impl std::fmt::Debug for Attached {
     }
 }
 
-/// Why [`SessionUploads::next_wake`] returned.
+/// What [`SessionUploads::on_wake`] acts on.
 #[derive(Debug)]
 pub enum Wake {
     /// Progress of one of the owner's uploads, to forward.
@@ -94,39 +94,27 @@ impl SessionUploads {
         }
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    /// When the next flush or release is due: the session's one timer wakes it then, and
+    /// [`SessionUploads::on_wake`] with [`Wake::Timer`] does what is due.
+    pub fn deadline(&self) -> Option<Instant> {
         self.attached
             .values()
             .map(|a| a.cadence.poll_timeout())
             .min()
     }
 
-    /// Waits for something to do. Cancel-safe: it only waits, the work happens in
-    /// [`SessionUploads::on_wake`].
-    pub async fn next_wake(&mut self) -> Wake {
-        let deadline = self.deadline();
-        let timer = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
+    /// Waits for the owner's next upload progress. Cancel-safe: it only waits.
+    pub async fn next_progress(&mut self) -> Control {
+        loop {
+            match self.progress.as_mut() {
+                Some(rx) => match rx.recv().await {
+                    Some(Ok(c)) => return c,
+                    // Progress is a snapshot: skipping some is fine.
+                    Some(Err(_lagged)) => continue,
+                    None => self.progress = None,
+                },
+                None => std::future::pending::<()>().await,
             }
-        };
-        let progress = async {
-            loop {
-                match self.progress.as_mut() {
-                    Some(rx) => match rx.recv().await {
-                        Some(Ok(c)) => return c,
-                        // Progress is a snapshot: skipping some is fine.
-                        Some(Err(_lagged)) => continue,
-                        None => self.progress = None,
-                    },
-                    None => std::future::pending::<()>().await,
-                }
-            }
-        };
-        tokio::select! {
-            () = timer => Wake::Timer,
-            c = progress => Wake::Progress(Box::new(c)),
         }
     }
 
