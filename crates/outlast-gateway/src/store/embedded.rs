@@ -332,26 +332,42 @@ impl JobStore for EmbeddedStore {
         .await
     }
 
-    async fn save_delivery(&self, delivery: Delivery) -> Result<(), StoreError> {
+    async fn save_delivery(&self, mut delivery: Delivery) -> Result<bool, StoreError> {
         let wake = Arc::clone(&self.outbox_wake);
         let pending = delivery.status == DeliveryStatus::Pending;
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(se)?;
-            {
-                let mut tables = OutboxTables {
-                    outbox: txn.open_table(OUTBOX).map_err(se)?,
-                    pending: txn.open_table(OUTBOX_PENDING).map_err(se)?,
-                    progress: txn.open_table(OUTBOX_PROGRESS).map_err(se)?,
+        let saved = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(se)?;
+                let current = {
+                    let mut tables = OutboxTables {
+                        outbox: txn.open_table(OUTBOX).map_err(se)?,
+                        pending: txn.open_table(OUTBOX_PENDING).map_err(se)?,
+                        progress: txn.open_table(OUTBOX_PROGRESS).map_err(se)?,
+                    };
+                    let key = event_key(delivery.job, delivery.source.seq);
+                    let stored = match tables.outbox.get(key.as_slice()).map_err(se)? {
+                        Some(v) => decode::<Delivery>(v.value())?.version,
+                        None => 0,
+                    };
+                    let current = stored == delivery.version;
+                    if current {
+                        delivery.version = stored + 1;
+                        tables.put(&delivery)?;
+                    }
+                    current
                 };
-                tables.put(&delivery)?;
-            }
-            txn.commit().map_err(se)
-        })
-        .await?;
-        if pending {
+                if !current {
+                    txn.abort().map_err(se)?;
+                    return Ok(false);
+                }
+                txn.commit().map_err(se)?;
+                Ok(true)
+            })
+            .await?;
+        if saved && pending {
             wake.notify_one();
         }
-        Ok(())
+        Ok(saved)
     }
 
     async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError> {

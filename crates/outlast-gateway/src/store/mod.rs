@@ -174,8 +174,12 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<(Vec<Delivery>, Option<u64>), StoreError>;
 
-    /// Stores a delivery's new state (durable when it returns); wakes the outbox when pending.
-    async fn save_delivery(&self, delivery: Delivery) -> Result<(), StoreError>;
+    /// Stores a delivery's new state (durable when it returns) if the stored one is still at
+    /// `delivery.version`, the version it was read at (a delivery not stored yet is at 0); the
+    /// stored copy gets the next version. Ok(false), storing nothing, when another save came
+    /// first (a resend while an attempt was in flight): read it again and decide anew. Wakes
+    /// the outbox when a pending state is stored.
+    async fn save_delivery(&self, delivery: Delivery) -> Result<bool, StoreError>;
 
     /// Every delivery of `job`, in seq order.
     async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError>;

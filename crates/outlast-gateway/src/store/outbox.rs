@@ -83,6 +83,10 @@ pub struct Delivery {
     /// Re-armed by a resend: sent even though an earlier 410 disabled the endpoint.
     #[serde(default)]
     pub resent: bool,
+    /// Bumped by every save: a save from a copy read before another save stores nothing
+    /// ([`crate::store::JobStore::save_delivery`]).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// The delivery id of `job`'s event `seq`.
@@ -147,6 +151,7 @@ pub fn delivery_for(
         round_attempts: 0,
         attempts: Vec::new(),
         resent: false,
+        version: 0,
     })
 }
 

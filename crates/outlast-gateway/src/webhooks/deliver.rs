@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use outlast_protocol::JobId;
+use outlast_protocol::{ErrorCode, JobId};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,8 @@ use crate::store::{Attempt, Delivery, DeliveryStatus, JobStore};
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Attempts kept per delivery (the oldest go first).
 const MAX_ATTEMPTS_KEPT: usize = 64;
+/// Reads and saves of one delivery before a change gives up on saves that keep coming first.
+const SAVE_TRIES: usize = 8;
 /// Rescan at least this often (a lost wake-up costs at most this).
 const RESCAN: Duration = Duration::from_secs(30);
 
@@ -171,15 +173,13 @@ impl Outbox {
             Outcome::Refused(m) => (None, Some(m.clone())),
             Outcome::Retry { status, error, .. } => (*status, error.clone()),
         };
-        if d.attempts.len() >= MAX_ATTEMPTS_KEPT {
-            d.attempts.remove(0);
-        }
-        d.attempts.push(Attempt {
+        let attempt = Attempt {
             at_ms,
             status,
             error,
             duration_ms,
-        });
+        };
+        push_attempt(&mut d, attempt.clone());
         d.next_attempt_at_ms = None;
         let label = match outcome {
             Outcome::Delivered(_) => {
@@ -225,10 +225,15 @@ impl Outbox {
             "webhook attempt"
         );
         let gone = d.status == DeliveryStatus::Disabled;
-        let (job, url) = (d.job, d.url.clone());
-        self.store.save_delivery(d).await?;
+        let (job, url, id) = (d.job, d.url.clone(), d.id.clone());
+        if !self.store.save_delivery(d).await? {
+            // Saved meanwhile (a resend while this attempt was in flight): that state stands,
+            // and this attempt joins its history.
+            return self.record_only(job, &id, attempt).await;
+        }
         if gone {
-            // 410: the endpoint wants nothing more about this job.
+            // 410: the endpoint wants nothing more about this job. A delivery saved meanwhile
+            // (resent) keeps the state it was saved with.
             for mut s in self.store.deliveries(job).await? {
                 if s.url == url && s.status == DeliveryStatus::Pending {
                     s.status = DeliveryStatus::Disabled;
@@ -237,6 +242,22 @@ impl Outbox {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Adds `attempt` to the stored delivery's history without changing its state.
+    async fn record_only(&self, job: JobId, id: &str, attempt: Attempt) -> Result<(), AppError> {
+        for _ in 0..SAVE_TRIES {
+            let stored = self.store.deliveries(job).await?;
+            let Some(mut current) = stored.into_iter().find(|s| s.id == id) else {
+                return Ok(());
+            };
+            push_attempt(&mut current, attempt.clone());
+            if self.store.save_delivery(current).await? {
+                return Ok(());
+            }
+        }
+        tracing::warn!(delivery = %id, "an attempt was not recorded: the delivery kept changing");
         Ok(())
     }
 
@@ -325,6 +346,14 @@ impl Outbox {
     }
 }
 
+/// Appends to the history, dropping the oldest past [`MAX_ATTEMPTS_KEPT`].
+fn push_attempt(d: &mut Delivery, attempt: Attempt) {
+    if d.attempts.len() >= MAX_ATTEMPTS_KEPT {
+        d.attempts.remove(0);
+    }
+    d.attempts.push(attempt);
+}
+
 /// Pending with its next attempt at or before `now_ms`.
 fn is_due(d: &Delivery, now_ms: u64) -> bool {
     d.status == DeliveryStatus::Pending && d.next_attempt_at_ms.is_some_and(|at| at <= now_ms)
@@ -343,18 +372,26 @@ fn retry_error(message: &str) -> Outcome {
 pub async fn resend(store: &dyn JobStore, job: JobId, id: &str) -> Result<Delivery, AppError> {
     let unknown = || AppError::not_found("webhook delivery");
     let seq = parse_delivery_id(job, id).ok_or_else(unknown)?;
-    let mut d = store
-        .deliveries(job)
-        .await?
-        .into_iter()
-        .find(|d| d.source.seq == seq)
-        .ok_or_else(unknown)?;
-    d.status = DeliveryStatus::Pending;
-    d.round_attempts = 0;
-    d.resent = true;
-    d.next_attempt_at_ms = Some(now_ms());
-    store.save_delivery(d.clone()).await?;
-    Ok(d)
+    for _ in 0..SAVE_TRIES {
+        let mut d = store
+            .deliveries(job)
+            .await?
+            .into_iter()
+            .find(|d| d.source.seq == seq)
+            .ok_or_else(unknown)?;
+        d.status = DeliveryStatus::Pending;
+        d.round_attempts = 0;
+        d.resent = true;
+        d.next_attempt_at_ms = Some(now_ms());
+        if store.save_delivery(d.clone()).await? {
+            d.version += 1;
+            return Ok(d);
+        }
+    }
+    Err(AppError::new(
+        ErrorCode::Overloaded,
+        "the delivery is changing under attempts; try again",
+    ))
 }
 
 #[cfg(test)]
@@ -394,8 +431,33 @@ mod tests {
         (format!("http://{addr}/hook"), hits)
     }
 
-    #[tokio::test]
-    async fn an_attempt_from_a_stale_scan_neither_sends_again_nor_overwrites_the_stored_attempt() {
+    /// A receiver that holds each request until `release` is notified, then answers 200;
+    /// returns its URL, its request count and the release.
+    async fn holding_receiver() -> (String, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (counted, held) = (Arc::clone(&hits), Arc::clone(&release));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let (counted, held) = (Arc::clone(&counted), Arc::clone(&held));
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    held.notified().await;
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/hook"), hits, release)
+    }
+
+    /// A store with one job and one due delivery to `url` stored, and an outbox on it.
+    async fn fixture(url: String) -> (tempfile::TempDir, Arc<dyn JobStore>, Arc<Outbox>, Delivery) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn JobStore> = Arc::new(
             EmbeddedStore::open(&dir.path().join("t.redb"), Arc::new(Hub::new()), 1 << 20)
@@ -410,9 +472,8 @@ mod tests {
         else {
             panic!("a new job");
         };
-        let (url, hits) = refusing_receiver().await;
         let job = record.snapshot.job_id;
-        let scanned = Delivery {
+        let delivery = Delivery {
             id: crate::store::outbox::delivery_id(job, Seq(1)),
             job,
             owner,
@@ -433,14 +494,79 @@ mod tests {
             round_attempts: 0,
             attempts: Vec::new(),
             resent: false,
+            version: 0,
         };
-        store.save_delivery(scanned.clone()).await.expect("save");
+        assert!(store.save_delivery(delivery.clone()).await.expect("save"));
         let config = WebhookConfig {
             secrets: vec!["whsec_b2xkLXNlY3JldC1vbGQtc2VjcmV0LW9sZC1zZWNyZXQ=".into()],
             allow_private: true,
             ..WebhookConfig::default()
         };
         let outbox = Outbox::new(&config, Arc::clone(&store), TaskTracker::new());
+        (dir, store, outbox, delivery)
+    }
+
+    #[tokio::test]
+    async fn a_save_from_a_copy_read_before_another_save_stores_nothing() {
+        let (_dir, store, _outbox, fixed) = fixture("http://127.0.0.1:9/hook".into()).await;
+        let job = fixed.job;
+        // Two copies read at the same version (1: the fixture saved it once).
+        let first = store.deliveries(job).await.expect("deliveries").remove(0);
+        assert_eq!(first.version, 1);
+        let stale = first.clone();
+        let mut newer = first;
+        newer.status = DeliveryStatus::Delivered;
+        assert!(store.save_delivery(newer).await.expect("save"));
+        let mut late = stale;
+        late.status = DeliveryStatus::Failed;
+        assert!(!store.save_delivery(late).await.expect("save"), "refused");
+        let stored = store.deliveries(job).await.expect("deliveries");
+        assert_eq!(stored[0].status, DeliveryStatus::Delivered);
+        assert_eq!(stored[0].version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_resend_while_an_attempt_is_in_flight_stands_and_the_attempt_joins_its_history() {
+        let (url, hits, release) = holding_receiver().await;
+        let (_dir, store, outbox, delivery) = fixture(url).await;
+        let (job, id) = (delivery.job, delivery.id.clone());
+        let attempt = tokio::spawn(async move { outbox.attempt_inner(delivery).await });
+        let waited = tokio::time::Instant::now();
+        while hits.load(Ordering::SeqCst) == 0 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the attempt never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = now_ms();
+        let resent = resend(&*store, job, &id).await.expect("resend");
+        assert_eq!(resent.status, DeliveryStatus::Pending);
+        release.notify_one();
+        attempt.await.expect("join").expect("attempt");
+        let stored = store.deliveries(job).await.expect("deliveries");
+        let d = &stored[0];
+        assert_eq!(
+            d.status,
+            DeliveryStatus::Pending,
+            "the resend stands: {d:?}"
+        );
+        assert!(d.resent);
+        assert_eq!(d.round_attempts, 0);
+        assert!(
+            d.next_attempt_at_ms
+                .is_some_and(|at| at >= before && at <= now_ms()),
+            "due now: {d:?}"
+        );
+        assert_eq!(d.attempts.len(), 1, "the attempt is in the history: {d:?}");
+        assert_eq!(d.attempts[0].status, Some(204));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_from_a_stale_scan_neither_sends_again_nor_overwrites_the_stored_attempt() {
+        let (url, hits) = refusing_receiver().await;
+        let (_dir, store, outbox, scanned) = fixture(url).await;
+        let job = scanned.job;
 
         outbox.attempt_inner(scanned.clone()).await.expect("first");
         assert_eq!(hits.load(Ordering::SeqCst), 1, "the due delivery was sent");
