@@ -300,6 +300,10 @@ pub enum Control {
         /// Receive rate of the current request or connection.
         bytes_per_sec: u64,
     },
+    /// A message whose `type` this version does not know (from a newer gateway): clients
+    /// ignore it. Never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Most jobs in one `submit_batch` (and one `POST /v1/jobs/batch`).

@@ -386,3 +386,22 @@ fn documented_examples_parse() {
         })
     ));
 }
+
+/// A newer gateway's message type reaches a client built on this crate as `Control::Unknown`
+/// (to ignore), in both codecs; a known type with bad fields is still an error.
+#[test]
+fn a_server_message_of_an_unknown_type_decodes_as_unknown_in_both_codecs() {
+    let future = serde_json::json!({"type": "from_a_newer_gateway", "job_id": "x", "n": 3});
+    let json = serde_json::to_vec(&future).expect("json");
+    let msgpack = rmp_serde::to_vec_named(&future).expect("msgpack");
+    for (codec, bytes) in [(Codec::Json, json), (Codec::MsgPack, msgpack)] {
+        let msg: ServerMsg = codec.decode(&bytes).expect("decodes");
+        assert_eq!(msg, ServerMsg::Control(Control::Unknown), "{codec:?}");
+    }
+    let bad =
+        serde_json::to_vec(&serde_json::json!({"type": "welcome", "protocol": 1})).expect("json");
+    assert!(
+        Codec::Json.decode::<ServerMsg>(&bad).is_err(),
+        "a bad welcome"
+    );
+}
