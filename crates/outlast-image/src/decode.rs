@@ -1,10 +1,8 @@
-//! Decoding JPEG, PNG and WebP into 8-bit RGBA, with the header checked
+//! Decoding JPEG, PNG and WebP into 8-bit pixels, with the header checked
 //! against the limits before any pixel buffer is allocated.
 //!
-//! PNG and WebP are decoded to RGBA. JPEG is decoded straight to RGB
-//! natively (a quarter less memory to hold and resample than RGBA) and to
-//! RGBA on wasm32, whose resampler is built for that one pixel type only
-//! (which keeps the module small). Both give the same output bytes.
+//! PNG and WebP are decoded to RGBA. JPEG is decoded straight to RGB, on
+//! every target (a quarter less memory to hold and resample than RGBA).
 
 use std::io::Cursor;
 
@@ -81,16 +79,12 @@ fn decode_jpeg(bytes: &[u8], limits: &Limits) -> Result<Decoded, Error> {
     // limits (checked right after the header) decide and give a typed error.
     // Strict mode: a truncated or damaged file is an error, not an upload of
     // a half-grey picture.
-    let (colorspace, channels) = if cfg!(target_arch = "wasm32") {
-        (ColorSpace::RGBA, 4)
-    } else {
-        (ColorSpace::RGB, 3)
-    };
+    let channels = 3;
     let options = DecoderOptions::default()
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX))
         .set_strict_mode(true)
-        .jpeg_set_out_colorspace(colorspace);
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(corrupt)?;
     let (w, h) = decoder

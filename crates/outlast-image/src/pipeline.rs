@@ -91,13 +91,14 @@ fn run(input: &[u8], options: &Options, clock: Clock) -> Result<Output, Error> {
     let lossy = format == Format::Jpeg;
     let mut rounds = 0;
     let (bytes, quality) = loop {
-        let pixels = render(&decoded, size)?;
         let Some(target) = options.target_bytes else {
-            // Nothing will be rendered again: free the full-size decode
-            // before the encode.
-            decoded.pixels = Vec::new();
+            // Rendered once: the full-size decode is handed to the
+            // resampler, which reuses its buffer and frees it before the
+            // orientation and the encode.
+            let pixels = render_once(&mut decoded, size)?;
             break (encode_at(size, options.quality, &pixels)?, options.quality);
         };
+        let pixels = render(&decoded, size)?;
         let first = encode_at(size, options.quality, &pixels)?;
         if first.len() as u64 <= target {
             break (first, options.quality);
@@ -177,6 +178,32 @@ fn render(decoded: &Decoded, size: (u32, u32)) -> Result<Vec<u8>, Error> {
         (decoded.width, decoded.height),
         decoded.channels,
         decoded.transparent,
+        stored_target,
+    )?;
+    Ok(orient::apply(
+        resized,
+        stored_target.0,
+        stored_target.1,
+        o,
+        decoded.channels,
+    ))
+}
+
+/// [`render`] for the last use of the decode: takes its pixels. Opaque
+/// images are resampled in the decode's own buffer
+/// ([`resize::resize_in_place`]), so the peak is about the decode alone.
+fn render_once(decoded: &mut Decoded, size: (u32, u32)) -> Result<Vec<u8>, Error> {
+    if decoded.transparent {
+        let pixels = render(decoded, size);
+        decoded.pixels = Vec::new();
+        return pixels;
+    }
+    let o = decoded.orientation;
+    let stored_target = orient::oriented_size(size.0, size.1, o);
+    let resized = resize::resize_in_place(
+        std::mem::take(&mut decoded.pixels),
+        (decoded.width, decoded.height),
+        decoded.channels,
         stored_target,
     )?;
     Ok(orient::apply(

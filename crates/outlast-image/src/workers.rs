@@ -20,6 +20,18 @@ pub(crate) fn available() -> usize {
     }
 }
 
+/// Workers in the current pool (1 on wasm32).
+pub(crate) fn current() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
 /// Runs `f` with `threads` workers available to [`map`] (and to the
 /// resampler's own splitting). If the pool cannot be built (the OS refuses
 /// threads), `f` still runs, on the calling thread and rayon's global pool.
