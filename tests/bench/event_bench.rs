@@ -7,52 +7,17 @@
 //! (point it at an older build to compare: each run measures its own disk baseline). Prints
 //! figures; asserts nothing about speed.
 
-use std::io::Write;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use outlast_e2e::Gateway;
+use outlast_e2e::bench::{disk_fsync_rate, now_ms, percentile};
 use outlast_protocol::v1::{ClientMsg, ServerMsg};
 use outlast_protocol::{Codec, EventKind, JobEvent, JobId, Seq};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-/// Sequential appends of `record` bytes, each followed by fsync, for `secs`: fsyncs per second.
-fn disk_fsync_rate(dir: &Path, record: usize, secs: f64) -> anyhow::Result<f64> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("fsync-probe");
-    let mut file = std::fs::File::create(&path)?;
-    let buf = vec![0x5au8; record];
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed().as_secs_f64() < secs {
-        file.write_all(&buf)?;
-        file.sync_all()?;
-        n += 1;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path)?;
-    Ok(rate)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// One throughput run: `jobs` demo jobs at once, `steps` progress events each, all slots free.
 struct Throughput {

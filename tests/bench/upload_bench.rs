@@ -3,8 +3,12 @@
 //! the same run on the same file system, and the gateway's peak memory (VmHWM) while
 //! uploading a small and a 2 GiB file.
 //!
-//! `cargo run --release -p outlast-e2e --bin upload-bench -- [THROUGHPUT_MIB] [BIG_MIB]`
-//! (defaults 1024 and 2048). Uses the release gateway (built first) unless `OUTLAST_BIN` is
+//! Then MANY tus uploads at once (16 PATCHes of 256 KiB each, every PATCH a durable offset
+//! commit) as PATCHes per second against the disk's rate of 256 KiB appends each followed by
+//! fsync, with the record writes per commit (group commit) from `/metrics`.
+//!
+//! `cargo run --release -p outlast-e2e --bin upload-bench -- [THROUGHPUT_MIB] [BIG_MIB] [MANY]`
+//! (defaults 1024, 2048 and 64; MANY 0 skips that part). Uses the release gateway (built first) unless `OUTLAST_BIN` is
 //! set. Prints figures; asserts only that every upload completed with the right size.
 
 use std::io::Write;
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{SinkExt, StreamExt};
 use outlast_e2e::Gateway;
+use outlast_e2e::bench::{disk_fsync_rate, percentile};
 use outlast_protocol::upload::encode_data_header;
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{Codec, Offset, UploadId};
@@ -174,6 +179,65 @@ async fn ws_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Resul
     Ok(source.len as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Many uploads at once, each in `patches` tus PATCHes of `body` bytes (every PATCH commits an
+/// offset): PATCHes per second in all, and each PATCH's latency in ms, ascending.
+async fn many_uploads(
+    gw: &Gateway,
+    uploads: usize,
+    patches: usize,
+    body: usize,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let source = Source::new((patches * body) as u64);
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let runs = (0..uploads).map(|_| {
+        let (http, source) = (&http, &source);
+        async move {
+            let r = http
+                .post(format!("{}/v1/uploads", gw.http()))
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Length", source.len.to_string())
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 201, "create: {}", r.status());
+            let url = format!(
+                "{}{}",
+                gw.http(),
+                r.headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .context("Location")?
+            );
+            let mut latencies = Vec::with_capacity(patches);
+            let mut off = 0u64;
+            while off < source.len {
+                let body = source.chunk(off, body).to_vec();
+                let n = body.len() as u64;
+                let sent = Instant::now();
+                let r = http
+                    .patch(&url)
+                    .header("Tus-Resumable", "1.0.0")
+                    .header("Upload-Offset", off.to_string())
+                    .header("Content-Type", "application/offset+octet-stream")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 204, "PATCH at {off}: {}", r.status());
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                off += n;
+            }
+            Ok(latencies)
+        }
+    });
+    let mut all = Vec::with_capacity(uploads * patches);
+    for latencies in futures::future::try_join_all(runs).await? {
+        all.extend(latencies);
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort_by(f64::total_cmp);
+    Ok((rate, all))
+}
+
 fn mib_s(rate: f64) -> f64 {
     rate / MIB as f64
 }
@@ -183,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let size_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1024);
     let big_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2048);
+    let many: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
     outlast_e2e::use_release_binary()?;
 
     let source = Source::new(size_mib * MIB);
@@ -220,6 +285,49 @@ async fn main() -> anyhow::Result<()> {
         mib_s(ws),
         ws / disk
     );
+
+    if many > 0 {
+        // Offsets of many uploads at once: every PATCH fsyncs its upload's data file, then
+        // commits the upload's record; the records of many uploads share a commit.
+        const PATCHES: usize = 16;
+        const BODY: usize = 256 << 10;
+        let limit = (many + 8).to_string();
+        let gw = Gateway::start(&["--upload-max-open-per-owner", &limit]).await?;
+        let dir = gw.data_dir.clone();
+        let api = outlast_e2e::Api::new(gw.http());
+        let series = "outlast_upload_record_commits_total";
+        let disk = disk_fsync_rate(&dir, BODY, 3.0)?;
+        let before = api.counter(series).await?;
+        let (rate, latencies) = many_uploads(&gw, many, PATCHES, BODY).await?;
+        let commits = api.counter(series).await? - before;
+        drop(gw);
+        println!(
+            "  {many} tus uploads at once, {PATCHES} PATCHes of {} KiB each:",
+            BODY >> 10
+        );
+        println!(
+            "    disk, {} KiB appends each + fsync: {disk:>8.0} /s",
+            BODY >> 10
+        );
+        println!(
+            "    PATCHes committed:                {rate:>8.0} /s  = {:.2} x disk; p50 {:.0} ms, p99 {:.0} ms",
+            rate / disk,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+        // The creates commit too (one record each); a gateway without the counter shows 0.
+        let writes = latencies.len() + many;
+        if commits > 0 {
+            println!(
+                "    record writes per commit:          {:>8.2} ({writes} writes in {commits} commits)",
+                writes as f64 / commits as f64
+            );
+        } else {
+            println!(
+                "    record writes per commit:               n/a (this gateway has no {series})"
+            );
+        }
+    }
 
     // Peak memory: a fresh gateway per size, VmHWM read after the upload.
     for mib in [256, big_mib] {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use outlast_e2e::Gateway;
+use outlast_e2e::bench::{now_ms, percentile};
 use outlast_protocol::v1::{ClientMsg, Control, ServerMsg};
 use outlast_protocol::{Codec, EventKind, Frame, JobEvent, JobId, Seq};
 use tokio::sync::{Semaphore, watch};
@@ -235,20 +236,6 @@ fn raise_fd_limit(connections: usize) {
         };
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[tokio::main]

@@ -4,6 +4,7 @@
 //! edge's address, so idle cuts, 524, 413 and cuts on command apply to everything they do.
 
 pub mod api;
+pub mod bench;
 pub mod process;
 pub mod proxy;
 pub mod standin;

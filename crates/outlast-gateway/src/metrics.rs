@@ -34,6 +34,9 @@ pub const CACHE_MISSES: &str = "outlast_cache_misses_total";
 /// Counter: store transactions that committed event appends (one fsync each; many jobs' events
 /// share one under load: group commit).
 pub const STORE_EVENT_COMMITS: &str = "outlast_store_event_commits_total";
+/// Counter: transactions that committed upload records (offsets, states; one fsync each; the
+/// writes of many uploads share one under load: group commit).
+pub const UPLOAD_RECORD_COMMITS: &str = "outlast_upload_record_commits_total";
 /// Gauge: open WebSocket sessions.
 pub const WS_CONNECTIONS: &str = "outlast_ws_connections";
 /// Counter: WebSocket sessions ever opened.
@@ -160,6 +163,10 @@ pub const ALL: &[(&str, &str)] = &[
     (
         STORE_EVENT_COMMITS,
         "Store transactions that committed event appends (one fsync each)",
+    ),
+    (
+        UPLOAD_RECORD_COMMITS,
+        "Transactions that committed upload records (one fsync each)",
     ),
     (WS_CONNECTIONS, "Open WebSocket sessions"),
     (WS_CONNECTIONS_TOTAL, "WebSocket sessions ever opened"),

@@ -133,6 +133,7 @@ impl JobStore for EmbeddedStore {
                     ticket,
                     complete_after: Seq::ZERO,
                     stored_events: 0,
+                    kept_after_coalescing: 0,
                 };
                 jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice())
                     .map_err(se)?;

@@ -41,6 +41,10 @@ pub struct JobRecord {
     pub complete_after: Seq,
     /// Number of events currently stored.
     pub stored_events: u64,
+    /// `stored_events` right after the last coalescing pass (0 before any): the next pass
+    /// waits until the history has grown by half its bound again.
+    #[serde(default)]
+    pub kept_after_coalescing: u64,
 }
 
 impl JobRecord {

@@ -326,8 +326,7 @@ impl Uploads {
                 && new.length.is_none_or(|l| r.length == Some(l))
             {
                 r.touched_ms = now_ms();
-                let copy = r.clone();
-                self.blocking(move |s| s.put(&copy)).await?;
+                self.store.put(&r).await?;
                 metrics::counter!(m::UPLOAD_DEDUP_HITS).increment(1);
                 return Ok((r, true));
             }
@@ -360,8 +359,8 @@ impl Uploads {
             touched_ms: now,
             bytes_written: 0,
         };
-        let copy = record.clone();
-        if let Err(e) = self.blocking(move |s| s.put(&copy)).await {
+        if let Err(e) = self.store.put(&record).await {
+            let e = AppError::from(e);
             self.release_open(owner);
             return Err(e);
         }
@@ -404,13 +403,11 @@ impl Uploads {
         let path = self.path(record.id);
         let open = record.state == UploadState::Open;
         let owner = record.owner.clone();
-        self.blocking(move |s| {
-            s.remove(&record)?;
-            match std::fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StoreError::from(e)),
-            }
+        self.store.remove(&record).await?;
+        self.blocking(move |_| match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::from(e)),
         })
         .await?;
         if open {
@@ -483,8 +480,7 @@ impl InputResolver for Uploads {
         // Using an upload keeps it: its retention counts from its last use, so a queued job's
         // input is not collected under it (unless it waits longer than the retention).
         r.touched_ms = now_ms();
-        let copy = r.clone();
-        self.blocking(move |s| s.put(&copy)).await?;
+        self.store.put(&r).await?;
         Ok(InputFile {
             path: self.path(upload),
             size: r.length.unwrap_or(r.offset),

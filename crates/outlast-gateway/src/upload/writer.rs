@@ -102,8 +102,7 @@ impl Uploads {
             )
             .await?;
         record.final_of = Some(parts);
-        let copy = record.clone();
-        self.blocking(move |s| s.put(&copy)).await?;
+        self.store.put(&record).await?;
         if total == 0 {
             return self.owned(owner, record.id).await;
         }
@@ -205,8 +204,7 @@ impl Writer {
             ));
         }
         self.record.length = Some(length);
-        let copy = self.record.clone();
-        self.uploads.blocking(move |s| s.put(&copy)).await
+        Ok(self.uploads.store.put(&self.record).await?)
     }
 
     /// Starts a per-request checksum (tus `Upload-Checksum`).
@@ -335,8 +333,7 @@ impl Writer {
             }
             next.sha256 = hex;
         }
-        let copy = next.clone();
-        self.uploads.blocking(move |s| s.put(&copy)).await?;
+        self.uploads.store.put(&next).await?;
         self.record = next;
         self.push_progress();
         if complete {

@@ -48,8 +48,16 @@ pub(super) struct Shared {
 pub(super) struct Committer {
     tx: Option<mpsc::Sender<Request>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Transactions committed so far (the metric counts the same; this one is per store).
-    commits: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+}
+
+/// What the committing thread counted (per store; the metrics count the same per process).
+#[derive(Default)]
+struct Counters {
+    /// Transactions committed.
+    commits: AtomicU64,
+    /// Stored events read back by coalescing passes over long histories.
+    history_reads: AtomicU64,
 }
 
 impl std::fmt::Debug for Committer {
@@ -62,16 +70,16 @@ impl Committer {
     /// Starts the committing thread.
     pub(super) fn start(shared: Shared) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel();
-        let commits = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&commits);
+        let counters = Arc::new(Counters::default());
+        let counted = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("outlast-commit".into())
-            .spawn(move || run(&shared, &rx, &counter))
+            .spawn(move || run(&shared, &rx, &counted))
             .map_err(se)?;
         Ok(Committer {
             tx: Some(tx),
             thread: Some(thread),
-            commits,
+            counters,
         })
     }
 
@@ -93,7 +101,13 @@ impl Committer {
     /// Transactions committed so far.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.counters.commits.load(Ordering::Relaxed)
+    }
+
+    /// Stored events read back by coalescing passes so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) fn history_reads(&self) -> u64 {
+        self.counters.history_reads.load(Ordering::Relaxed)
     }
 }
 
@@ -106,7 +120,7 @@ impl Drop for Committer {
     }
 }
 
-fn run(shared: &Shared, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
+fn run(shared: &Shared, rx: &mpsc::Receiver<Request>, counters: &Counters) {
     while let Ok(first) = rx.recv() {
         let mut events = first.batch.len();
         let mut group = vec![first];
@@ -119,9 +133,9 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
             .iter_mut()
             .map(|r| std::mem::take(&mut r.batch))
             .collect();
-        match commit(shared, batches) {
+        match commit(shared, batches, &counters.history_reads) {
             Ok(answers) => {
-                commits.fetch_add(1, Ordering::Relaxed);
+                counters.commits.fetch_add(1, Ordering::Relaxed);
                 for (request, answer) in group.into_iter().zip(answers) {
                     let _ = request.reply.send(Ok(answer));
                 }
@@ -140,6 +154,7 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Request>, commits: &AtomicU64) {
 fn commit(
     shared: &Shared,
     batches: Vec<Vec<(JobId, EventKind)>>,
+    history_reads: &AtomicU64,
 ) -> Result<Vec<Vec<Result<JobEvent, Rejected>>>, StoreError> {
     let _order = shared
         .write_order
@@ -184,8 +199,9 @@ fn commit(
                 // The webhook delivery commits with its event: it survives a crash.
                 queued_webhooks |= webhooks.enqueue(&record, &event)?;
                 record.stored_events += 1;
-                if record.stored_events > shared.history_max_events {
+                if coalescing_due(&record, shared.history_max_events) {
                     let stored = events_after(&events, job_id, Seq::ZERO)?;
+                    history_reads.fetch_add(stored.len() as u64, Ordering::Relaxed);
                     let (drop, watermark) = coalesce(
                         stored.iter().map(|e| (e.seq, &e.kind)),
                         record.complete_after,
@@ -197,6 +213,7 @@ fn commit(
                     }
                     record.stored_events -= drop.len() as u64;
                     record.complete_after = watermark;
+                    record.kept_after_coalescing = record.stored_events;
                 }
                 jobs.insert(job_id.as_bytes().as_slice(), encode(&record)?.as_slice())
                     .map_err(se)?;
@@ -216,6 +233,18 @@ fn commit(
         shared.outbox_wake.notify_one();
     }
     Ok(answers)
+}
+
+/// Whether an append that took a job's history to `record.stored_events` runs a coalescing pass
+/// (one read of the whole stored history): once the history is past its bound and has grown
+/// since the last pass by half the bound or by half of what that pass kept, whichever is more.
+/// A history of events that cannot be coalesced (outputs) so costs a bounded number of reads
+/// per append (the passes' sizes grow geometrically) instead of a whole read on every append;
+/// a history of progress is coalesced as soon as it passes the bound, as before.
+fn coalescing_due(record: &crate::store::JobRecord, max: u64) -> bool {
+    let kept = record.kept_after_coalescing;
+    record.stored_events > max
+        && record.stored_events >= kept.saturating_add((max / 2).max(kept / 2).max(1))
 }
 
 #[cfg(test)]
@@ -345,5 +374,47 @@ mod tests {
             assert_eq!(answer[0].as_ref().expect("stored").seq, Seq(value));
         }
         assert_eq!(store.committer.commits() - before, 3);
+    }
+
+    /// A history past its bound that cannot be coalesced (outputs) is not read whole on every
+    /// append: the passes read a bounded number of events per append. Progress is still
+    /// coalesced once it passes the bound, and every output stays stored.
+    #[tokio::test]
+    async fn a_history_of_outputs_past_its_bound_is_not_read_on_every_append() {
+        const MAX: u64 = 16;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("jobs.redb"), Arc::new(Hub::new()), MAX)
+            .expect("open");
+        let job = new_job(&store).await;
+        let output = |i: u64| {
+            EventKind::Output(outlast_protocol::OutputInfo {
+                name: format!("out-{i}.png"),
+                mime: "image/png".into(),
+                size: 1,
+                sha256: "00".repeat(32),
+            })
+        };
+        let appends = 400u64;
+        for i in 0..appends {
+            let kind = if i % 4 == 0 { progress(i) } else { output(i) };
+            store.append(vec![(job, kind)]).await.expect("append");
+        }
+        let reads = store.committer.history_reads();
+        // Reading the whole history on every append past the bound would read ~300 * 200.
+        assert!(
+            reads <= 8 * appends,
+            "coalescing read {reads} stored events for {appends} appends"
+        );
+        let record = store.get(job).await.expect("read").expect("job");
+        let outputs = appends - appends / 4;
+        assert!(
+            record.stored_events >= outputs && record.stored_events <= outputs * 3 / 2 + MAX,
+            "{} events stored: every output, and progress up to half of them",
+            record.stored_events
+        );
+        assert!(
+            record.complete_after > Seq::ZERO,
+            "old progress was coalesced"
+        );
     }
 }
