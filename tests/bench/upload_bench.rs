@@ -7,8 +7,10 @@
 //! commit) as PATCHes per second against the disk's rate of 256 KiB appends each followed by
 //! fsync, with the record writes per commit (group commit) from `/metrics`.
 //!
-//! `cargo run --release -p outlast-e2e --bin upload-bench -- [THROUGHPUT_MIB] [BIG_MIB] [MANY]`
-//! (defaults 1024, 2048 and 64; MANY 0 skips that part). Uses the release gateway (built first) unless `OUTLAST_BIN` is
+//! `cargo run --release -p outlast-e2e --bin upload-bench -- [THROUGHPUT_MIB] [BIG_MIB] [MANY] [ROUNDS]`
+//! (defaults 256, 2048, 64 and 5; MANY 0 skips that part). Each of the ROUNDS tus runs and
+//! WebSocket runs of THROUGHPUT_MIB sits between two runs of the disk alone (the shared disk's
+//! rate swings within seconds): its ratio is to those two, and the medians are printed. Uses the release gateway (built first) unless `OUTLAST_BIN` is
 //! set. Prints figures; asserts only that every upload completed with the right size.
 
 use std::io::Write;
@@ -238,6 +240,29 @@ async fn many_uploads(
     Ok((rate, all))
 }
 
+/// One transport run: its rate, and that rate over the geometric mean of the disk runs just
+/// before and just after it.
+struct Bracketed {
+    rate: f64,
+    ratio: f64,
+}
+
+impl Bracketed {
+    /// `disks` ends with the disk run after this one; the one before is next to last.
+    fn new(rate: f64, disks: &[f64]) -> Self {
+        let [.., before, after] = disks else {
+            return Self {
+                rate,
+                ratio: f64::NAN,
+            };
+        };
+        Self {
+            rate,
+            ratio: rate / (before * after).sqrt(),
+        }
+    }
+}
+
 fn mib_s(rate: f64) -> f64 {
     rate / MIB as f64
 }
@@ -245,9 +270,11 @@ fn mib_s(rate: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let size_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1024);
+    let size_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(256);
     let big_mib: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2048);
     let many: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(64);
+    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
+    anyhow::ensure!(rounds > 0, "ROUNDS must be at least 1");
     outlast_e2e::use_release_binary()?;
 
     let source = Source::new(size_mib * MIB);
@@ -260,31 +287,52 @@ async fn main() -> anyhow::Result<()> {
     ])
     .await?;
     let dir = gw.data_dir.clone();
-    // Each rate is the best of two runs, so one stall of the shared disk does not decide it.
-    let mut disk: f64 = 0.0;
-    let mut tus: f64 = 0.0;
-    let mut ws: f64 = 0.0;
-    for _ in 0..2 {
-        disk = disk.max(disk_rate(&dir, &source)?);
-        tus = tus.max(tus_upload(&gw, &source, 8 << 20).await?);
-        ws = ws.max(ws_upload(&gw, &source, 1 << 20).await?);
+    // The shared virtual disk's own rate swings several-fold within seconds, so every
+    // transport run is bracketed by two runs of the disk alone, and its ratio is to the
+    // geometric mean of those two: disk, tus, disk, WebSocket, disk, tus, ...
+    let mut disks = vec![disk_rate(&dir, &source)?];
+    let mut tus = Vec::with_capacity(rounds);
+    let mut ws = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let rate = tus_upload(&gw, &source, 8 << 20).await?;
+        disks.push(disk_rate(&dir, &source)?);
+        tus.push(Bracketed::new(rate, &disks));
+        let rate = ws_upload(&gw, &source, 1 << 20).await?;
+        disks.push(disk_rate(&dir, &source)?);
+        ws.push(Bracketed::new(rate, &disks));
     }
     drop(gw);
-    println!("upload-bench: {size_mib} MiB per run, loopback, best of 2");
     println!(
-        "  sequential write + fsync (8 MiB writes): {:>8.1} MiB/s",
-        mib_s(disk)
+        "upload-bench: {size_mib} MiB per run, loopback, {rounds} rounds, each run between two of the disk alone"
     );
+    let mut sorted_disks = disks.clone();
+    sorted_disks.sort_by(f64::total_cmp);
     println!(
-        "  tus, 8 MiB PATCH bodies:                  {:>8.1} MiB/s  = {:.2} x disk",
-        mib_s(tus),
-        tus / disk
+        "  sequential write + fsync (8 MiB writes):  median {:>7.1} MiB/s (min {:.1}, max {:.1})",
+        mib_s(percentile(&sorted_disks, 0.5)),
+        mib_s(sorted_disks[0]),
+        mib_s(sorted_disks[sorted_disks.len() - 1])
     );
-    println!(
-        "  WebSocket, 1 MiB chunk frames:            {:>8.1} MiB/s  = {:.2} x disk",
-        mib_s(ws),
-        ws / disk
-    );
+    for (name, runs) in [
+        ("tus, 8 MiB PATCH bodies:      ", &tus),
+        ("WebSocket, 1 MiB chunk frames:", &ws),
+    ] {
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+        rates.sort_by(f64::total_cmp);
+        let mut ratios: Vec<f64> = runs.iter().map(|r| r.ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "  {name}             median {:>7.1} MiB/s, median {:.2} x disk (min {:.2}, max {:.2}; each: {})",
+            mib_s(percentile(&rates, 0.5)),
+            percentile(&ratios, 0.5),
+            ratios[0],
+            ratios[ratios.len() - 1],
+            runs.iter()
+                .map(|r| format!("{:.2}", r.ratio))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
 
     if many > 0 {
         // Offsets of many uploads at once: every PATCH fsyncs its upload's data file, then

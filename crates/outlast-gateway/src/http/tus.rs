@@ -387,6 +387,7 @@ async fn receive_body(
     if let Some((algorithm, _)) = &checksum {
         w.begin_chunk(*algorithm).await?;
     }
+    w.flush_early();
     let mut stream = body.into_data_stream();
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0usize;

@@ -135,6 +135,12 @@ impl DataFile {
         Ok(())
     }
 
+    /// A second handle on the open file, for a flush that runs beside the writes
+    /// (`Writer`'s early flush); None before the first write.
+    pub fn flush_handle(&self) -> Option<io::Result<File>> {
+        self.file.as_ref().map(File::try_clone)
+    }
+
     /// fsync of the data.
     pub fn sync(&mut self) -> io::Result<()> {
         match &self.file {

@@ -21,6 +21,11 @@ use crate::metrics as m;
 
 type Slot = OwnedMutexGuard<DataFile>;
 
+/// Bytes written since the last flush after which a writer starts an early flush in the
+/// background (one at a time): the disk writes while the next bytes arrive, instead of all of
+/// a chunk's bytes waiting for the commit.
+pub const EARLY_FLUSH_BYTES: u64 = 2 << 20;
+
 /// Handing out writers: the only way to write an upload's bytes.
 impl Uploads {
     /// Becomes the upload's only writer. Without `wait`, a busy upload is `upload_locked` at
@@ -50,9 +55,13 @@ impl Uploads {
         Ok(Writer {
             uploads: Arc::clone(self),
             received: record.offset,
+            flushed_to: record.offset,
             record,
             slot: Some(guard),
             inflight: None,
+            early_flush: None,
+            flush_early: false,
+            early_flushes: 0,
             started: Instant::now(),
             session_bytes: 0,
             progress_throttle: ProgressThrottle::new(),
@@ -135,6 +144,16 @@ pub struct Writer {
     pub(super) record: UploadRecord,
     pub(super) slot: Option<Slot>,
     pub(super) inflight: Option<JoinHandle<(Slot, std::io::Result<()>)>>,
+    /// An fdatasync started while bytes still stream in (see [`EARLY_FLUSH_BYTES`]), so the
+    /// commit's own fsync finds most of them on disk already. Only ever an extra flush: the
+    /// commit still fsyncs everything before the offset is stored.
+    pub(super) early_flush: Option<JoinHandle<()>>,
+    /// Whether early flushes are on ([`Writer::flush_early`]).
+    pub(super) flush_early: bool,
+    /// Early flushes started (for tests and tracing).
+    pub(super) early_flushes: u32,
+    /// Where `received` stood when the last early flush (or commit) started.
+    pub(super) flushed_to: u64,
     /// Where the next byte goes (>= the durable `record.offset`).
     pub(super) received: u64,
     pub(super) started: Instant,
@@ -262,6 +281,7 @@ impl Writer {
             self.uploads.check_size(self.received.saturating_add(len))?;
         }
         let mut slot = self.take_slot().await?;
+        self.maybe_flush_early(&slot);
         let mut at = self.received;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             for data in &batch {
@@ -280,6 +300,31 @@ impl Writer {
         Ok(())
     }
 
+    /// Turns early flushes on: for a long body whose commit waits at its end (a tus PATCH).
+    /// WebSocket chunks commit every few MiB on their own and gain nothing from it.
+    pub fn flush_early(&mut self) {
+        self.flush_early = true;
+    }
+
+    /// Starts an early flush of what the earlier batches wrote, when enough of it waits and no
+    /// early flush is running. A failed early flush is left for the commit's fsync to report.
+    fn maybe_flush_early(&mut self, slot: &DataFile) {
+        if !self.flush_early
+            || self.received - self.flushed_to < EARLY_FLUSH_BYTES
+            || self.early_flush.as_ref().is_some_and(|f| !f.is_finished())
+        {
+            return;
+        }
+        let Some(Ok(file)) = slot.flush_handle() else {
+            return;
+        };
+        self.flushed_to = self.received;
+        self.early_flushes += 1;
+        self.early_flush = Some(tokio::task::spawn_blocking(move || {
+            let _ = file.sync_data();
+        }));
+    }
+
     fn push_progress(&mut self) {
         self.progress_throttle.pushed(Instant::now());
         self.uploads.progress.publish(
@@ -295,7 +340,12 @@ impl Writer {
     /// the upload when the last byte is in. Returns the committed record.
     pub async fn commit(&mut self) -> Result<UploadRecord, AppError> {
         let mut slot = self.take_slot().await?;
+        if let Some(early) = self.early_flush.take() {
+            // Its flush overlaps the one below; waiting keeps one flush per file at a time.
+            let _ = early.await;
+        }
         let received = self.received;
+        self.flushed_to = received;
         let complete =
             self.record.state == UploadState::Open && self.record.length == Some(received);
         if received == self.record.offset && !complete {
@@ -361,5 +411,51 @@ impl Drop for Writer {
             // Complete: nobody writes again; the slot (and its open file) can go.
             self.uploads.drop_slot(self.record.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UploadConfig;
+
+    async fn three_mib_written(early: bool) -> (tempfile::TempDir, Writer, UploadRecord) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let uploads = Uploads::open(UploadConfig::default(), dir.path(), 1 << 20).expect("open");
+        let owner = OwnerId::local();
+        let new = NewUpload {
+            length: Some(3 << 20),
+            metadata: Metadata::default(),
+            declared_sha256: None,
+            partial: false,
+        };
+        let (r, _) = uploads.create(&owner, new).await.expect("create");
+        let mut w = uploads.lock(&owner, r.id, None).await.expect("lock");
+        if early {
+            w.flush_early();
+        }
+        for _ in 0..3 {
+            w.write(Bytes::from(vec![7u8; 1 << 20]))
+                .await
+                .expect("write");
+        }
+        let committed = w.commit().await.expect("commit");
+        (dir, w, committed)
+    }
+
+    #[tokio::test]
+    async fn a_long_body_starts_an_early_flush_and_still_commits_every_byte() {
+        let (_dir, w, r) = three_mib_written(true).await;
+        // 2 MiB were written when the third MiB came: that write started one flush.
+        assert_eq!(w.early_flushes, 1, "early flushes started");
+        assert_eq!(r.offset, 3 << 20);
+        assert_eq!(r.state, UploadState::Complete);
+        assert!(
+            w.early_flush.is_none(),
+            "the commit waited for the early flush"
+        );
+        let (_dir, w, r) = three_mib_written(false).await;
+        assert_eq!(w.early_flushes, 0, "off unless asked for");
+        assert_eq!(r.offset, 3 << 20);
     }
 }
