@@ -364,21 +364,26 @@ async fn receive(
     checksum: Option<(ChecksumAlgorithm, Vec<u8>)>,
 ) -> Result<UploadRecord, TusReject> {
     let max_chunk = state.uploads.config().max_chunk_bytes;
-    let task = state.tracker.spawn(receive_body(
-        writer,
-        body,
-        checksum,
-        max_chunk,
-        expected_len,
-    ));
+    let mut writer = writer;
+    let task = state.tracker.spawn(async move {
+        receive_body(&mut writer, body, checksum, max_chunk, expected_len).await
+    });
     match task.await {
         Ok(r) => r,
         Err(e) => Err(AppError::internal(e).into()),
     }
 }
 
+/// What the receive loop of a body waits for first.
+enum Next {
+    /// The body's next bytes (or its end, or a cut).
+    Bytes(Option<Result<Bytes, axum::Error>>),
+    /// The write in flight is done (or failed).
+    Idle(Result<(), AppError>),
+}
+
 async fn receive_body(
-    mut w: Writer,
+    w: &mut Writer,
     body: Body,
     checksum: Option<(ChecksumAlgorithm, Vec<u8>)>,
     max_chunk: u64,
@@ -395,23 +400,38 @@ async fn receive_body(
     let mut cut = false;
     let mut refused: Option<TusReject> = None;
     let mut failed: Option<AppError> = None;
+    // A long body without a checksum commits (fsync + offset) every CHECKPOINT_BYTES.
+    let checkpoint_due =
+        |w: &Writer| checksum.is_none() && w.received() - w.record().offset >= CHECKPOINT_BYTES;
     loop {
-        // Batch while bytes are ready; when the link is slower than the disk, write what is
-        // there before waiting (progress moves, and a cut loses less).
-        let item = match stream.next().now_or_never() {
-            Some(item) => item,
-            None => {
-                if !batch.is_empty() {
-                    if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
-                        failed = Some(e);
-                        break;
-                    }
-                    batched = 0;
-                    if checksum.is_none() && w.received() - w.record().offset >= CHECKPOINT_BYTES {
-                        w.commit().await?;
-                    }
+        // Bytes gather in `batch` while the write before them is in flight, and go to the disk
+        // as soon as the writer is idle (or the batch is full): a fast link hands over large
+        // batches while the disk writes, a slow one still writes what is there before waiting.
+        let next = match stream.next().now_or_never() {
+            Some(item) => Next::Bytes(item),
+            None if batch.is_empty() => Next::Bytes(stream.next().await),
+            None => tokio::select! {
+                biased;
+                idle = w.wait_idle() => Next::Idle(idle),
+                item = stream.next() => Next::Bytes(item),
+            },
+        };
+        let item = match next {
+            Next::Bytes(item) => item,
+            Next::Idle(idle) => {
+                if let Err(e) = idle {
+                    failed = Some(e);
+                    break;
                 }
-                stream.next().await
+                batched = 0;
+                if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
+                    failed = Some(e);
+                    break;
+                }
+                if checkpoint_due(w) {
+                    w.commit().await?;
+                }
+                continue;
             }
         };
         let Some(item) = item else { break };
@@ -433,12 +453,12 @@ async fn receive_body(
         batched += chunk.len();
         batch.push(chunk);
         if batched >= WRITE_BATCH {
+            batched = 0;
             if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
                 failed = Some(e);
                 break;
             }
-            batched = 0;
-            if checksum.is_none() && w.received() - w.record().offset >= CHECKPOINT_BYTES {
+            if checkpoint_due(w) {
                 w.commit().await?;
             }
         }
@@ -476,5 +496,68 @@ async fn receive_body(
     match refused {
         Some(reject) => Err(reject.with("upload-offset", record.offset)),
         None => Ok(record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UploadConfig;
+    use futures::SinkExt;
+    use outlast_protocol::OwnerId;
+    use outlast_protocol::tus::Metadata;
+
+    /// While a write is in flight, the bytes that arrive meanwhile gather into one batch
+    /// instead of one write each after it.
+    #[tokio::test]
+    async fn pieces_that_arrive_while_the_disk_writes_gather_into_one_batch() {
+        const BIG: usize = 8 << 20;
+        const PIECES: usize = 32;
+        const PIECE: usize = 16 << 10;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let uploads = Uploads::open(UploadConfig::default(), dir.path(), 1 << 20).expect("open");
+        let owner = OwnerId::local();
+        let length = (BIG + PIECES * PIECE) as u64;
+        let new = NewUpload {
+            length: Some(length),
+            metadata: Metadata::default(),
+            declared_sha256: None,
+            partial: false,
+        };
+        let (r, _) = uploads.create(&owner, new).await.expect("create");
+        let mut w = uploads.lock(&owner, r.id, None).await.expect("lock");
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let sender = tokio::spawn(async move {
+            // The first piece keeps the disk thread busy (write and sha256 of 8 MiB) for far
+            // longer than the small pieces after it take to arrive.
+            tx.send(Ok(Bytes::from(vec![1u8; BIG])))
+                .await
+                .expect("send");
+            for i in 0..PIECES {
+                tokio::task::yield_now().await;
+                tx.send(Ok(Bytes::from(vec![i as u8; PIECE])))
+                    .await
+                    .expect("send");
+            }
+        });
+        let record = receive_body(&mut w, Body::from_stream(rx), None, 64 << 20, None)
+            .await
+            .expect("received");
+        sender.await.expect("sender");
+        assert_eq!(record.offset, length);
+        assert_eq!(record.state, UploadState::Complete);
+        // One batch for the big piece, then the small ones together (one more at most, if the
+        // first write ended between two of them); one write each would be 1 + 32.
+        assert!(
+            w.write_batches <= 3,
+            "{} batches for 1 + {PIECES} pieces",
+            w.write_batches
+        );
+        let data = std::fs::read(uploads.path(r.id)).expect("data file");
+        assert_eq!(data.len() as u64, length);
+        assert!(data[..BIG].iter().all(|b| *b == 1));
+        for (i, piece) in data[BIG..].chunks(PIECE).enumerate() {
+            assert!(piece.iter().all(|b| *b == i as u8), "piece {i} in order");
+        }
     }
 }

@@ -141,7 +141,7 @@ impl Uploads {
         }
     }
 
-    fn path(&self, id: UploadId) -> PathBuf {
+    pub(crate) fn path(&self, id: UploadId) -> PathBuf {
         self.dir.join(format!("{id}.bin"))
     }
 

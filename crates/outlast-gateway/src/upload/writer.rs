@@ -62,6 +62,7 @@ impl Uploads {
             early_flush: None,
             flush_early: false,
             early_flushes: 0,
+            write_batches: 0,
             started: Instant::now(),
             session_bytes: 0,
             progress_throttle: ProgressThrottle::new(),
@@ -152,6 +153,8 @@ pub struct Writer {
     pub(super) flush_early: bool,
     /// Early flushes started (for tests and tracing).
     pub(super) early_flushes: u32,
+    /// Batches handed to the disk thread (for tests and tracing).
+    pub write_batches: u32,
     /// Where `received` stood when the last early flush (or commit) started.
     pub(super) flushed_to: u64,
     /// Where the next byte goes (>= the durable `record.offset`).
@@ -184,21 +187,37 @@ impl Writer {
     }
 
     pub(super) async fn take_slot(&mut self) -> Result<Slot, AppError> {
-        if let Some(job) = self.inflight.take() {
-            let (mut slot, result) = job.await.map_err(AppError::internal)?;
-            if let Err(e) = result {
-                // How much of the failed batch reached the disk is unknown: fall back to the
-                // durable offset; the next write cuts the file back to it.
-                slot.forget();
-                self.received = self.record.offset;
-                self.slot = Some(slot);
-                return Err(io_err(e));
-            }
-            self.slot = Some(slot);
-        }
+        self.wait_idle().await?;
         self.slot
             .take()
             .ok_or_else(|| AppError::internal("upload writer lost its slot"))
+    }
+
+    /// Whether no write is in flight (the next [`Writer::write_batch`] starts at once).
+    pub fn is_idle(&self) -> bool {
+        self.inflight.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits until no write is in flight. Cancel-safe: the write stays in flight when the wait
+    /// is dropped, so a receive loop may race it against the next bytes of the body.
+    pub async fn wait_idle(&mut self) -> Result<(), AppError> {
+        let Some(job) = self.inflight.as_mut() else {
+            return Ok(());
+        };
+        // Polling the handle by reference leaves it in place until it is done.
+        let done = job.await;
+        self.inflight = None;
+        let (mut slot, result) = done.map_err(AppError::internal)?;
+        if let Err(e) = result {
+            // How much of the failed batch reached the disk is unknown: fall back to the
+            // durable offset; the next write cuts the file back to it.
+            slot.forget();
+            self.received = self.record.offset;
+            self.slot = Some(slot);
+            return Err(io_err(e));
+        }
+        self.slot = Some(slot);
+        Ok(())
     }
 
     /// Waits for the write in flight.
@@ -281,6 +300,7 @@ impl Writer {
             self.uploads.check_size(self.received.saturating_add(len))?;
         }
         let mut slot = self.take_slot().await?;
+        self.write_batches += 1;
         self.maybe_flush_early(&slot);
         let mut at = self.received;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
