@@ -104,13 +104,12 @@ fn disk_probe(dir: &Path, source: &Source) -> anyhow::Result<Disk> {
     })
 }
 
-async fn tus_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Result<f64> {
-    let http = reqwest::Client::new();
-    let start = Instant::now();
+/// Creates a tus upload of `len` bytes; its URL.
+async fn tus_create(http: &reqwest::Client, gw: &Gateway, len: u64) -> anyhow::Result<String> {
     let r = http
         .post(format!("{}/v1/uploads", gw.http()))
         .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", source.len.to_string())
+        .header("Upload-Length", len.to_string())
         .send()
         .await?;
     anyhow::ensure!(r.status() == 201, "create: {}", r.status());
@@ -118,21 +117,38 @@ async fn tus_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Resu
         .headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
-        .context("Location")?
-        .to_owned();
+        .context("Location")?;
+    Ok(format!("{}{path}", gw.http()))
+}
+
+/// One PATCH of `body` at `off`; it must answer 204.
+async fn tus_patch(
+    http: &reqwest::Client,
+    url: &str,
+    off: u64,
+    body: Vec<u8>,
+) -> anyhow::Result<()> {
+    let r = http
+        .patch(url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", off.to_string())
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 204, "PATCH at {off}: {}", r.status());
+    Ok(())
+}
+
+async fn tus_upload(gw: &Gateway, source: &Source, chunk: usize) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let url = tus_create(&http, gw, source.len).await?;
     let mut off = 0u64;
     while off < source.len {
         let body = source.chunk(off, chunk).to_vec();
         let n = body.len() as u64;
-        let r = http
-            .patch(format!("{}{path}", gw.http()))
-            .header("Tus-Resumable", "1.0.0")
-            .header("Upload-Offset", off.to_string())
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(body)
-            .send()
-            .await?;
-        anyhow::ensure!(r.status() == 204, "PATCH at {off}: {}", r.status());
+        tus_patch(&http, &url, off, body).await?;
         off += n;
     }
     Ok(source.len as f64 / start.elapsed().as_secs_f64())
@@ -219,40 +235,18 @@ async fn many_uploads(
     let runs = (0..uploads).map(|_| {
         let (http, source) = (&http, &source);
         async move {
-            let r = http
-                .post(format!("{}/v1/uploads", gw.http()))
-                .header("Tus-Resumable", "1.0.0")
-                .header("Upload-Length", source.len.to_string())
-                .send()
-                .await?;
-            anyhow::ensure!(r.status() == 201, "create: {}", r.status());
-            let url = format!(
-                "{}{}",
-                gw.http(),
-                r.headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .context("Location")?
-            );
+            let url = tus_create(http, gw, source.len).await?;
             let mut latencies = Vec::with_capacity(patches);
             let mut off = 0u64;
             while off < source.len {
                 let body = source.chunk(off, body).to_vec();
                 let n = body.len() as u64;
                 let sent = Instant::now();
-                let r = http
-                    .patch(&url)
-                    .header("Tus-Resumable", "1.0.0")
-                    .header("Upload-Offset", off.to_string())
-                    .header("Content-Type", "application/offset+octet-stream")
-                    .body(body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(r.status() == 204, "PATCH at {off}: {}", r.status());
+                tus_patch(http, &url, off, body).await?;
                 latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                 off += n;
             }
-            Ok(latencies)
+            Ok::<_, anyhow::Error>(latencies)
         }
     });
     let mut all = Vec::with_capacity(uploads * patches);
