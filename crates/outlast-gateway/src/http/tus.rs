@@ -358,13 +358,12 @@ async fn patch(
 /// bytes committed) and answers with the committed record.
 async fn receive(
     state: &AppState,
-    writer: Writer,
+    mut writer: Writer,
     body: Body,
     expected_len: Option<u64>,
     checksum: Option<(ChecksumAlgorithm, Vec<u8>)>,
 ) -> Result<UploadRecord, TusReject> {
     let max_chunk = state.uploads.config().max_chunk_bytes;
-    let mut writer = writer;
     let task = state.tracker.spawn(async move {
         receive_body(&mut writer, body, checksum, max_chunk, expected_len).await
     });
@@ -400,9 +399,6 @@ async fn receive_body(
     let mut cut = false;
     let mut refused: Option<TusReject> = None;
     let mut failed: Option<AppError> = None;
-    // A long body without a checksum commits (fsync + offset) every CHECKPOINT_BYTES.
-    let checkpoint_due =
-        |w: &Writer| checksum.is_none() && w.received() - w.record().offset >= CHECKPOINT_BYTES;
     loop {
         // Bytes gather in `batch` while the write before them is in flight, and go to the disk
         // as soon as the writer is idle (or the batch is full): a fast link hands over large
@@ -416,51 +412,45 @@ async fn receive_body(
                 item = stream.next() => Next::Bytes(item),
             },
         };
-        let item = match next {
-            Next::Bytes(item) => item,
-            Next::Idle(idle) => {
-                if let Err(e) = idle {
-                    failed = Some(e);
-                    break;
-                }
-                batched = 0;
-                if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
-                    failed = Some(e);
-                    break;
-                }
-                if checkpoint_due(w) {
-                    w.commit().await?;
-                }
-                continue;
-            }
-        };
-        let Some(item) = item else { break };
-        let Ok(chunk) = item else {
-            cut = true;
-            break;
-        };
-        total += chunk.len() as u64;
-        if total > max_chunk {
-            refused = Some(TusReject::body_too_large(max_chunk));
-            break;
-        }
-        if w.remaining()
-            .is_some_and(|r| batched as u64 + chunk.len() as u64 > r)
-        {
-            refused = Some(TusReject::beyond_length());
-            break;
-        }
-        batched += chunk.len();
-        batch.push(chunk);
-        if batched >= WRITE_BATCH {
-            batched = 0;
-            if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
+        let write_now = match next {
+            Next::Idle(Err(e)) => {
                 failed = Some(e);
                 break;
             }
-            if checkpoint_due(w) {
-                w.commit().await?;
+            Next::Idle(Ok(())) => true,
+            Next::Bytes(None) => break,
+            Next::Bytes(Some(Err(_))) => {
+                cut = true;
+                break;
             }
+            Next::Bytes(Some(Ok(chunk))) => {
+                total += chunk.len() as u64;
+                if total > max_chunk {
+                    refused = Some(TusReject::body_too_large(max_chunk));
+                    break;
+                }
+                if w.remaining()
+                    .is_some_and(|r| batched as u64 + chunk.len() as u64 > r)
+                {
+                    refused = Some(TusReject::beyond_length());
+                    break;
+                }
+                batched += chunk.len();
+                batch.push(chunk);
+                batched >= WRITE_BATCH
+            }
+        };
+        if !write_now {
+            continue;
+        }
+        batched = 0;
+        if let Err(e) = w.write_batch(std::mem::take(&mut batch)).await {
+            failed = Some(e);
+            break;
+        }
+        // A long body without a checksum commits (fsync + offset) every CHECKPOINT_BYTES.
+        if checksum.is_none() && w.received() - w.record().offset >= CHECKPOINT_BYTES {
+            w.commit().await?;
         }
     }
     if failed.is_none()

@@ -154,7 +154,7 @@ pub struct Writer {
     /// Early flushes started (for tests and tracing).
     pub(super) early_flushes: u32,
     /// Batches handed to the disk thread (for tests and tracing).
-    pub write_batches: u32,
+    pub(crate) write_batches: u32,
     /// Where `received` stood when the last early flush (or commit) started.
     pub(super) flushed_to: u64,
     /// Where the next byte goes (>= the durable `record.offset`).
@@ -193,11 +193,6 @@ impl Writer {
             .ok_or_else(|| AppError::internal("upload writer lost its slot"))
     }
 
-    /// Whether no write is in flight (the next [`Writer::write_batch`] starts at once).
-    pub fn is_idle(&self) -> bool {
-        self.inflight.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
     /// Waits until no write is in flight. Cancel-safe: the write stays in flight when the wait
     /// is dropped, so a receive loop may race it against the next bytes of the body.
     pub async fn wait_idle(&mut self) -> Result<(), AppError> {
@@ -216,13 +211,6 @@ impl Writer {
             self.slot = Some(slot);
             return Err(io_err(e));
         }
-        self.slot = Some(slot);
-        Ok(())
-    }
-
-    /// Waits for the write in flight.
-    pub async fn settle(&mut self) -> Result<(), AppError> {
-        let slot = self.take_slot().await?;
         self.slot = Some(slot);
         Ok(())
     }
@@ -278,7 +266,7 @@ impl Writer {
     }
 
     /// Writes bytes at the current position. The write runs in the background; the next call
-    /// (or `settle`/`commit`) waits for it, so receiving and writing overlap.
+    /// (or `wait_idle`/`commit`) waits for it, so receiving and writing overlap.
     pub async fn write(&mut self, data: Bytes) -> Result<(), AppError> {
         self.write_batch(vec![data]).await
     }
